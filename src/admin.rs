@@ -1,0 +1,223 @@
+//! The admin API: HTTP/1.1 + JSON on a local Unix socket. Each connection's peer credentials
+//! (SO_PEERCRED) are checked against `admin.allowed_uids` / `admin.allowed_gids`; a refused peer gets
+//! one 403 answer and the refusal is logged. `curl --unix-socket` works as well as the CLI.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::UnixListener;
+
+use crate::config::AdminConfig;
+use crate::core::{Core, CoreError};
+use crate::http::{
+    error_response, hsm_status_handler, method_not_allowed, not_found, seal_status_body,
+    seal_status_handler,
+};
+use crate::seal::Attempt;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminSocketError {
+    #[error(
+        "admin socket {path}: a file that is not a socket is in the way; refusing to replace it"
+    )]
+    NotASocket { path: PathBuf },
+    #[error("admin socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Binds the admin socket: creates its directory (0755) if needed, replaces a stale socket (and
+/// nothing else), and sets mode 0600, or 0660 when groups are allowed.
+pub fn bind(cfg: &AdminConfig) -> Result<UnixListener, AdminSocketError> {
+    let path = &cfg.socket;
+    let io_err = |source| AdminSocketError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(io_err)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_err)?;
+        }
+    }
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => fs::remove_file(path).map_err(io_err)?,
+        Ok(_) => return Err(AdminSocketError::NotASocket { path: path.clone() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    let mode = if cfg.allowed_gids.is_empty() {
+        0o600
+    } else {
+        0o660
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err)?;
+    Ok(listener)
+}
+
+/// Removes the socket file at shutdown, if it is still ours.
+pub fn unlink(path: &Path) {
+    if fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
+    {
+        let _ = fs::remove_file(path);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+pub fn allowed(cfg: &AdminConfig, peer: &Peer) -> bool {
+    cfg.allowed_uids.contains(&peer.uid) || cfg.allowed_gids.contains(&peer.gid)
+}
+
+/// The router answering a refused peer.
+pub fn refusal_router(peer: Peer) -> Router {
+    Router::new().fallback(move || async move {
+        error_response(
+            StatusCode::FORBIDDEN,
+            format!(
+                "permission denied: uid {} (gid {}) may not administer this sealkeeper (admin.allowed_uids / admin.allowed_gids)",
+                peer.uid, peer.gid
+            ),
+        )
+    })
+}
+
+fn core_error(e: CoreError) -> Response {
+    let status = match &e {
+        CoreError::AlreadyInitialized | CoreError::NotInitialized | CoreError::BadRequest(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        CoreError::Seal(_) | CoreError::Memory(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CoreError::StoredState(_) | CoreError::Storage(_) | CoreError::Internal(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    error_response(status, e.to_string())
+}
+
+fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, Response> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| error_response(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitRequest {
+    recovery_shares: Option<u32>,
+    recovery_threshold: Option<u32>,
+    recovery_pgp_keys: Option<Vec<String>>,
+    secret_shares: Option<u32>,
+    secret_threshold: Option<u32>,
+    pgp_keys: Option<Vec<String>>,
+    stored_shares: Option<u32>,
+    root_token_pgp_key: Option<String>,
+}
+
+async fn init_status(State(core): State<Arc<Core>>) -> Response {
+    axum::Json(json!({ "initialized": core.is_initialized() })).into_response()
+}
+
+async fn init(State(core): State<Arc<Core>>, body: Bytes) -> Response {
+    let req: InitRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if req.recovery_pgp_keys.is_some() || req.pgp_keys.is_some() || req.root_token_pgp_key.is_some()
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "PGP-encrypted shares are not supported by this version",
+        );
+    }
+    if req.secret_shares.unwrap_or(0) > 1
+        || req.secret_threshold.unwrap_or(0) > 1
+        || req.stored_shares.is_some()
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "secret_shares / secret_threshold apply to a shamir seal; this node has an auto seal: use recovery_shares and recovery_threshold",
+        );
+    }
+    let (Some(n), Some(t)) = (req.recovery_shares, req.recovery_threshold) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "recovery_shares and recovery_threshold are required",
+        );
+    };
+    match core.init(n, t).await {
+        Ok(resp) => axum::Json(resp).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn seal(State(core): State<Arc<Core>>) -> Response {
+    match core.seal().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsealRequest {
+    key: Option<String>,
+    #[serde(default)]
+    reset: bool,
+    #[serde(default)]
+    migrate: bool,
+}
+
+async fn unseal(State(core): State<Arc<Core>>, body: Bytes) -> Response {
+    let req: UnsealRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if req.key.is_some() || req.migrate {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "this node unseals itself from its HSM; unseal keys are not used and recovery keys never unseal. \
+             Send an empty body to run the auto-unseal now",
+        );
+    }
+    let _ = req.reset;
+    let result = core.unseal(Attempt::Operator).await;
+    core.wake();
+    match result {
+        Ok(()) => axum::Json(seal_status_body(&core)).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/v1/sys/init", get(init_status).put(init).post(init))
+        .route("/v1/sys/seal", post(seal).put(seal))
+        .route("/v1/sys/unseal", post(unseal).put(unseal))
+        .route("/v1/sys/seal-status", get(seal_status_handler))
+        .route("/v1/sys/hsm-status", get(hsm_status_handler))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(core)
+}

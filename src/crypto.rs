@@ -1,0 +1,212 @@
+//! Software cryptography, all from aws-lc-rs: AES-256-GCM envelopes, HKDF-SHA-256, HMAC-SHA-256,
+//! SHA-256 and the operating system's CSPRNG.
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::{digest, hkdf, hmac, rand};
+use zeroize::Zeroize;
+
+pub const KEY_LEN: usize = 32;
+pub const GCM_NONCE_LEN: usize = NONCE_LEN;
+pub const GCM_TAG_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CryptoError {
+    #[error("the operating system's random generator failed")]
+    Random,
+    #[error("key has the wrong length ({0} bytes, expected 32)")]
+    KeyLength(usize),
+    #[error("authentication failed: the data was modified, or belongs to another key or context")]
+    Authentication,
+    #[error("ciphertext too short ({0} bytes)")]
+    Truncated(usize),
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
+    rand::fill(buf).map_err(|_| CryptoError::Random)
+}
+
+pub fn random_vec(len: usize) -> Result<Vec<u8>, CryptoError> {
+    let mut v = vec![0u8; len];
+    fill_random(&mut v)?;
+    Ok(v)
+}
+
+fn gcm_key(key: &[u8]) -> Result<LessSafeKey, CryptoError> {
+    let unbound =
+        UnboundKey::new(&AES_256_GCM, key).map_err(|_| CryptoError::KeyLength(key.len()))?;
+    Ok(LessSafeKey::new(unbound))
+}
+
+/// AES-256-GCM with a fresh random 96-bit nonce. Output: nonce || ciphertext || tag.
+pub fn seal(key: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let key = gcm_key(key)?;
+    let mut nonce = [0u8; GCM_NONCE_LEN];
+    fill_random(&mut nonce)?;
+    let mut out = Vec::with_capacity(GCM_NONCE_LEN + plaintext.len() + GCM_TAG_LEN);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let mut body = out.split_off(GCM_NONCE_LEN);
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut body,
+    )
+    .map_err(|_| CryptoError::Authentication)?;
+    out.extend_from_slice(&body);
+    body.zeroize();
+    Ok(out)
+}
+
+/// Opens the output of [`seal`]. The returned plaintext should be zeroized by the caller when it is
+/// secret.
+pub fn open(key: &[u8], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let key = gcm_key(key)?;
+    if sealed.len() < GCM_NONCE_LEN + GCM_TAG_LEN {
+        return Err(CryptoError::Truncated(sealed.len()));
+    }
+    let (nonce, body) = sealed.split_at(GCM_NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce)
+        .map_err(|_| CryptoError::Truncated(sealed.len()))?;
+    let mut buf = body.to_vec();
+    match key.open_in_place(nonce, Aad::from(aad), &mut buf) {
+        Ok(plain) => {
+            let n = plain.len();
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Err(_) => {
+            buf.zeroize();
+            Err(CryptoError::Authentication)
+        }
+    }
+}
+
+struct Len(usize);
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-SHA-256 (RFC 5869) extract-and-expand into `out`.
+pub fn hkdf_sha256(
+    salt: &[u8],
+    ikm: &[u8],
+    info: &[u8],
+    out: &mut [u8],
+) -> Result<(), CryptoError> {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
+    let info = [info];
+    let okm = prk
+        .expand(&info, Len(out.len()))
+        .map_err(|_| CryptoError::KeyLength(out.len()))?;
+    okm.fill(out).map_err(|_| CryptoError::KeyLength(out.len()))
+}
+
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let tag = hmac::sign(&k, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Constant-time comparison of an HMAC-SHA-256 tag.
+pub fn hmac_sha256_verify(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
+    hmac::verify(&k, data, tag).is_ok()
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The OS CSPRNG as a `rand_core` generator, for libraries that take one (vsss-rs).
+pub struct SystemRng;
+
+impl rand_core::TryRng for SystemRng {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        // The trait promises an infallible generator. AWS-LC's generator only fails when the kernel
+        // refuses getrandom(2), after which no key may be generated at all, so aborting is the only
+        // safe answer.
+        if rand::fill(dst).is_err() {
+            std::process::abort();
+        }
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for SystemRng {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcm_roundtrip_and_tamper() {
+        let key = [1u8; 32];
+        let ct = seal(&key, b"ctx", b"hello").unwrap();
+        assert_eq!(ct.len(), 12 + 5 + 16);
+        assert_eq!(open(&key, b"ctx", &ct).unwrap(), b"hello");
+        assert_eq!(open(&key, b"other", &ct), Err(CryptoError::Authentication));
+        let mut bad = ct.clone();
+        bad[14] ^= 1;
+        assert_eq!(open(&key, b"ctx", &bad), Err(CryptoError::Authentication));
+        assert_eq!(
+            open(&key, b"ctx", &ct[..20]),
+            Err(CryptoError::Truncated(20))
+        );
+        assert_eq!(open(&[0u8; 31], b"", &ct), Err(CryptoError::KeyLength(31)));
+    }
+
+    #[test]
+    fn hkdf_rfc5869_case1() {
+        let ikm = [0x0bu8; 22];
+        let salt = hex::decode("000102030405060708090a0b0c").unwrap();
+        let info = hex::decode("f0f1f2f3f4f5f6f7f8f9").unwrap();
+        let mut okm = [0u8; 42];
+        hkdf_sha256(&salt, &ikm, &info, &mut okm).unwrap();
+        assert_eq!(
+            hex::encode(okm),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+        );
+    }
+
+    #[test]
+    fn hmac_rfc4231_case2() {
+        let tag = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(tag),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(hmac_sha256_verify(
+            b"Jefe",
+            b"what do ya want for nothing?",
+            &tag
+        ));
+        assert!(!hmac_sha256_verify(
+            b"Jefe",
+            b"what do ya want for nothing!",
+            &tag
+        ));
+    }
+}

@@ -1,0 +1,185 @@
+//! The public API (served over TLS): Vault-compatible `sys/health` and `sys/seal-status`, plus
+//! `sys/hsm-status`. Shared handlers and helpers for the admin socket live here too.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::core::Core;
+
+pub mod tls;
+
+/// `{"errors": [...]}` with a status, as Vault answers errors.
+pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "errors": [message.into()] }))).into_response()
+}
+
+pub async fn not_found(uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        format!("no handler for route {:?}", uri.path()),
+    )
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Go's strconv.ParseBool, which Vault uses; a bare parameter (`?standbyok`) counts as true.
+fn parse_bool(name: &str, v: &str) -> Result<bool, Response> {
+    match v {
+        "" | "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            format!("bad value for {name} parameter: {v:?} is not a boolean"),
+        )),
+    }
+}
+
+fn parse_code(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: u16,
+) -> Result<StatusCode, Response> {
+    let Some(v) = q.get(name) else {
+        return StatusCode::from_u16(default)
+            .map_err(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "bad default status"));
+    };
+    let code: u16 = v.parse().map_err(|_| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            format!("bad value for {name} parameter: {v:?} is not an integer"),
+        )
+    })?;
+    StatusCode::from_u16(code)
+        .ok()
+        .filter(|c| (100..=599).contains(&c.as_u16()))
+        .ok_or_else(|| {
+            error_response(
+                StatusCode::BAD_REQUEST,
+                format!("bad value for {name} parameter: {code} is not an HTTP status code"),
+            )
+        })
+}
+
+/// The status code and body of `sys/health`, following Vault's evaluation order: not initialized,
+/// sealed, (DR secondary, performance standby, standby: never true here), active.
+pub fn health(core: &Core, q: &HashMap<String, String>) -> Result<(StatusCode, Value), Response> {
+    // Every parameter is validated, even those that cannot apply to a single active node.
+    for b in ["standbyok", "perfstandbyok"] {
+        if let Some(v) = q.get(b) {
+            parse_bool(b, v)?;
+        }
+    }
+    let active = parse_code(q, "activecode", 200)?;
+    let _standby = parse_code(q, "standbycode", 429)?;
+    let _dr = parse_code(q, "drsecondarycode", 472)?;
+    let _perf = parse_code(q, "performancestandbycode", 473)?;
+    let sealed_code = parse_code(q, "sealedcode", 503)?;
+    let uninit = parse_code(q, "uninitcode", 501)?;
+
+    let initialized = core.is_initialized();
+    let sealed = core.is_sealed();
+    let code = if !initialized {
+        uninit
+    } else if sealed {
+        sealed_code
+    } else {
+        active
+    };
+    let mut body = json!({
+        "initialized": initialized,
+        "sealed": sealed,
+        "standby": false,
+        "performance_standby": false,
+        "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled",
+        "server_time_utc": now_unix(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "enterprise": false,
+        "echo_duration_ms": 0,
+        "clock_skew_ms": 0,
+    });
+    if initialized && !sealed {
+        if let Some((_, _, id)) = core.recovery_config() {
+            body["cluster_name"] = json!(core.cluster_name());
+            body["cluster_id"] = json!(id);
+        }
+    }
+    Ok((code, body))
+}
+
+pub async fn health_handler(
+    State(core): State<Arc<Core>>,
+    method: Method,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match health(&core, &q) {
+        Ok((code, _)) if method == Method::HEAD => code.into_response(),
+        Ok((code, body)) => (code, axum::Json(body)).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+pub fn seal_status_body(core: &Core) -> Value {
+    let initialized = core.is_initialized();
+    let sealed = core.is_sealed();
+    let (n, t, id) = core.recovery_config().unwrap_or((0, 0, String::new()));
+    let mut body = json!({
+        "type": core.seal_backend().seal_type(),
+        "initialized": initialized,
+        "sealed": sealed,
+        "t": t,
+        "n": n,
+        "progress": 0,
+        "nonce": "",
+        "version": env!("CARGO_PKG_VERSION"),
+        "build_date": option_env!("SEALKEEPER_BUILD_DATE").unwrap_or(""),
+        "migration": false,
+        "recovery_seal": true,
+        "recovery_seal_type": "shamir",
+        "storage_type": core.storage_kind(),
+    });
+    if initialized && !sealed {
+        body["cluster_name"] = json!(core.cluster_name());
+        body["cluster_id"] = json!(id);
+    }
+    body
+}
+
+pub async fn seal_status_handler(State(core): State<Arc<Core>>) -> Response {
+    axum::Json(seal_status_body(&core)).into_response()
+}
+
+pub async fn hsm_status_handler(State(core): State<Arc<Core>>) -> Response {
+    axum::Json(core.status()).into_response()
+}
+
+/// The router of the public listener.
+pub fn public_router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/v1/sys/health", get(health_handler).head(health_handler))
+        .route("/v1/sys/seal-status", get(seal_status_handler))
+        .route("/v1/sys/hsm-status", get(hsm_status_handler))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(core)
+}

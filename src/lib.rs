@@ -1,0 +1,17 @@
+//! Sealkeeper: an HSM-backed auto-unseal appliance for Vault and OpenBao clusters.
+//!
+//! The daemon keeps a 256-bit root key wrapped by a key that never leaves a PKCS#11 HSM, unseals
+//! itself from the HSM (or its HA partner) at every start, holds the key only in locked memory, and
+//! is administered only over a local Unix socket. See `docs/architecture.md`.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod crypto;
+pub mod http;
+pub mod recovery;
+pub mod seal;
+pub mod secret;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,611 @@
+//! One HSM member: a dedicated thread that owns the member's PKCS#11 session (sessions are `Send`
+//! but not `Sync`), and a handle that sends it work and waits at most the member's timeout. A member
+//! whose call does not come back is marked down ("hung") and given no more work until that call
+//! returns, so a hanging network HSM never blocks the daemon.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism as CkMechanism;
+use cryptoki::mechanism::MechanismType;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::error::{ErrorKind, HsmError, MemberError};
+use super::module::{Module, ModuleRegistry};
+use crate::config::{Mechanism, OaepHash, PinSource, TokenSelector};
+use crate::seal::MemberStatus;
+
+/// Everything a member needs to know, fixed at start.
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    pub name: String,
+    pub lib: PathBuf,
+    pub selector: TokenSelector,
+    pub pin: PinSource,
+    pub rw_session: bool,
+    pub timeout: Duration,
+    pub key_label: String,
+    pub key_id: Option<Vec<u8>>,
+    pub mechanism: Mechanism,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// The handle the seal uses.
+pub struct Member {
+    pub spec: Arc<MemberSpec>,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    busy: Arc<AtomicBool>,
+    busy_since: Arc<Mutex<Option<Instant>>>,
+    status: Mutex<MemberStatus>,
+}
+
+impl Member {
+    pub fn start(spec: MemberSpec, registry: Arc<ModuleRegistry>) -> Member {
+        let spec = Arc::new(spec);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let worker_spec = spec.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("hsm-{}", spec.name))
+            .spawn(move || {
+                let module = registry.get(&worker_spec.lib);
+                let mut w = Worker::new(worker_spec, module);
+                while let Ok(job) = rx.recv() {
+                    job(&mut w);
+                }
+                w.close();
+            });
+        let tx = match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::error!(member = %spec.name, error = %e, "cannot start HSM worker thread");
+                None
+            }
+        };
+        let status = MemberStatus {
+            name: spec.name.clone(),
+            state: "unknown".into(),
+            healthy: false,
+            token: spec.selector.to_string(),
+            lib: spec.lib.display().to_string(),
+            last_error: None,
+            last_checked_unix: None,
+            unhealthy_since_unix: None,
+        };
+        Member {
+            spec,
+            tx: Mutex::new(tx),
+            busy: Arc::new(AtomicBool::new(false)),
+            busy_since: Arc::new(Mutex::new(None)),
+            status: Mutex::new(status),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn status(&self) -> MemberStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs `f` on the member's thread, waiting at most the member's timeout, and records the
+    /// outcome in the member's status.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Worker) -> Result<R, HsmError> + Send + 'static,
+    ) -> Result<R, MemberError> {
+        let result = self.call_inner(f);
+        self.record(&result);
+        result.map_err(|error| MemberError {
+            member: self.spec.name.clone(),
+            error,
+        })
+    }
+
+    fn call_inner<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Worker) -> Result<R, HsmError> + Send + 'static,
+    ) -> Result<R, HsmError> {
+        if self.busy.load(Ordering::SeqCst) {
+            let since = self
+                .busy_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|t| t.elapsed());
+            return Err(HsmError::new(
+                ErrorKind::Hung,
+                format!(
+                    "an earlier call has been stuck in the PKCS#11 module for {}s; member abandoned until it returns",
+                    since.map(|d| d.as_secs()).unwrap_or(0)
+                ),
+            ));
+        }
+        let (rtx, rrx) = mpsc::sync_channel::<Result<R, HsmError>>(1);
+        let busy = self.busy.clone();
+        let busy_since = self.busy_since.clone();
+        busy.store(true, Ordering::SeqCst);
+        *busy_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let job: Job = Box::new(move |w: &mut Worker| {
+            let r = f(w);
+            busy.store(false, Ordering::SeqCst);
+            *busy_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let _ = rtx.send(r);
+        });
+        let sent = {
+            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            tx.as_ref().map(|t| t.send(job).is_ok()).unwrap_or(false)
+        };
+        if !sent {
+            self.busy.store(false, Ordering::SeqCst);
+            return Err(HsmError::new(
+                ErrorKind::Other,
+                "HSM worker thread is not running",
+            ));
+        }
+        match rrx.recv_timeout(self.spec.timeout) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(HsmError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no answer within {:?}; member marked down",
+                    self.spec.timeout
+                ),
+            )),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(HsmError::new(ErrorKind::Other, "HSM worker thread stopped"))
+            }
+        }
+    }
+
+    fn record<R>(&self, result: &Result<R, HsmError>) {
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_checked_unix = Some(now_unix());
+        let (state, healthy, err) = match result {
+            Ok(_) => ("healthy", true, None),
+            // The HSM answered; the data was bad. The member itself is fine.
+            Err(e) if e.kind == ErrorKind::Authentication => ("healthy", true, None),
+            Err(e) if matches!(e.kind, ErrorKind::Pin | ErrorKind::PinBlocked) => {
+                ("pin_rejected", false, Some(e.to_string()))
+            }
+            Err(e) if matches!(e.kind, ErrorKind::Timeout | ErrorKind::Hung) => {
+                ("hung", false, Some(e.to_string()))
+            }
+            Err(e) => ("down", false, Some(e.to_string())),
+        };
+        if healthy {
+            st.unhealthy_since_unix = None;
+        } else if st.healthy || st.unhealthy_since_unix.is_none() {
+            st.unhealthy_since_unix = Some(now_unix());
+        }
+        if st.state != state {
+            if healthy {
+                tracing::info!(member = %st.name, "HSM member is healthy");
+            } else {
+                tracing::warn!(member = %st.name, state, error = err.as_deref().unwrap_or(""), "HSM member is unhealthy");
+            }
+        }
+        st.state = state.to_string();
+        st.healthy = healthy;
+        st.last_error = err;
+    }
+
+    /// Asks the worker to close its session and stop, waiting at most the timeout.
+    pub fn shutdown(&self) {
+        if !self.busy.load(Ordering::SeqCst) {
+            let _ = self.call_inner(|w| {
+                w.close();
+                Ok(())
+            });
+        }
+        // Dropping the sender ends the worker loop.
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+struct Open {
+    session: Session,
+    generation: u64,
+}
+
+struct PinLatch {
+    fingerprint: [u8; 32],
+}
+
+/// The state living on a member's thread.
+pub struct Worker {
+    spec: Arc<MemberSpec>,
+    module: Arc<Module>,
+    open: Option<Open>,
+    latch: Option<PinLatch>,
+    fingerprint_key: [u8; 32],
+    /// Whether the current call may try a PIN that was rejected before (an operator's request).
+    pub override_latch: bool,
+}
+
+impl Worker {
+    fn new(spec: Arc<MemberSpec>, module: Arc<Module>) -> Worker {
+        let mut fingerprint_key = [0u8; 32];
+        let _ = crate::crypto::fill_random(&mut fingerprint_key);
+        Worker {
+            spec,
+            module,
+            open: None,
+            latch: None,
+            fingerprint_key,
+            override_latch: false,
+        }
+    }
+
+    fn read_pin(&self) -> Result<SecretString, HsmError> {
+        let bad = |m: String| HsmError::new(ErrorKind::PinSource, m);
+        let mut raw = match &self.spec.pin {
+            PinSource::Inline(p) => p.expose_secret().to_string(),
+            PinSource::Env(var) => std::env::var(var).map_err(|_| {
+                bad(format!(
+                    "PIN environment variable {var} is not set or not UTF-8"
+                ))
+            })?,
+            PinSource::File(path) => read_secret_file(path).map_err(bad)?,
+            PinSource::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    bad(format!(
+                        "pin_credential {name:?} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
+                    ))
+                })?;
+                read_secret_file(&PathBuf::from(dir).join(name)).map_err(bad)?
+            }
+        };
+        let trimmed = raw.trim_end_matches(['\r', '\n']).to_string();
+        raw.zeroize();
+        if trimmed.is_empty() {
+            return Err(bad("the PIN source is empty".into()));
+        }
+        Ok(SecretString::from(trimmed))
+    }
+
+    fn fingerprint(&self, pin: &SecretString) -> [u8; 32] {
+        crate::crypto::hmac_sha256(&self.fingerprint_key, pin.expose_secret().as_bytes())
+    }
+
+    fn find_slot(&self, ctx: &cryptoki::context::Pkcs11) -> Result<Slot, HsmError> {
+        let slots = ctx
+            .get_slots_with_token()
+            .map_err(HsmError::from_cryptoki)?;
+        for slot in slots {
+            let hit = match &self.spec.selector {
+                TokenSelector::Slot(id) => slot.id() == *id,
+                TokenSelector::Label(label) => ctx
+                    .get_token_info(slot)
+                    .map(|t| t.label().trim_end() == label)
+                    .unwrap_or(false),
+                TokenSelector::Serial(serial) => ctx
+                    .get_token_info(slot)
+                    .map(|t| t.serial_number().trim_end() == serial)
+                    .unwrap_or(false),
+            };
+            if hit {
+                return Ok(slot);
+            }
+        }
+        Err(HsmError::new(
+            ErrorKind::TokenNotFound,
+            format!("no token with {} is present", self.spec.selector),
+        ))
+    }
+
+    /// An open, logged-in session of the current module generation.
+    fn ensure(&mut self) -> Result<(), HsmError> {
+        let (ctx, generation) = self.module.context()?;
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.generation != generation)
+        {
+            // Belongs to a finalized module: its handle may now name someone else's session, so it
+            // is forgotten, never closed.
+            self.open = None;
+        }
+        if self.open.is_none() {
+            let pin = self.read_pin()?;
+            let fp = self.fingerprint(&pin);
+            if let Some(latch) = &self.latch {
+                if latch.fingerprint == fp && !self.override_latch {
+                    return Err(HsmError::new(
+                        ErrorKind::PinBlocked,
+                        "the configured PIN was rejected before and has not changed; not logging in again \
+                         (fix the PIN source, or run `sealkeeper operator unseal` to try it once more)",
+                    ));
+                }
+            }
+            let slot = self.find_slot(&ctx)?;
+            let session = if self.spec.rw_session {
+                ctx.open_rw_session_no_drop(slot)
+            } else {
+                ctx.open_ro_session_no_drop(slot)
+            }
+            .map_err(HsmError::from_cryptoki)?;
+            match session.login(UserType::User, Some(&pin)) {
+                Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                    self.latch = None;
+                }
+                Err(e) => {
+                    let err = HsmError::from_cryptoki(e);
+                    if err.kind == ErrorKind::Pin {
+                        self.latch = Some(PinLatch { fingerprint: fp });
+                    }
+                    let _ = session.close();
+                    return Err(err);
+                }
+            }
+            self.open = Some(Open {
+                session,
+                generation,
+            });
+        }
+        Ok(())
+    }
+
+    fn drop_session(&mut self, close: bool) {
+        if let Some(o) = self.open.take() {
+            if close && o.generation == self.module.generation() {
+                let _ = o.session.logout();
+                let _ = o.session.close();
+            }
+        }
+    }
+
+    /// Runs `op` with a session, recovering once from a lost session and once more by
+    /// re-initializing the module, before giving up.
+    fn with_session<R>(
+        &mut self,
+        mut op: impl FnMut(&Session, &MemberSpec) -> Result<R, HsmError>,
+    ) -> Result<R, HsmError> {
+        let mut recoveries = 0;
+        loop {
+            let generation = self.module.generation();
+            let result = match (self.ensure(), &self.open) {
+                (Ok(()), Some(o)) => op(&o.session, &self.spec),
+                (Ok(()), None) => Err(HsmError::new(ErrorKind::Other, "session unavailable")),
+                (Err(e), _) => Err(e),
+            };
+            match result {
+                Ok(r) => return Ok(r),
+                Err(e) if e.recoverable() && recoveries < 2 => {
+                    recoveries += 1;
+                    tracing::info!(member = %self.spec.name, error = %e, attempt = recoveries, "recovering PKCS#11 session");
+                    self.drop_session(!e.needs_reinit());
+                    if e.needs_reinit() || recoveries == 2 {
+                        self.module.reinit(generation);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn find_key(
+    spec: &MemberSpec,
+    session: &Session,
+    class: ObjectClass,
+) -> Result<ObjectHandle, HsmError> {
+    let mut template = vec![
+        Attribute::Class(class),
+        Attribute::Label(spec.key_label.as_bytes().to_vec()),
+    ];
+    if let Some(id) = &spec.key_id {
+        template.push(Attribute::Id(id.clone()));
+    }
+    let found = session
+        .find_objects(&template)
+        .map_err(HsmError::from_cryptoki)?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(HsmError::new(
+            ErrorKind::Key,
+            format!(
+                "no {} with label {:?}{} on the token",
+                class_name(class),
+                spec.key_label,
+                id_note(&spec.key_id)
+            ),
+        )),
+        many => Err(HsmError::new(
+            ErrorKind::Key,
+            format!(
+                "{} objects of class {} have label {:?}; set key_id to choose one",
+                many.len(),
+                class_name(class),
+                spec.key_label
+            ),
+        )),
+    }
+}
+
+/// Logs a warning when the seal key could leave the HSM.
+fn check_key_attributes(spec: &MemberSpec, session: &Session, key: ObjectHandle) {
+    if let Ok(attrs) =
+        session.get_attributes(key, &[AttributeType::Sensitive, AttributeType::Extractable])
+    {
+        for a in attrs {
+            match a {
+                Attribute::Sensitive(false) => {
+                    tracing::warn!(member = %spec.name, key = %spec.key_label, "seal key is not CKA_SENSITIVE")
+                }
+                Attribute::Extractable(true) => {
+                    tracing::warn!(member = %spec.name, key = %spec.key_label, "seal key is CKA_EXTRACTABLE")
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Worker {
+    pub fn random(&mut self, len: usize) -> Result<Vec<u8>, HsmError> {
+        self.with_session(|s, _spec| {
+            let mut buf = vec![0u8; len];
+            s.generate_random_slice(&mut buf)
+                .map_err(HsmError::from_cryptoki)?;
+            Ok(buf)
+        })
+    }
+
+    /// AES-GCM encryption on the HSM. Returns (IV actually used, ciphertext || tag). The IV buffer
+    /// is read back after C_Encrypt: HSMs that choose their own IV write it there.
+    pub fn gcm_encrypt(
+        &mut self,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), HsmError> {
+        self.with_session(|s, spec| {
+            let key = find_key(spec, s, ObjectClass::SECRET_KEY)?;
+            check_key_attributes(spec, s, key);
+            let mut iv = vec![0u8; 12];
+            s.generate_random_slice(&mut iv)
+                .map_err(HsmError::from_cryptoki)?;
+            let params = GcmParams::new(&mut iv, aad, 128.into())
+                .map_err(|e| HsmError::new(ErrorKind::Other, e.to_string()))?;
+            let ct = s
+                .encrypt(&CkMechanism::AesGcm(params), key, plaintext)
+                .map_err(HsmError::from_cryptoki)?;
+            Ok((iv, ct))
+        })
+    }
+
+    pub fn gcm_decrypt(
+        &mut self,
+        iv: &[u8],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        self.with_session(|s, spec| {
+            let key = find_key(spec, s, ObjectClass::SECRET_KEY)?;
+            let mut iv = iv.to_vec();
+            let params = GcmParams::new(&mut iv, aad, 128.into())
+                .map_err(|e| HsmError::new(ErrorKind::Other, e.to_string()))?;
+            let pt = s
+                .decrypt(&CkMechanism::AesGcm(params), key, ciphertext)
+                .map_err(HsmError::from_cryptoki)?;
+            Ok(Zeroizing::new(pt))
+        })
+    }
+
+    fn oaep(hash: OaepHash) -> PkcsOaepParams<'static> {
+        let (h, mgf) = match hash {
+            OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
+            OaepHash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
+            OaepHash::Sha384 => (MechanismType::SHA384, PkcsMgfType::MGF1_SHA384),
+            OaepHash::Sha512 => (MechanismType::SHA512, PkcsMgfType::MGF1_SHA512),
+        };
+        PkcsOaepParams::new(h, mgf, PkcsOaepSource::empty())
+    }
+
+    pub fn rsa_encrypt(&mut self, plaintext: &[u8], hash: OaepHash) -> Result<Vec<u8>, HsmError> {
+        self.with_session(|s, spec| {
+            let key = find_key(spec, s, ObjectClass::PUBLIC_KEY)?;
+            s.encrypt(&CkMechanism::RsaPkcsOaep(Self::oaep(hash)), key, plaintext)
+                .map_err(HsmError::from_cryptoki)
+        })
+    }
+
+    pub fn rsa_decrypt(
+        &mut self,
+        ciphertext: &[u8],
+        hash: OaepHash,
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        self.with_session(|s, spec| {
+            let key = find_key(spec, s, ObjectClass::PRIVATE_KEY)?;
+            s.decrypt(&CkMechanism::RsaPkcsOaep(Self::oaep(hash)), key, ciphertext)
+                .map(Zeroizing::new)
+                .map_err(|e| {
+                    let mut err = HsmError::from_cryptoki(e);
+                    // An OAEP decoding failure is how RSA reports a wrong key or modified data.
+                    if err.ckr.as_deref() == Some("CKR_ENCRYPTED_DATA_INVALID")
+                        || err.kind == ErrorKind::Other
+                    {
+                        err.kind = ErrorKind::Authentication;
+                    }
+                    err
+                })
+        })
+    }
+
+    /// A cheap liveness check: the session answers, the token is present, the key is there.
+    pub fn probe(&mut self) -> Result<(), HsmError> {
+        let class = match self.spec.mechanism {
+            Mechanism::AesGcm => ObjectClass::SECRET_KEY,
+            Mechanism::RsaOaep(_) => ObjectClass::PRIVATE_KEY,
+        };
+        self.with_session(|s, spec| {
+            s.get_session_info().map_err(HsmError::from_cryptoki)?;
+            find_key(spec, s, class).map(|_| ())
+        })
+    }
+
+    fn close(&mut self) {
+        self.drop_session(true);
+    }
+}
+
+fn class_name(c: ObjectClass) -> &'static str {
+    if c == ObjectClass::SECRET_KEY {
+        "secret key"
+    } else if c == ObjectClass::PRIVATE_KEY {
+        "private key"
+    } else if c == ObjectClass::PUBLIC_KEY {
+        "public key"
+    } else {
+        "object"
+    }
+}
+
+fn id_note(id: &Option<Vec<u8>>) -> String {
+    id.as_ref()
+        .map(|i| format!(" and id {}", hex::encode(i)))
+        .unwrap_or_default()
+}
+
+/// Reads a PIN file, refusing one that group or others can read.
+fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| format!("cannot open PIN file {}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot stat PIN file {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "PIN file {} is accessible by group or others (mode {:o}); chmod 0600 it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    let mut s = String::new();
+    f.read_to_string(&mut s)
+        .map_err(|e| format!("cannot read PIN file {}: {e}", path.display()))?;
+    Ok(s)
+}

@@ -1,0 +1,343 @@
+//! The PKCS#11 seal: one HSM key, held by one or more members (an HA pair), tried in order.
+
+mod error;
+mod member;
+mod module;
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use zeroize::Zeroizing;
+
+pub use error::{ErrorKind, HsmError, MemberError};
+use member::Member;
+pub use member::MemberSpec;
+pub use module::ModuleRegistry;
+
+use super::{
+    Attempt, BlobContext, Seal, SealError, SealStatus, Unwrapped, WrappedBlob, associated_data,
+};
+use crate::config::{Mechanism, SealConfig};
+use crate::crypto;
+
+pub const SEAL_TYPE: &str = "pkcs11";
+
+pub struct Pkcs11Seal {
+    name: String,
+    key_label: String,
+    key_id: Option<Vec<u8>>,
+    mechanism: Mechanism,
+    members: Vec<Member>,
+    registry: Arc<ModuleRegistry>,
+}
+
+impl Pkcs11Seal {
+    pub fn from_config(cfg: &SealConfig, registry: Arc<ModuleRegistry>) -> Pkcs11Seal {
+        let key_label = cfg.key_label.clone().unwrap_or_default();
+        let key_id = cfg.key_id_bytes();
+        let mechanism = cfg.mechanism();
+        let members = cfg
+            .hsm
+            .iter()
+            .map(|h| {
+                Member::start(
+                    MemberSpec {
+                        name: h.name.clone(),
+                        lib: h.lib.clone(),
+                        selector: h.selector(),
+                        pin: h.pin_source(),
+                        rw_session: h.rw_session,
+                        timeout: h.timeout,
+                        key_label: key_label.clone(),
+                        key_id: key_id.clone(),
+                        mechanism,
+                    },
+                    registry.clone(),
+                )
+            })
+            .collect();
+        Pkcs11Seal {
+            name: cfg.name.clone(),
+            key_label,
+            key_id,
+            mechanism,
+            members,
+            registry,
+        }
+    }
+
+    fn members_failed(&self, summary: &'static str, errors: Vec<MemberError>) -> SealError {
+        SealError::Members {
+            seal: self.name.clone(),
+            summary,
+            errors,
+        }
+    }
+
+    fn unwrap_with(
+        &self,
+        m: &Member,
+        blob: &WrappedBlob,
+        attempt: Attempt,
+    ) -> Result<Zeroizing<Vec<u8>>, MemberError> {
+        let aad = blob.aad.clone().into_bytes();
+        let iv = B64.decode(&blob.iv).unwrap_or_default();
+        let ct = B64.decode(&blob.ciphertext).unwrap_or_default();
+        let override_latch = attempt == Attempt::Operator;
+        match self.mechanism {
+            Mechanism::AesGcm => m.call(move |w| {
+                w.override_latch = override_latch;
+                let r = w.gcm_decrypt(&iv, &ct, &aad);
+                w.override_latch = false;
+                r
+            }),
+            Mechanism::RsaOaep(hash) => {
+                let wrapped = B64
+                    .decode(blob.wrapped_key.as_deref().unwrap_or_default())
+                    .unwrap_or_default();
+                let kek = m.call(move |w| {
+                    w.override_latch = override_latch;
+                    let r = w.rsa_decrypt(&wrapped, hash);
+                    w.override_latch = false;
+                    r
+                })?;
+                let mut sealed = iv;
+                sealed.extend_from_slice(&ct);
+                crypto::open(&kek, &aad, &sealed)
+                    .map(Zeroizing::new)
+                    .map_err(|e| MemberError {
+                        member: m.name().to_string(),
+                        error: HsmError::new(
+                            if e == crypto::CryptoError::Authentication {
+                                ErrorKind::Authentication
+                            } else {
+                                ErrorKind::Other
+                            },
+                            format!("envelope: {e}"),
+                        ),
+                    })
+            }
+        }
+    }
+
+    fn check_blob_shape(&self, blob: &WrappedBlob) -> Result<(), SealError> {
+        let invalid = |m: String| SealError::Invalid {
+            seal: self.name.clone(),
+            message: m,
+        };
+        if blob.mechanism != self.mechanism.name() {
+            return Err(invalid(format!(
+                "stored blob was wrapped with {}, but the seal is configured for {}",
+                blob.mechanism,
+                self.mechanism.name()
+            )));
+        }
+        if blob.key_label != self.key_label || blob.key_id != self.key_id.as_ref().map(hex::encode)
+        {
+            return Err(invalid(format!(
+                "stored blob was wrapped by key {}:{}, but the seal is configured with key {}:{} \
+                 (a change of HSM key needs a rewrap with the old key still present)",
+                blob.key_label,
+                blob.key_id.as_deref().unwrap_or(""),
+                self.key_label,
+                self.key_id.as_ref().map(hex::encode).unwrap_or_default()
+            )));
+        }
+        for (field, value) in [
+            ("iv", Some(&blob.iv)),
+            ("ciphertext", Some(&blob.ciphertext)),
+            ("wrapped_key", blob.wrapped_key.as_ref()),
+        ] {
+            if let Some(v) = value {
+                if B64.decode(v).is_err() {
+                    return Err(invalid(format!(
+                        "stored blob's {field} is not valid base64"
+                    )));
+                }
+            }
+        }
+        if matches!(self.mechanism, Mechanism::RsaOaep(_)) && blob.wrapped_key.is_none() {
+            return Err(invalid("stored RSA-OAEP blob has no wrapped_key".into()));
+        }
+        Ok(())
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Seal for Pkcs11Seal {
+    fn seal_type(&self) -> &'static str {
+        SEAL_TYPE
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn wrap(&self, ctx: &BlobContext, plaintext: &[u8]) -> Result<WrappedBlob, SealError> {
+        let aad = associated_data(ctx, SEAL_TYPE, &self.name);
+        let mut errors = Vec::new();
+        for m in &self.members {
+            let aad_bytes = aad.clone().into_bytes();
+            let result = match self.mechanism {
+                Mechanism::AesGcm => {
+                    let pt = Zeroizing::new(plaintext.to_vec());
+                    m.call(move |w| w.gcm_encrypt(&pt, &aad_bytes))
+                        .map(|(iv, ct)| (iv, ct, None))
+                }
+                Mechanism::RsaOaep(hash) => {
+                    // RSA-OAEP wraps a fresh envelope key; the envelope (AES-256-GCM) binds the AAD.
+                    let kek = Zeroizing::new(crypto::random_vec(crypto::KEY_LEN)?);
+                    let sealed = crypto::seal(&kek, &aad_bytes, plaintext)?;
+                    let (iv, ct) = sealed.split_at(crypto::GCM_NONCE_LEN);
+                    let (iv, ct) = (iv.to_vec(), ct.to_vec());
+                    m.call(move |w| w.rsa_encrypt(&kek, hash))
+                        .map(|wk| (iv, ct, Some(wk)))
+                }
+            };
+            match result {
+                Ok((iv, ct, wrapped_key)) => {
+                    return Ok(WrappedBlob {
+                        format: super::BLOB_FORMAT,
+                        purpose: ctx.purpose.clone(),
+                        installation_id: ctx.installation_id.clone(),
+                        seal_name: self.name.clone(),
+                        seal_type: SEAL_TYPE.to_string(),
+                        key_label: self.key_label.clone(),
+                        key_id: self.key_id.as_ref().map(hex::encode),
+                        mechanism: self.mechanism.name().to_string(),
+                        oaep_hash: match self.mechanism {
+                            Mechanism::RsaOaep(h) => Some(h.name().to_string()),
+                            Mechanism::AesGcm => None,
+                        },
+                        iv: B64.encode(iv),
+                        ciphertext: B64.encode(ct),
+                        wrapped_key: wrapped_key.map(|k| B64.encode(k)),
+                        aad: aad.clone(),
+                        wrapped_by: m.name().to_string(),
+                        created_unix: now_unix(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(seal = %self.name, member = %e.member, error = %e.error, "wrap failed on member");
+                    errors.push(e);
+                }
+            }
+        }
+        Err(self.members_failed("no member could wrap", errors))
+    }
+
+    fn unwrap(
+        &self,
+        ctx: &BlobContext,
+        blob: &WrappedBlob,
+        attempt: Attempt,
+    ) -> Result<Unwrapped, SealError> {
+        blob.check(ctx, SEAL_TYPE, &self.name)?;
+        self.check_blob_shape(blob)?;
+        let mut errors = Vec::new();
+        for m in &self.members {
+            match self.unwrap_with(m, blob, attempt) {
+                Ok(plaintext) => {
+                    return Ok(Unwrapped {
+                        plaintext,
+                        member: m.name().to_string(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(seal = %self.name, member = %e.member, error = %e.error, "unwrap failed on member");
+                    errors.push(e);
+                }
+            }
+        }
+        Err(self.members_failed("no member could unwrap the root key", errors))
+    }
+
+    fn random(&self, len: usize) -> Result<Vec<u8>, SealError> {
+        let mut errors = Vec::new();
+        for m in &self.members {
+            match m.call(move |w| w.random(len)) {
+                Ok(r) if r.len() == len => return Ok(r),
+                Ok(r) => errors.push(MemberError {
+                    member: m.name().to_string(),
+                    error: HsmError::new(
+                        ErrorKind::Other,
+                        format!("C_GenerateRandom returned {} bytes", r.len()),
+                    ),
+                }),
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(self.members_failed("no member could generate random bytes", errors))
+    }
+
+    fn status(&self) -> SealStatus {
+        let members: Vec<_> = self.members.iter().map(|m| m.status()).collect();
+        SealStatus {
+            name: self.name.clone(),
+            seal_type: SEAL_TYPE.to_string(),
+            key_label: self.key_label.clone(),
+            mechanism: self.mechanism.name().to_string(),
+            healthy: members.iter().any(|m| m.healthy),
+            members,
+        }
+    }
+
+    fn probe(&self) {
+        for m in &self.members {
+            let _ = m.call(|w| w.probe());
+        }
+    }
+
+    fn verify_members(
+        &self,
+        ctx: &BlobContext,
+        blob: &WrappedBlob,
+        expected: &[u8],
+    ) -> Result<Vec<String>, SealError> {
+        let mut unreachable = Vec::new();
+        for m in self.members.iter().filter(|m| m.name() != blob.wrapped_by) {
+            match self.unwrap_with(m, blob, Attempt::Automatic) {
+                Ok(pt) if pt.as_slice() == expected => {}
+                Ok(_) => {
+                    return Err(SealError::Invalid {
+                        seal: self.name.clone(),
+                        message: format!(
+                            "member {} decrypts to a different value: the members do not hold the same key",
+                            m.name()
+                        ),
+                    });
+                }
+                Err(e) if e.error.kind == ErrorKind::Authentication => {
+                    return Err(SealError::Invalid {
+                        seal: self.name.clone(),
+                        message: format!(
+                            "member {} holds a different key under label {:?} than {} (every member of a pair must hold \
+                             the same key): {}",
+                            m.name(),
+                            self.key_label,
+                            blob.wrapped_by,
+                            e.error
+                        ),
+                    });
+                }
+                Err(e) => unreachable.push(format!("{}: {}", e.member, e.error)),
+            }
+        }
+        let _ = ctx;
+        Ok(unreachable)
+    }
+
+    fn shutdown(&self) {
+        for m in &self.members {
+            m.shutdown();
+        }
+        self.registry.finalize_all();
+    }
+}

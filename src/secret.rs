@@ -1,0 +1,199 @@
+//! Locked, non-dumpable, zeroizing memory for key material, and process hardening.
+//!
+//! This is the only module of the crate that uses `unsafe`: it calls `mmap`, `mlock`, `madvise`,
+//! `munlock`, `munmap`, `prctl` and `setrlimit` through `libc`. Every block states why it is sound.
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::io;
+use std::ptr::NonNull;
+
+use zeroize::Zeroize;
+
+/// Whether key memory must be locked (the default) or may fall back to ordinary memory
+/// (`disable_mlock = true`, for development machines only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryPolicy {
+    RequireLocked,
+    AllowUnlocked,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemoryError {
+    #[error(
+        "cannot lock {len} bytes of memory for key material ({source}); raise the memlock limit \
+         (systemd: LimitMEMLOCK=1M; shell: ulimit -l 1024) or grant CAP_IPC_LOCK, or set \
+         disable_mlock = true in the config on a development machine only"
+    )]
+    Lock { len: usize, source: io::Error },
+    #[error("cannot map memory for key material: {0}")]
+    Map(io::Error),
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size <= 0 { 4096 } else { size as usize }
+}
+
+/// A fixed-size buffer of secret bytes in its own anonymous mapping: locked in RAM (never swapped),
+/// excluded from core dumps, and overwritten with zeros before it is unmapped.
+///
+/// It deliberately implements neither `Debug` nor `Clone`.
+pub struct LockedBytes {
+    ptr: NonNull<u8>,
+    len: usize,
+    map_len: usize,
+    locked: bool,
+}
+
+// SAFETY: LockedBytes owns its mapping exclusively; no aliasing pointer escapes except through
+// `&self`/`&mut self` borrows, so moving it to or sharing it with another thread is sound.
+unsafe impl Send for LockedBytes {}
+// SAFETY: as above; shared access only hands out `&[u8]`.
+unsafe impl Sync for LockedBytes {}
+
+impl LockedBytes {
+    /// Allocates `len` zeroed bytes of locked memory.
+    pub fn zeroed(len: usize, policy: MemoryPolicy) -> Result<Self, MemoryError> {
+        let page = page_size();
+        let map_len = len.max(1).div_ceil(page) * page;
+        // SAFETY: an anonymous private mapping with a null hint has no preconditions; the result
+        // is checked against MAP_FAILED before use.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(MemoryError::Map(io::Error::last_os_error()));
+        }
+        let Some(ptr) = NonNull::new(raw.cast::<u8>()) else {
+            return Err(MemoryError::Map(io::Error::other("mmap returned null")));
+        };
+        let mut this = LockedBytes {
+            ptr,
+            len,
+            map_len,
+            locked: false,
+        };
+        // SAFETY: [raw, raw + map_len) is the mapping created above.
+        unsafe {
+            // Best effort: a kernel without MADV_DONTDUMP still gets RLIMIT_CORE=0 and
+            // PR_SET_DUMPABLE=0 from `harden_process`.
+            libc::madvise(raw, map_len, libc::MADV_DONTDUMP);
+        }
+        // SAFETY: as above.
+        let rc = unsafe { libc::mlock(raw, map_len) };
+        if rc == 0 {
+            this.locked = true;
+        } else if policy == MemoryPolicy::RequireLocked {
+            // `this` is dropped here and unmaps the region.
+            return Err(MemoryError::Lock {
+                len: map_len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(this)
+    }
+
+    /// Copies `src` into a new locked buffer. The caller remains responsible for zeroizing `src`.
+    pub fn from_slice(src: &[u8], policy: MemoryPolicy) -> Result<Self, MemoryError> {
+        let mut this = Self::zeroed(src.len(), policy)?;
+        this.as_mut_slice().copy_from_slice(src);
+        Ok(this)
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for map_len >= len bytes for the lifetime of self, initialised
+        // (anonymous mappings are zero-filled), and only mutated through &mut self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice; &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the pages are really locked (false only under `MemoryPolicy::AllowUnlocked`).
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+}
+
+impl Drop for LockedBytes {
+    fn drop(&mut self) {
+        // SAFETY: the whole mapping is ours and initialised; zeroize uses volatile writes that the
+        // optimiser cannot remove.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.map_len) };
+        all.zeroize();
+        let raw = self.ptr.as_ptr().cast::<libc::c_void>();
+        // SAFETY: raw/map_len describe the mapping created in `zeroed`; it is not used afterwards.
+        unsafe {
+            if self.locked {
+                libc::munlock(raw, self.map_len);
+            }
+            libc::munmap(raw, self.map_len);
+        }
+    }
+}
+
+impl fmt::Debug for LockedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockedBytes([REDACTED; {}])", self.len)
+    }
+}
+
+/// Makes the process non-dumpable (no core files, no ptrace by unprivileged peers, /proc/PID/mem
+/// closed to other users), sets RLIMIT_CORE to 0 and the umask to 0077.
+pub fn harden_process() -> io::Result<()> {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads a valid, initialised rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: PR_SET_DUMPABLE takes an integer argument and no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: umask only sets the process's file mode creation mask. Files the daemon creates are
+    // private unless it widens them explicitly (the admin socket with allowed groups).
+    unsafe { libc::umask(0o077) };
+    Ok(())
+}
+
+/// Whether the process is currently dumpable (PR_GET_DUMPABLE).
+pub fn is_dumpable() -> bool {
+    // SAFETY: PR_GET_DUMPABLE takes no pointer arguments.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) != 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locked_bytes_roundtrip_and_redacted_debug() {
+        let b = LockedBytes::from_slice(&[7u8; 32], MemoryPolicy::AllowUnlocked).unwrap();
+        assert_eq!(b.as_slice(), &[7u8; 32]);
+        assert_eq!(b.len(), 32);
+        assert!(!format!("{b:?}").contains('7'));
+    }
+}

@@ -1,0 +1,231 @@
+//! The daemon: binds the listeners, builds the core, runs the background tasks, and shuts down
+//! cleanly (keys zeroized, sessions closed, modules finalized, socket removed).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, Peer};
+use crate::config::{AdminConfig, Config};
+
+use crate::core::{Core, CoreOptions};
+use crate::http::{self, tls};
+use crate::seal::Seal;
+use crate::seal::pkcs11::{ModuleRegistry, Pkcs11Seal};
+use crate::secret::{self, MemoryPolicy};
+use crate::storage::{self, FileStorage, Storage};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("{0}")]
+    Startup(String),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminSocketError),
+    #[error("listener {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: UnixListener,
+}
+
+/// Binds the public TCP listener and the admin socket named in the config.
+pub async fn bind(cfg: &Config) -> Result<Listeners, ServerError> {
+    let public = TcpListener::bind(cfg.listener.address)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.listener.address.to_string(),
+            source,
+        })?;
+    let admin = admin::bind(&cfg.admin)?;
+    Ok(Listeners { public, admin })
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    secret::harden_process()
+        .map_err(|e| ServerError::Startup(format!("cannot disable core dumps: {e}")))?;
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
+    storage::check_directory_permissions(&cfg.storage.path).map_err(ServerError::Startup)?;
+    let store: Arc<dyn Storage> = Arc::new(FileStorage::open(&cfg.storage.path)?);
+    let tls = if cfg.listener.tls_disable {
+        None
+    } else {
+        match (&cfg.listener.tls_cert_file, &cfg.listener.tls_key_file) {
+            (Some(c), Some(k)) => Some(TlsAcceptor::from(tls::server_config(c, k)?)),
+            _ => {
+                return Err(ServerError::Startup(
+                    "listener: TLS certificate and key are required".into(),
+                ));
+            }
+        }
+    };
+
+    let registry = ModuleRegistry::new();
+    let seal_cfg = cfg
+        .seal
+        .first()
+        .ok_or_else(|| ServerError::Startup("no [[seal]] configured".into()))?;
+    let seal: Arc<dyn Seal> = Arc::new(Pkcs11Seal::from_config(seal_cfg, registry));
+    let core = Core::new(
+        CoreOptions {
+            memory: if cfg.disable_mlock {
+                MemoryPolicy::AllowUnlocked
+            } else {
+                MemoryPolicy::RequireLocked
+            },
+            cluster_name: cfg.cluster_name.clone(),
+            retry_initial: cfg.unseal.retry_initial,
+            retry_max: cfg.unseal.retry_max,
+            probe_interval: cfg.unseal.probe_interval,
+        },
+        store,
+        seal.clone(),
+    );
+    let members: Vec<String> = seal
+        .status()
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    tracing::info!(
+        seal_type = seal.seal_type(),
+        seal = seal.name(),
+        members = %members.join(","),
+        listener = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls = tls.is_some(),
+        admin_socket = %cfg.admin.socket.display(),
+        initialized = core.is_initialized(),
+        "sealkeeper started"
+    );
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(core.clone().run_auto_unseal());
+    tasks.spawn(core.clone().run_probe());
+    tasks.spawn(serve_public(
+        listeners.public,
+        tls,
+        http::public_router(core.clone()),
+    ));
+    tasks.spawn(serve_admin(
+        listeners.admin,
+        cfg.admin.clone(),
+        admin::router(core.clone()),
+    ));
+    core.wake();
+
+    shutdown.await;
+    tracing::info!("shutting down: zeroizing keys, closing HSM sessions");
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    core.zeroize();
+    let _ = tokio::task::spawn_blocking(move || seal.shutdown()).await;
+    admin::unlink(&cfg.admin.socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_public(listener: TcpListener, tls: Option<TlsAcceptor>, router: Router) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed on the public listener");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        while conns.try_join_next().is_some() {}
+        let router = router.clone();
+        let tls = tls.clone();
+        conns.spawn(async move {
+            let service = TowerToHyperService::new(router);
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let result = match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(s) => builder.serve_connection(TokioIo::new(s), service).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn serve_admin(listener: UnixListener, cfg: AdminConfig, router: Router) {
+    let mut conns = JoinSet::new();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed on the admin socket");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        while conns.try_join_next().is_some() {}
+        let peer = match stream.peer_cred() {
+            Ok(c) => Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "admin connection refused: peer credentials unavailable");
+                continue;
+            }
+        };
+        let router = if admin::allowed(&cfg, &peer) {
+            router.clone().layer(axum::Extension(peer))
+        } else {
+            tracing::warn!(
+                uid = peer.uid,
+                gid = peer.gid,
+                pid = peer.pid,
+                "admin connection refused: peer not in allowed_uids/allowed_gids"
+            );
+            admin::refusal_router(peer)
+        };
+        conns.spawn(async move {
+            let service = TowerToHyperService::new(router);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
