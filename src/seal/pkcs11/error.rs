@@ -112,10 +112,12 @@ impl HsmError {
     }
 
     /// Whether reopening the session (and, failing that, re-initializing the module) may help.
+    /// A missing key counts: a token that was removed and came back (or was swapped for its
+    /// replacement) shows its objects only to a fresh session of a re-initialized module.
     pub fn recoverable(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::Session | ErrorKind::Device | ErrorKind::TokenNotFound
+            ErrorKind::Session | ErrorKind::Device | ErrorKind::TokenNotFound | ErrorKind::Key
         )
     }
 

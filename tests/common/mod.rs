@@ -1,0 +1,392 @@
+//! Test harness: every test gets its own SoftHSMv2 token pair (provisioned by the real
+//! scripts/setup-softhsm.sh into a temp dir with its own SOFTHSM2_CONF), its own storage, admin
+//! socket and loopback port, and runs the real `sealkeeper` binary.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sealkeeper");
+
+pub fn module() -> String {
+    std::env::var("TEST_PKCS11_MODULE").unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
+}
+
+/// A loopback port no other test of this process was given (ports are not reused between a
+/// fixture's daemon restarts and another test's bind).
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Fixture {
+    /// A fresh token pair and a config with TLS disabled and fast retries.
+    pub fn new() -> Fixture {
+        let f = Fixture::with_tls();
+        f.edit_config(|c| {
+            c.replace("tls_cert_file", "# tls_cert_file")
+                .replace("tls_key_file", "# tls_key_file")
+                .replace("[admin]", "tls_disable = true\n\n[admin]")
+        });
+        f
+    }
+
+    /// A fresh token pair and the config exactly as setup-softhsm.sh writes it (TLS on), with fast
+    /// retries.
+    pub fn with_tls() -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("sk-test-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup-softhsm.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .args([
+                "--dir",
+                dir.path().to_str().unwrap(),
+                "--port",
+                &port.to_string(),
+                "--no-install",
+            ])
+            .env("SEALKEEPER_PKCS11_MODULE", module())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "setup-softhsm.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let f = Fixture { dir, port };
+        f.edit_config(|c| {
+            c.replace("retry_initial = \"1s\"", "retry_initial = \"100ms\"")
+                .replace("retry_max = \"60s\"", "retry_max = \"400ms\"")
+                .replace("probe_interval = \"30s\"", "probe_interval = \"200ms\"")
+        });
+        f
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("sealkeeper.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("admin.sock")
+    }
+
+    pub fn softhsm_conf(&self) -> PathBuf {
+        self.path("softhsm2.conf")
+    }
+
+    pub fn config(&self) -> String {
+        std::fs::read_to_string(self.config_path()).unwrap()
+    }
+
+    pub fn edit_config(&self, f: impl FnOnce(String) -> String) {
+        let new = f(self.config());
+        std::fs::write(self.config_path(), new).unwrap();
+    }
+
+    /// The token directory of the token with this label (SoftHSM keeps one directory per token).
+    pub fn token_dir(&self, label: &str) -> PathBuf {
+        for entry in std::fs::read_dir(self.path("tokens")).unwrap() {
+            let p = entry.unwrap().path();
+            let obj = p.join("token.object");
+            if let Ok(bytes) = std::fs::read(&obj) {
+                if bytes.windows(label.len()).any(|w| w == label.as_bytes()) {
+                    return p;
+                }
+            }
+        }
+        panic!("no token directory for {label}");
+    }
+
+    /// Moves a token out of SoftHSM's token directory (the HSM "disappears") and returns where it went.
+    pub fn remove_token(&self, label: &str) -> PathBuf {
+        let from = self.token_dir(label);
+        let to = self.path(&format!("removed-{label}"));
+        std::fs::rename(&from, &to).unwrap();
+        to
+    }
+
+    pub fn restore_token(&self, parked: &Path) {
+        let to = self.path("tokens").join(format!(
+            "restored-{}",
+            parked.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::rename(parked, to).unwrap();
+    }
+
+    pub fn blob_path(&self) -> PathBuf {
+        self.path("data/data/core/seal/hsm-pair/root")
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("SOFTHSM2_CONF", self.softhsm_conf())
+            .env("SEALKEEPER_LOG", "info,sealkeeper=debug");
+        c
+    }
+
+    pub fn start(&self) -> Daemon {
+        self.start_with(|_| {})
+    }
+
+    pub fn start_with(&self, tweak: impl FnOnce(&mut Command)) -> Daemon {
+        let log_path = self.path(&format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = self.command();
+        cmd.arg("server")
+            .arg("--config")
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(log);
+        tweak(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        let d = Daemon {
+            child: Some(child),
+            port: self.port,
+            socket: self.socket(),
+            log_path,
+            softhsm_conf: self.softhsm_conf(),
+        };
+        d.wait_listening();
+        d
+    }
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub socket: PathBuf,
+    pub log_path: PathBuf,
+    pub softhsm_conf: PathBuf,
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A minimal HTTP/1.1 client for the plain-text listener used by most tests.
+pub fn http(port: u16, method: &str, path: &str) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // Chunked bodies: keep only the JSON object.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
+        _ => body,
+    };
+    Ok(HttpResponse { status, body })
+}
+
+impl Daemon {
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.socket.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not start listening; log:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn health(&self, query: &str) -> HttpResponse {
+        http(self.port, "GET", &format!("/v1/sys/health{query}")).unwrap()
+    }
+
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http(self.port, "GET", path).unwrap()
+    }
+
+    /// Waits until sys/health answers `code`.
+    pub fn wait_health(&self, code: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut last = 0;
+        while Instant::now() < deadline {
+            last = self.health("").status;
+            if last == code {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "health stayed {last}, expected {code}; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn operator(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("operator")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env("SOFTHSM2_CONF", &self.softhsm_conf)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs an operator command that must succeed and returns its stdout.
+    pub fn operator_ok(&self, args: &[&str]) -> String {
+        let out = self.operator(args);
+        assert!(
+            out.status.success(),
+            "operator {args:?} failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn status_json(&self) -> Value {
+        let out = self.operator_ok(&["status", "--format", "json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out:?}"))
+    }
+
+    pub fn init(&self) -> Value {
+        serde_json::from_str(&self.operator_ok(&[
+            "init",
+            "--recovery-shares",
+            "3",
+            "--recovery-threshold",
+            "2",
+            "--format",
+            "json",
+        ]))
+        .unwrap()
+    }
+
+    /// Waits until `pred` holds for `operator status --format json`.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            last = self.status_json();
+            if pred(&last) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "status never showed {what}; last: {last:#}\nlog:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe_free_kill(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("daemon did not exit after SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Sends a signal with kill(1): the tests need no unsafe code.
+pub fn unsafe_free_kill(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn member<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["seal"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,247 @@
+//! Init once, auto-unseal at every start, operator seal/unseal, clean shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn init_then_restart_auto_unseals() {
+    let f = Fixture::new();
+    let mut d = f.start();
+    assert_eq!(d.health("").status, 501);
+
+    let init = d.init();
+    let keys = init["recovery_keys"].as_array().unwrap();
+    let keys_b64 = init["recovery_keys_base64"].as_array().unwrap();
+    assert_eq!(keys.len(), 3);
+    assert_eq!(keys_b64.len(), 3);
+    assert_eq!(init["recovery_threshold"], 2);
+    assert!(
+        keys.iter().all(|k| k.as_str().unwrap().len() == 78),
+        "hex shares: {init}"
+    );
+    assert_eq!(d.health("").status, 200, "init leaves the node unsealed");
+
+    // Shares are never stored: no stored file contains one.
+    for entry in walk(&f.path("data")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for k in keys.iter().chain(keys_b64.iter()) {
+            let k = k.as_str().unwrap().as_bytes();
+            assert!(
+                !bytes.windows(k.len()).any(|w| w == k),
+                "share found in {}",
+                entry.display()
+            );
+        }
+    }
+    assert_eq!(d.stop().code(), Some(0));
+
+    let d = f.start();
+    d.wait_health(200, Duration::from_secs(10));
+    let st = d.status_json();
+    assert_eq!(st["state"], "unsealed");
+    assert_eq!(st["seal_type"], "pkcs11");
+    assert_eq!(st["unsealed_by"], "hsm-a");
+    assert_eq!(st["recovery_shares"], 3);
+    assert_eq!(st["recovery_threshold"], 2);
+    assert_eq!(member(&st, "hsm-a")["healthy"], true);
+    assert!(
+        d.log().contains("unsealed"),
+        "the log names the unseal: {}",
+        d.log()
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+#[test]
+fn second_init_is_refused_and_changes_nothing() {
+    let f = Fixture::new();
+    let d = f.start();
+    d.init();
+    let before: Vec<_> = walk(&f.path("data"))
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+        .collect();
+    let out = d.operator(&[
+        "init",
+        "--recovery-shares",
+        "1",
+        "--recovery-threshold",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("already initialized"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one-line error: {err}");
+    let after: Vec<_> = walk(&f.path("data"))
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+        .collect();
+    assert_eq!(before, after);
+
+    // The raw API answers 400 with a Vault-style body.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(&d.socket)
+        .args([
+            "-X",
+            "PUT",
+            "-d",
+            r#"{"recovery_shares":1,"recovery_threshold":1}"#,
+            "http://localhost/v1/sys/init",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n400"), "{text}");
+    assert!(
+        text.contains(r#"{"errors":["sealkeeper is already initialized"]}"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_init_parameters_are_refused() {
+    let f = Fixture::new();
+    let d = f.start();
+    let out = d.operator(&[
+        "init",
+        "--recovery-shares",
+        "3",
+        "--recovery-threshold",
+        "5",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("threshold 5 with 3 shares"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(d.health("").status, 501, "still uninitialized");
+}
+
+#[test]
+fn operator_seal_gives_503_and_unseal_gives_200() {
+    let f = Fixture::new();
+    let d = f.start();
+    d.init();
+    d.operator_ok(&["seal"]);
+    assert_eq!(d.health("").status, 503);
+    // An operator seal is not undone by the automatic retry loop.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(d.health("").status, 503);
+    let st = d.status_json();
+    assert_eq!(st["state"], "sealed");
+    assert_eq!(st["manually_sealed"], true);
+
+    let out = d.operator_ok(&["unseal"]);
+    assert!(out.contains("hsm-a"), "{out}");
+    assert_eq!(d.health("").status, 200);
+}
+
+#[test]
+fn sigterm_exits_zero_and_removes_the_socket() {
+    let f = Fixture::new();
+    let mut d = f.start();
+    d.init();
+    assert!(f.socket().exists());
+    assert_eq!(d.stop().code(), Some(0));
+    assert!(!f.socket().exists(), "socket file left behind");
+    assert!(d.log().contains("stopped"), "{}", d.log());
+}
+
+#[test]
+fn sigint_exits_zero_too() {
+    let f = Fixture::new();
+    let mut d = f.start();
+    let mut child = d.child.take().unwrap();
+    unsafe_free_kill(child.id(), "INT");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!f.socket().exists());
+}
+
+#[test]
+fn process_is_not_dumpable_and_key_memory_is_locked() {
+    let f = Fixture::new();
+    let d = f.start();
+    d.init();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let vmlck: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmLck:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(vmlck > 0, "VmLck is 0: {status}");
+    // PR_SET_DUMPABLE 0 hands /proc/PID files to root; the limits show RLIMIT_CORE 0.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+    assert_eq!(d.status_json()["memory_locked"], true);
+}
+
+#[test]
+fn memory_that_cannot_be_locked_refuses_to_unseal_with_the_fix() {
+    let f = Fixture::new();
+    let d = f.start_with(|c| {
+        // A memlock limit of 0 for the daemon only, set by prlimit(1) around the exec; root also
+        // loses CAP_IPC_LOCK (setpriv), which would let it lock memory regardless of the limit.
+        let program = c.get_program().to_owned();
+        let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+        let root = String::from_utf8(
+            std::process::Command::new("id")
+                .arg("-u")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim()
+            == "0";
+        *c = {
+            let mut n = if root {
+                let mut n = std::process::Command::new("setpriv");
+                n.args(["--bounding-set", "-ipc_lock", "prlimit"]);
+                n
+            } else {
+                std::process::Command::new("prlimit")
+            };
+            n.arg("--memlock=0:0").arg(program).args(args);
+            n.env("SOFTHSM2_CONF", f.softhsm_conf());
+            n.stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(f.path("memlock.log")).unwrap());
+            n
+        };
+    });
+    let out = d.operator(&[
+        "init",
+        "--recovery-shares",
+        "1",
+        "--recovery-threshold",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot lock") && err.contains("LimitMEMLOCK"),
+        "{err}"
+    );
+    assert_eq!(d.health("").status, 501);
+}
