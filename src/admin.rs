@@ -21,7 +21,7 @@ use tokio::net::UnixListener;
 use crate::config::AdminConfig;
 use crate::core::{Core, CoreError};
 use crate::http::{
-    error_response, hsm_status_handler, method_not_allowed, not_found, seal_status_body,
+    ApiError, error_response, hsm_status_handler, method_not_allowed, not_found, seal_status_body,
     seal_status_handler,
 };
 use crate::seal::Attempt;
@@ -45,11 +45,11 @@ pub fn bind(cfg: &AdminConfig) -> Result<UnixListener, AdminSocketError> {
         path: path.clone(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            fs::create_dir_all(dir).map_err(io_err)?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_err)?;
-        }
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        fs::create_dir_all(dir).map_err(io_err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_err)?;
     }
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => fs::remove_file(path).map_err(io_err)?,
@@ -114,12 +114,12 @@ fn core_error(e: CoreError) -> Response {
     error_response(status, e.to_string())
 }
 
-fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, Response> {
+fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
     serde_json::from_slice(body)
-        .map_err(|e| error_response(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,7 +142,7 @@ async fn init_status(State(core): State<Arc<Core>>) -> Response {
 async fn init(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     let req: InitRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if req.recovery_pgp_keys.is_some() || req.pgp_keys.is_some() || req.root_token_pgp_key.is_some()
     {
@@ -192,7 +192,7 @@ struct UnsealRequest {
 async fn unseal(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     let req: UnsealRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if req.key.is_some() || req.migrate {
         return error_response(

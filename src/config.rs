@@ -349,22 +349,20 @@ impl Config {
             .seal
             .iter()
             .any(|s| s.hsm.iter().any(|h| h.pin.is_some()))
+            && let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
         {
-            if let Ok(meta) = std::fs::metadata(path) {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    return Err(ConfigError::Invalid {
-                        path: path.to_path_buf(),
-                        line: 1,
-                        column: 1,
-                        key: KeyName("seal.hsm.pin".into()),
-                        message: format!(
-                            "the config holds an inline PIN but is readable by group or others (mode {:o}); \
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                key: KeyName("seal.hsm.pin".into()),
+                message: format!(
+                    "the config holds an inline PIN but is readable by group or others (mode {:o}); \
                              chmod 0600 it, or better use pin_file / pin_credential",
-                            meta.permissions().mode() & 0o777
-                        ),
-                    });
-                }
-            }
+                    meta.permissions().mode() & 0o777
+                ),
+            });
         }
         Ok(cfg)
     }
@@ -478,13 +476,13 @@ impl Config {
                 Some(k) if k.is_empty() => out.push(problem(at("key_label"), "must not be empty")),
                 _ => {}
             }
-            if let Some(id) = &s.key_id {
-                if id.is_empty() || hex::decode(id).is_err() {
-                    out.push(problem(
-                        at("key_id"),
-                        "must be a non-empty hex string, e.g. \"01\"",
-                    ));
-                }
+            if let Some(id) = &s.key_id
+                && (id.is_empty() || hex::decode(id).is_err())
+            {
+                out.push(problem(
+                    at("key_id"),
+                    "must be a non-empty hex string, e.g. \"01\"",
+                ));
             }
             if let Err(m) = parse_mechanism(s.mechanism.as_deref(), s.rsa_oaep_hash.as_deref()) {
                 let k = if m.starts_with("rsa_oaep_hash") {
@@ -551,13 +549,13 @@ impl Config {
                         "give exactly one of pin_file, pin_env, pin_credential, pin",
                     ));
                 }
-                if let Some(c) = &h.pin_credential {
-                    if c.contains('/') || c.is_empty() {
-                        out.push(problem(
-                            at("pin_credential"),
-                            "must be a credential name, not a path",
-                        ));
-                    }
+                if let Some(c) = &h.pin_credential
+                    && (c.contains('/') || c.is_empty())
+                {
+                    out.push(problem(
+                        at("pin_credential"),
+                        "must be a credential name, not a path",
+                    ));
                 }
                 if h.timeout < Duration::from_millis(50) {
                     out.push(problem(at("timeout"), "must be at least 50ms"));
@@ -732,7 +730,7 @@ mechanism = "0x1087"
     fn validation_errors_name_line_and_key() {
         let text = GOOD.replace("slot = 3\n", "slot = 3\n  token_label = \"x\"\n");
         let e = err(&text);
-        assert!(e.starts_with("/etc/sk.toml:22:"), "{e}");
+        assert!(e.starts_with("/etc/sk.toml:21:"), "{e}");
         assert!(
             e.contains("seal[0].hsm[1]") && e.contains("exactly one of token_label"),
             "{e}"

@@ -1,5 +1,7 @@
 //! The HA pair: one member down, both down then back, an HSM lost while unsealed, a hung member.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Init once, auto-unseal at every start, operator seal/unseal, clean shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;

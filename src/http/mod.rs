@@ -18,7 +18,21 @@ pub mod tls;
 
 /// `{"errors": [...]}` with a status, as Vault answers errors.
 pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "errors": [message.into()] }))).into_response()
+    ApiError(status, message.into()).into_response()
+}
+
+/// An error answer, small enough to return by value.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({ "errors": [self.1] }))).into_response()
+    }
+}
+
+fn bad_request(message: String) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message)
 }
 
 pub async fn not_found(uri: Uri) -> Response {
@@ -43,14 +57,13 @@ fn now_unix() -> u64 {
 }
 
 /// Go's strconv.ParseBool, which Vault uses; a bare parameter (`?standbyok`) counts as true.
-fn parse_bool(name: &str, v: &str) -> Result<bool, Response> {
+fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
     match v {
         "" | "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err(error_response(
-            StatusCode::BAD_REQUEST,
-            format!("bad value for {name} parameter: {v:?} is not a boolean"),
-        )),
+        _ => Err(bad_request(format!(
+            "bad value for {name} parameter: {v:?} is not a boolean"
+        ))),
     }
 }
 
@@ -58,31 +71,33 @@ fn parse_code(
     q: &HashMap<String, String>,
     name: &str,
     default: u16,
-) -> Result<StatusCode, Response> {
+) -> Result<StatusCode, ApiError> {
     let Some(v) = q.get(name) else {
-        return StatusCode::from_u16(default)
-            .map_err(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "bad default status"));
+        return StatusCode::from_u16(default).map_err(|_| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bad default status".into(),
+            )
+        });
     };
     let code: u16 = v.parse().map_err(|_| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            format!("bad value for {name} parameter: {v:?} is not an integer"),
-        )
+        bad_request(format!(
+            "bad value for {name} parameter: {v:?} is not an integer"
+        ))
     })?;
     StatusCode::from_u16(code)
         .ok()
         .filter(|c| (100..=599).contains(&c.as_u16()))
         .ok_or_else(|| {
-            error_response(
-                StatusCode::BAD_REQUEST,
-                format!("bad value for {name} parameter: {code} is not an HTTP status code"),
-            )
+            bad_request(format!(
+                "bad value for {name} parameter: {code} is not an HTTP status code"
+            ))
         })
 }
 
 /// The status code and body of `sys/health`, following Vault's evaluation order: not initialized,
 /// sealed, (DR secondary, performance standby, standby: never true here), active.
-pub fn health(core: &Core, q: &HashMap<String, String>) -> Result<(StatusCode, Value), Response> {
+pub fn health(core: &Core, q: &HashMap<String, String>) -> Result<(StatusCode, Value), ApiError> {
     // Every parameter is validated, even those that cannot apply to a single active node.
     for b in ["standbyok", "perfstandbyok"] {
         if let Some(v) = q.get(b) {
@@ -118,11 +133,12 @@ pub fn health(core: &Core, q: &HashMap<String, String>) -> Result<(StatusCode, V
         "echo_duration_ms": 0,
         "clock_skew_ms": 0,
     });
-    if initialized && !sealed {
-        if let Some((_, _, id)) = core.recovery_config() {
-            body["cluster_name"] = json!(core.cluster_name());
-            body["cluster_id"] = json!(id);
-        }
+    if initialized
+        && !sealed
+        && let Some((_, _, id)) = core.recovery_config()
+    {
+        body["cluster_name"] = json!(core.cluster_name());
+        body["cluster_id"] = json!(id);
     }
     Ok((code, body))
 }
@@ -135,7 +151,7 @@ pub async fn health_handler(
     match health(&core, &q) {
         Ok((code, _)) if method == Method::HEAD => code.into_response(),
         Ok((code, body)) => (code, axum::Json(body)).into_response(),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 

@@ -79,6 +79,13 @@ impl Fixture {
             String::from_utf8_lossy(&out.stderr)
         );
         let f = Fixture { dir, port };
+        for m in ["a", "b"] {
+            std::fs::copy(
+                f.path(&format!("hsm-{m}.pin")),
+                f.path(&format!("orig-hsm-{m}.pin")),
+            )
+            .unwrap();
+        }
         f.edit_config(|c| {
             c.replace("retry_initial = \"1s\"", "retry_initial = \"100ms\"")
                 .replace("retry_max = \"60s\"", "retry_max = \"400ms\"")
@@ -117,10 +124,10 @@ impl Fixture {
         for entry in std::fs::read_dir(self.path("tokens")).unwrap() {
             let p = entry.unwrap().path();
             let obj = p.join("token.object");
-            if let Ok(bytes) = std::fs::read(&obj) {
-                if bytes.windows(label.len()).any(|w| w == label.as_bytes()) {
-                    return p;
-                }
+            if let Ok(bytes) = std::fs::read(&obj)
+                && bytes.windows(label.len()).any(|w| w == label.as_bytes())
+            {
+                return p;
             }
         }
         panic!("no token directory for {label}");

@@ -331,14 +331,15 @@ impl Worker {
         if self.open.is_none() {
             let pin = self.read_pin()?;
             let fp = self.fingerprint(&pin);
-            if let Some(latch) = &self.latch {
-                if latch.fingerprint == fp && !self.override_latch {
-                    return Err(HsmError::new(
-                        ErrorKind::PinBlocked,
-                        "the configured PIN was rejected before and has not changed; not logging in again \
+            if let Some(latch) = &self.latch
+                && latch.fingerprint == fp
+                && !self.override_latch
+            {
+                return Err(HsmError::new(
+                    ErrorKind::PinBlocked,
+                    "the configured PIN was rejected before and has not changed; not logging in again \
                          (fix the PIN source, or run `sealkeeper operator unseal` to try it once more)",
-                    ));
-                }
+                ));
             }
             let slot = self.find_slot(&ctx)?;
             let session = if self.spec.rw_session {
@@ -369,11 +370,12 @@ impl Worker {
     }
 
     fn drop_session(&mut self, close: bool) {
-        if let Some(o) = self.open.take() {
-            if close && o.generation == self.module.generation() {
-                let _ = o.session.logout();
-                let _ = o.session.close();
-            }
+        if let Some(o) = self.open.take()
+            && close
+            && o.generation == self.module.generation()
+        {
+            let _ = o.session.logout();
+            let _ = o.session.close();
         }
     }
 
@@ -509,7 +511,15 @@ impl Worker {
                 .map_err(|e| HsmError::new(ErrorKind::Other, e.to_string()))?;
             let pt = s
                 .decrypt(&CkMechanism::AesGcm(params), key, ciphertext)
-                .map_err(HsmError::from_cryptoki)?;
+                .map_err(|e| {
+                    let mut err = HsmError::from_cryptoki(e);
+                    // SoftHSM (and other modules) report a failed GCM tag check as
+                    // CKR_GENERAL_ERROR rather than CKR_ENCRYPTED_DATA_INVALID.
+                    if err.ckr.as_deref() == Some("CKR_GENERAL_ERROR") {
+                        err.kind = ErrorKind::Authentication;
+                    }
+                    err
+                })?;
             Ok(Zeroizing::new(pt))
         })
     }

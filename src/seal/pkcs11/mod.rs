@@ -149,12 +149,12 @@ impl Pkcs11Seal {
             ("ciphertext", Some(&blob.ciphertext)),
             ("wrapped_key", blob.wrapped_key.as_ref()),
         ] {
-            if let Some(v) = value {
-                if B64.decode(v).is_err() {
-                    return Err(invalid(format!(
-                        "stored blob's {field} is not valid base64"
-                    )));
-                }
+            if let Some(v) = value
+                && B64.decode(v).is_err()
+            {
+                return Err(invalid(format!(
+                    "stored blob's {field} is not valid base64"
+                )));
             }
         }
         if matches!(self.mechanism, Mechanism::RsaOaep(_)) && blob.wrapped_key.is_none() {

@@ -1,0 +1,184 @@
+//! The admin socket: peer credentials, file mode, stale sockets, socket resolution, --help.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn peer_not_in_allowlist_is_refused_and_logged() {
+    let f = Fixture::new();
+    f.edit_config(|c| {
+        c.replace(
+            &format!("allowed_uids = [{}]", current_uid()),
+            "allowed_uids = [4242]",
+        )
+    });
+    let d = f.start();
+    let out = d.operator(&["status"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains(&format!("permission denied: uid {}", current_uid())),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1);
+    let out = d.operator(&[
+        "init",
+        "--recovery-shares",
+        "1",
+        "--recovery-threshold",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(d.health("").status, 501, "a refused peer changed nothing");
+    assert!(d.log().contains("admin connection refused"), "{}", d.log());
+    let mode = std::fs::metadata(f.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn allowed_group_gets_a_0660_socket_and_access() {
+    let f = Fixture::new();
+    let gid = String::from_utf8(Command::new("id").arg("-g").output().unwrap().stdout).unwrap();
+    f.edit_config(|c| {
+        c.replace(
+            &format!("allowed_uids = [{}]", current_uid()),
+            &format!("allowed_uids = []\nallowed_gids = [{}]", gid.trim()),
+        )
+    });
+    let d = f.start();
+    let mode = std::fs::metadata(f.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    d.operator_ok(&["status"]);
+}
+
+fn current_uid() -> String {
+    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn stale_socket_is_replaced_but_a_regular_file_is_not() {
+    let f = Fixture::new();
+    // A stale socket left by a killed daemon.
+    let stale = std::os::unix::net::UnixListener::bind(f.socket()).unwrap();
+    drop(stale);
+    assert!(
+        std::fs::symlink_metadata(f.socket())
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    let mut d = f.start();
+    d.operator_ok(&["status"]);
+    d.stop();
+
+    std::fs::write(f.socket(), b"precious").unwrap();
+    let out = f
+        .command()
+        .arg("server")
+        .arg("--config")
+        .arg(f.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("is not a socket is in the way"), "{e}");
+    assert_eq!(std::fs::read(f.socket()).unwrap(), b"precious");
+}
+
+#[test]
+fn socket_is_found_from_env_and_from_config() {
+    let f = Fixture::new();
+    let _d = f.start();
+    let run = |args: &[&str], env: Option<&std::path::Path>| {
+        let mut c = Command::new(BIN);
+        c.arg("operator").args(args).env_remove("SEALKEEPER_SOCKET");
+        if let Some(p) = env {
+            c.env("SEALKEEPER_SOCKET", p);
+        }
+        c.output().unwrap()
+    };
+    assert!(run(&["status"], Some(&f.socket())).status.success());
+    let cfg = f.config_path();
+    assert!(
+        run(&["--config", cfg.to_str().unwrap(), "status"], None)
+            .status
+            .success()
+    );
+    // --socket wins over the environment.
+    let out = run(
+        &["--socket", "/nonexistent/admin.sock", "status"],
+        Some(&f.socket()),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/admin.sock"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unseal_keys_are_refused_on_an_auto_seal() {
+    let f = Fixture::new();
+    let d = f.start();
+    d.init();
+    let out = Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(&d.socket)
+        .args([
+            "-X",
+            "PUT",
+            "-d",
+            r#"{"key":"AQIB"}"#,
+            "http://localhost/v1/sys/unseal",
+        ])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("recovery keys never unseal"), "{body}");
+    let out = Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(&d.socket)
+        .args([
+            "-X",
+            "PUT",
+            "-d",
+            "{not json",
+            "http://localhost/v1/sys/init",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("invalid JSON body"));
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["server", "--help"],
+        vec!["operator", "--help"],
+        vec!["operator", "init", "--help"],
+        vec!["operator", "status", "--help"],
+        vec!["operator", "seal", "--help"],
+        vec!["operator", "unseal", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+    }
+    let out = Command::new(BIN)
+        .args(["operator", "init"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

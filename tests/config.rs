@@ -1,0 +1,121 @@
+//! Bad configuration: the daemon refuses to start with one line naming the file, line and key.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use common::*;
+
+fn start_fails(f: &Fixture) -> String {
+    let out = f
+        .command()
+        .arg("server")
+        .arg("--config")
+        .arg(f.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    let last = e.trim().lines().last().unwrap_or("").to_string();
+    assert!(last.starts_with("Error: "), "{e}");
+    last
+}
+
+fn line_of(f: &Fixture, needle: &str) -> usize {
+    f.config().lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn unknown_key_names_the_line() {
+    let f = Fixture::new();
+    f.edit_config(|c| {
+        c.replace(
+            "key_label = \"sealkeeper-root\"",
+            "key_label = \"sealkeeper-root\"\nkey_lable = \"typo\"",
+        )
+    });
+    let e = start_fails(&f);
+    let line = line_of(&f, "key_lable");
+    assert!(e.contains(&format!("sealkeeper.toml:{line}:")), "{e}");
+    assert!(e.contains("key_lable"), "{e}");
+}
+
+#[test]
+fn invalid_value_names_the_line_and_key() {
+    let f = Fixture::new();
+    f.edit_config(|c| {
+        c.replace(
+            "mechanism = \"CKM_AES_GCM\"",
+            "mechanism = \"CKM_DES3_CBC\"",
+        )
+    });
+    let e = start_fails(&f);
+    let line = line_of(&f, "CKM_DES3_CBC");
+    assert!(
+        e.contains(&format!("sealkeeper.toml:{line}:")) && e.contains("seal[0].mechanism"),
+        "{e}"
+    );
+}
+
+#[test]
+fn two_pin_sources_name_the_member() {
+    let f = Fixture::new();
+    f.edit_config(|c| c.replacen("pin_file", "pin_env = \"X\"\n  pin_file", 1));
+    let e = start_fails(&f);
+    assert!(
+        e.contains("seal[0].hsm[0]") && e.contains("exactly one of pin_file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_error_and_missing_file_are_clear() {
+    let f = Fixture::new();
+    f.edit_config(|c| c.replace("[listener]", "[listener"));
+    let e = start_fails(&f);
+    let line = line_of(&f, "[listener");
+    assert!(e.contains(&format!("sealkeeper.toml:{line}:")), "{e}");
+
+    let out = f
+        .command()
+        .args(["server", "--config", "/nonexistent/sk.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/sk.toml: cannot read config"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn inline_pin_warns_at_start_and_world_readable_inline_pin_is_refused() {
+    let f = Fixture::new();
+    let pin = std::fs::read_to_string(f.path("hsm-a.pin")).unwrap();
+    let path = f.path("hsm-a.pin");
+    f.edit_config(|c| {
+        c.replace(
+            &format!("pin_file = \"{}\"", path.display()),
+            &format!("pin = \"{}\"", pin.trim()),
+        )
+    });
+    let d = f.start();
+    d.init();
+    assert!(
+        d.log()
+            .contains("inline pin in the config file; this is discouraged"),
+        "{}",
+        d.log()
+    );
+    assert!(!d.log().contains(pin.trim()), "the PIN itself was logged");
+    drop(d);
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(f.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = start_fails(&f);
+    assert!(
+        e.contains("inline PIN but is readable by group or others"),
+        "{e}"
+    );
+}

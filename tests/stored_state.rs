@@ -1,0 +1,153 @@
+//! Bad stored state: a tampered, truncated or foreign blob keeps the node sealed with a clear
+//! error, and no failed operation rewrites or deletes it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::*;
+use serde_json::Value;
+
+fn initialized_fixture() -> Fixture {
+    let f = Fixture::new();
+    let mut d = f.start();
+    d.init();
+    assert_eq!(d.stop().code(), Some(0));
+    f
+}
+
+/// The stored record is a 12-byte header (magic + revision) and the blob's JSON.
+fn read_blob(f: &Fixture) -> (Vec<u8>, Value) {
+    let raw = std::fs::read(f.blob_path()).unwrap();
+    let json = serde_json::from_slice(&raw[12..]).unwrap();
+    (raw[..12].to_vec(), json)
+}
+
+fn write_blob(f: &Fixture, header: &[u8], blob: &Value) {
+    let mut raw = header.to_vec();
+    raw.extend_from_slice(&serde_json::to_vec(blob).unwrap());
+    std::fs::write(f.blob_path(), raw).unwrap();
+}
+
+/// Starts, checks it stays sealed with `expect` in the error, also after an operator attempt,
+/// and that the blob bytes are unchanged.
+fn assert_sealed_with(f: &Fixture, expect: &str) {
+    let before = std::fs::read(f.blob_path()).unwrap();
+    let d = f.start();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(d.health("").status, 503);
+    let st = d.status_json();
+    let err = st["last_unseal_error"].as_str().unwrap_or("");
+    assert!(err.contains(expect), "expected {expect:?} in {err:?}");
+    let out = d.operator(&["unseal"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(expect), "{}", stderr(&out));
+    assert_eq!(d.health("").status, 503);
+    assert_eq!(
+        std::fs::read(f.blob_path()).unwrap(),
+        before,
+        "the stored blob was changed"
+    );
+}
+
+#[test]
+fn tampered_ciphertext_is_refused_and_kept() {
+    let f = initialized_fixture();
+    let (h, mut blob) = read_blob(&f);
+    let mut ct = B64.decode(blob["ciphertext"].as_str().unwrap()).unwrap();
+    ct[5] ^= 0x01;
+    blob["ciphertext"] = B64.encode(ct).into();
+    write_blob(&f, &h, &blob);
+    assert_sealed_with(
+        &f,
+        "the stored blob was modified, or was wrapped by a different key",
+    );
+}
+
+#[test]
+fn tampered_header_is_refused() {
+    let f = initialized_fixture();
+    let (h, mut blob) = read_blob(&f);
+    blob["purpose"] = "transit-key".into();
+    write_blob(&f, &h, &blob);
+    assert_sealed_with(
+        &f,
+        "stored blob is for \"transit-key\", expected \"root-key\"",
+    );
+}
+
+#[test]
+fn truncated_blob_is_refused() {
+    let f = initialized_fixture();
+    let raw = std::fs::read(f.blob_path()).unwrap();
+    std::fs::write(f.blob_path(), &raw[..raw.len() / 2]).unwrap();
+    assert_sealed_with(&f, "stored blob is not valid");
+}
+
+#[test]
+fn foreign_installation_blob_is_refused() {
+    let a = initialized_fixture();
+    let b = initialized_fixture();
+    std::fs::copy(b.blob_path(), a.blob_path()).unwrap();
+    assert_sealed_with(&a, "it was copied from another installation");
+}
+
+#[test]
+fn blob_wrapped_by_another_key_is_refused() {
+    // B's blob, relabelled as A's (same installation id and associated data), was wrapped by B's
+    // key, which A's HSMs do not hold.
+    let a = initialized_fixture();
+    let b = initialized_fixture();
+    let (h, a_blob) = read_blob(&a);
+    let (_, mut b_blob) = read_blob(&b);
+    for k in ["installation_id", "aad"] {
+        b_blob[k] = a_blob[k].clone();
+    }
+    write_blob(&a, &h, &b_blob);
+    assert_sealed_with(&a, "C_Decrypt failed: CKR_");
+    assert_sealed_with(&a, "or was wrapped by a different key");
+}
+
+#[test]
+fn missing_blob_is_named() {
+    let f = initialized_fixture();
+    std::fs::remove_file(f.blob_path()).unwrap();
+    let d = f.start();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.health("").status, 503);
+    let err = d.status_json()["last_unseal_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(err.contains("core/seal/hsm-pair/root is missing"), "{err}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_storage_is_refused() {
+    let f = Fixture::new();
+    let _d = f.start();
+    // Another listener port and socket, same storage.
+    let other = f.path("other.toml");
+    let cfg = f
+        .config()
+        .replace(&format!(":{}", f.port), &format!(":{}", free_port()))
+        .replace("admin.sock", "admin2.sock");
+    std::fs::write(&other, cfg).unwrap();
+    let out = f
+        .command()
+        .arg("server")
+        .arg("--config")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("in use by another sealkeeper process"),
+        "{}",
+        stderr(&out)
+    );
+}
