@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::*;
 
-const SPY: &str = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so";
+fn spy() -> String {
+    std::env::var("TEST_PKCS11_SPY").unwrap_or_else(|_| format!("/usr/lib/{}-linux-gnu/pkcs11-spy.so", std::env::consts::ARCH))
+}
 
 fn logins(f: &Fixture) -> usize {
     std::fs::read_to_string(f.path("spy.log"))
@@ -28,7 +30,7 @@ fn wrong_pin_stays_sealed_with_one_login_per_operator_attempt() {
     // Single member, behind the spy, with a wrong PIN.
     f.edit_config(|c| {
         let cut = c.find("  [[seal.hsm]]\n  name = \"hsm-b\"").unwrap();
-        c[..cut].replace(&module(), SPY)
+        c[..cut].replace(&module(), &spy())
     });
     std::fs::write(f.path("hsm-a.pin"), "000000\n").unwrap();
     let spy_env = |c: &mut std::process::Command| {

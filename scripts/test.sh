@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs all tests: unit tests, and integration tests that start the real sealkeeper binary against
+# real SoftHSMv2 tokens (one private token pair per test). Installs what the tests need when it is
+# missing (Debian packages: softhsm2, opensc, openssl, curl, python3, e2fsprogs, util-linux).
+#
+#   scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v softhsm2-util >/dev/null || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
+[ -e "${TEST_PKCS11_SPY:-/usr/lib/$(uname -m)-linux-gnu/pkcs11-spy.so}" ] || need+=(opensc-pkcs11)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+command -v chattr >/dev/null || need+=(e2fsprogs)
+{ command -v setpriv >/dev/null && command -v prlimit >/dev/null; } || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing test dependencies: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}"
+fi
+
+cargo test --all-targets "$@"

@@ -1,0 +1,98 @@
+//! The RSA-OAEP mechanism (for HSMs without AES-GCM, e.g. YubiHSM 2): the HSM wraps an envelope
+//! key, the envelope (AES-256-GCM) binds the associated data.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// One RSA-2048 key pair, imported into both tokens (as a cloned pair holds it).
+fn rsa_fixture(hash: &str) -> Fixture {
+    let f = Fixture::new();
+    let key = f.path("rsa.pem");
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for m in ["a", "b"] {
+        let pin = std::fs::read_to_string(f.path(&format!("hsm-{m}.pin"))).unwrap();
+        let out = Command::new("softhsm2-util")
+            .arg("--import")
+            .arg(&key)
+            .args(["--token", &format!("sealkeeper-{m}"), "--label", "sealkeeper-rsa", "--id", "02", "--pin", pin.trim()])
+            .env("SOFTHSM2_CONF", f.softhsm_conf())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    std::fs::remove_file(&key).unwrap();
+    f.edit_config(|c| {
+        c.replace("key_label = \"sealkeeper-root\"", "key_label = \"sealkeeper-rsa\"")
+            .replace("key_id = \"01\"", "key_id = \"02\"")
+            .replace("mechanism = \"CKM_AES_GCM\"", &format!("mechanism = \"0x0009\"\nrsa_oaep_hash = \"{hash}\""))
+    });
+    f
+}
+
+#[test]
+fn rsa_oaep_init_restart_and_tamper() {
+    let f = rsa_fixture("sha1");
+    let mut d = f.start();
+    d.init();
+    assert_eq!(d.health("").status, 200);
+    d.stop();
+    let raw = std::fs::read(f.blob_path()).unwrap();
+    let blob: serde_json::Value = serde_json::from_slice(&raw[12..]).unwrap();
+    assert_eq!(blob["mechanism"], "CKM_RSA_PKCS_OAEP");
+    assert_eq!(blob["oaep_hash"], "sha1");
+    assert!(blob["wrapped_key"].as_str().unwrap().len() > 300, "a 2048-bit OAEP block");
+
+    let mut d = f.start();
+    d.wait_health(200, Duration::from_secs(10));
+    assert_eq!(d.status_json()["unsealed_by"], "hsm-a");
+    d.stop();
+
+    // Changing the associated data the envelope is bound to is detected.
+    let text = String::from_utf8(raw[12..].to_vec()).unwrap();
+    let mut blob: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ct = blob["ciphertext"].as_str().unwrap().to_string();
+    let mut bytes = base64_decode(&ct);
+    bytes[0] ^= 1;
+    blob["ciphertext"] = base64_encode(&bytes).into();
+    let mut out = raw[..12].to_vec();
+    out.extend_from_slice(&serde_json::to_vec(&blob).unwrap());
+    std::fs::write(f.blob_path(), out).unwrap();
+    let d = f.start();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.health("").status, 503);
+    let err = d.status_json()["last_unseal_error"].as_str().unwrap_or("").to_string();
+    assert!(err.contains("envelope: authentication failed"), "{err}");
+}
+
+#[test]
+fn oaep_hash_the_hsm_lacks_fails_clearly() {
+    // SoftHSM 2.6 does OAEP with SHA-1 only.
+    let f = rsa_fixture("sha256");
+    let d = f.start();
+    let out = d.operator(&["init", "--recovery-shares", "1", "--recovery-threshold", "1"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("C_Encrypt") && e.contains("CKR_"), "{e}");
+    assert_eq!(d.health("").status, 501);
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
