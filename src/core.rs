@@ -688,7 +688,9 @@ impl Core {
 
     /// Probes each HSM member at the configured interval, so status stays current while unsealed.
     pub async fn run_probe(self: Arc<Self>) {
-        let mut interval = tokio::time::interval(self.opts.probe_interval);
+        // The first probe waits one interval: at start the unseal itself checks the members.
+        let start = tokio::time::Instant::now() + self.opts.probe_interval;
+        let mut interval = tokio::time::interval_at(start, self.opts.probe_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;

@@ -27,6 +27,18 @@ pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     rand::fill(buf).map_err(|_| CryptoError::Random)
 }
 
+/// AWS-LC seeds its generator on first use, which takes tens of milliseconds. The daemon does it on
+/// a background thread at start, in parallel with loading the PKCS#11 module and unsealing, so the
+/// first TLS handshake does not wait for it.
+pub fn warm_up_in_background() {
+    let _ = std::thread::Builder::new()
+        .name("rng-warm-up".into())
+        .spawn(|| {
+            let mut b = [0u8; 1];
+            let _ = fill_random(&mut b);
+        });
+}
+
 pub fn random_vec(len: usize) -> Result<Vec<u8>, CryptoError> {
     let mut v = vec![0u8; len];
     fill_random(&mut v)?;

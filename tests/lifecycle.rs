@@ -247,3 +247,70 @@ fn memory_that_cannot_be_locked_refuses_to_unseal_with_the_fix() {
     );
     assert_eq!(d.health("").status, 501);
 }
+
+#[test]
+fn json_logs_name_the_seal_member_and_duration_and_no_secret() {
+    let f = Fixture::new();
+    let mut d = f.start_with(|c| {
+        c.arg("--log-format").arg("json");
+    });
+    let init = d.init();
+    d.stop();
+    let mut d = f.start_with(|c| {
+        c.arg("--log-format").arg("json");
+    });
+    d.wait_health(200, Duration::from_secs(10));
+    d.stop();
+    let log = d.log();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let unsealed = events
+        .iter()
+        .find(|e| e["message"] == "unsealed")
+        .expect("an unsealed event");
+    assert_eq!(unsealed["seal_type"], "pkcs11");
+    assert_eq!(unsealed["member"], "hsm-a");
+    assert!(unsealed["duration_ms"].is_u64());
+    for secret in [
+        std::fs::read_to_string(f.path("hsm-a.pin"))
+            .unwrap()
+            .trim()
+            .to_string(),
+        std::fs::read_to_string(f.path("hsm-b.pin"))
+            .unwrap()
+            .trim()
+            .to_string(),
+        init["recovery_keys"][0].as_str().unwrap().to_string(),
+        init["recovery_keys_base64"][0]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ] {
+        assert!(!log.contains(&secret), "a secret appears in the log");
+    }
+}
+
+#[test]
+fn pin_from_a_systemd_credential() {
+    let f = Fixture::new();
+    let creds = f.path("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::copy(f.path("hsm-a.pin"), creds.join("hsm-a-pin")).unwrap();
+    let pin_path = f.path("hsm-a.pin");
+    f.edit_config(|c| {
+        c.replace(
+            &format!("pin_file = \"{}\"", pin_path.display()),
+            "pin_credential = \"hsm-a-pin\"",
+        )
+    });
+    std::fs::remove_file(&pin_path).unwrap();
+    let d = f.start_with(|c| {
+        c.env("CREDENTIALS_DIRECTORY", &creds);
+    });
+    d.init();
+    let st = d.status_json();
+    assert_eq!(st["unsealed_by"], "hsm-a");
+    assert_eq!(member(&st, "hsm-a")["healthy"], true);
+}

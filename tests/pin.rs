@@ -10,7 +10,12 @@ use std::time::Duration;
 use common::*;
 
 fn spy() -> String {
-    std::env::var("TEST_PKCS11_SPY").unwrap_or_else(|_| format!("/usr/lib/{}-linux-gnu/pkcs11-spy.so", std::env::consts::ARCH))
+    std::env::var("TEST_PKCS11_SPY").unwrap_or_else(|_| {
+        format!(
+            "/usr/lib/{}-linux-gnu/pkcs11-spy.so",
+            std::env::consts::ARCH
+        )
+    })
 }
 
 fn logins(f: &Fixture) -> usize {

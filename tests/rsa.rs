@@ -15,7 +15,14 @@ fn rsa_fixture(hash: &str) -> Fixture {
     let f = Fixture::new();
     let key = f.path("rsa.pem");
     let out = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&key)
         .output()
         .unwrap();
@@ -25,7 +32,16 @@ fn rsa_fixture(hash: &str) -> Fixture {
         let out = Command::new("softhsm2-util")
             .arg("--import")
             .arg(&key)
-            .args(["--token", &format!("sealkeeper-{m}"), "--label", "sealkeeper-rsa", "--id", "02", "--pin", pin.trim()])
+            .args([
+                "--token",
+                &format!("sealkeeper-{m}"),
+                "--label",
+                "sealkeeper-rsa",
+                "--id",
+                "02",
+                "--pin",
+                pin.trim(),
+            ])
             .env("SOFTHSM2_CONF", f.softhsm_conf())
             .output()
             .unwrap();
@@ -33,9 +49,15 @@ fn rsa_fixture(hash: &str) -> Fixture {
     }
     std::fs::remove_file(&key).unwrap();
     f.edit_config(|c| {
-        c.replace("key_label = \"sealkeeper-root\"", "key_label = \"sealkeeper-rsa\"")
-            .replace("key_id = \"01\"", "key_id = \"02\"")
-            .replace("mechanism = \"CKM_AES_GCM\"", &format!("mechanism = \"0x0009\"\nrsa_oaep_hash = \"{hash}\""))
+        c.replace(
+            "key_label = \"sealkeeper-root\"",
+            "key_label = \"sealkeeper-rsa\"",
+        )
+        .replace("key_id = \"01\"", "key_id = \"02\"")
+        .replace(
+            "mechanism = \"CKM_AES_GCM\"",
+            &format!("mechanism = \"0x0009\"\nrsa_oaep_hash = \"{hash}\""),
+        )
     });
     f
 }
@@ -51,7 +73,10 @@ fn rsa_oaep_init_restart_and_tamper() {
     let blob: serde_json::Value = serde_json::from_slice(&raw[12..]).unwrap();
     assert_eq!(blob["mechanism"], "CKM_RSA_PKCS_OAEP");
     assert_eq!(blob["oaep_hash"], "sha1");
-    assert!(blob["wrapped_key"].as_str().unwrap().len() > 300, "a 2048-bit OAEP block");
+    assert!(
+        blob["wrapped_key"].as_str().unwrap().len() > 300,
+        "a 2048-bit OAEP block"
+    );
 
     let mut d = f.start();
     d.wait_health(200, Duration::from_secs(10));
@@ -71,7 +96,10 @@ fn rsa_oaep_init_restart_and_tamper() {
     let d = f.start();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(d.health("").status, 503);
-    let err = d.status_json()["last_unseal_error"].as_str().unwrap_or("").to_string();
+    let err = d.status_json()["last_unseal_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(err.contains("envelope: authentication failed"), "{err}");
 }
 
@@ -80,7 +108,13 @@ fn oaep_hash_the_hsm_lacks_fails_clearly() {
     // SoftHSM 2.6 does OAEP with SHA-1 only.
     let f = rsa_fixture("sha256");
     let d = f.start();
-    let out = d.operator(&["init", "--recovery-shares", "1", "--recovery-threshold", "1"]);
+    let out = d.operator(&[
+        "init",
+        "--recovery-shares",
+        "1",
+        "--recovery-threshold",
+        "1",
+    ]);
     assert!(!out.status.success());
     let e = stderr(&out);
     assert!(e.contains("C_Encrypt") && e.contains("CKR_"), "{e}");

@@ -158,15 +158,26 @@ struct Immutable(std::path::PathBuf);
 impl Immutable {
     fn new(dir: std::path::PathBuf) -> Immutable {
         std::fs::create_dir_all(&dir).unwrap();
-        let st = std::process::Command::new("chattr").arg("+i").arg(&dir).status().unwrap();
-        assert!(st.success(), "chattr +i {} failed: the test needs ext4/xfs and root", dir.display());
+        let st = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "chattr +i {} failed: the test needs ext4/xfs and root",
+            dir.display()
+        );
         Immutable(dir)
     }
 }
 
 impl Drop for Immutable {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -178,12 +189,28 @@ fn disk_failure_during_init_leaves_the_node_uninitialized_and_init_can_be_retrie
     // second write fail, after the first succeeded, as a disk that fills up half-way.
     std::fs::create_dir_all(f.path("data/data/core/seal/hsm-pair")).unwrap();
     let guard = Immutable::new(f.path("data/data/core"));
-    let out = d.operator(&["init", "--recovery-shares", "3", "--recovery-threshold", "2"]);
+    let out = d.operator(&[
+        "init",
+        "--recovery-shares",
+        "3",
+        "--recovery-threshold",
+        "2",
+    ]);
     assert!(!out.status.success());
     let e = stderr(&out);
-    assert!(e.contains("storage I/O error") && e.contains("core/keyring"), "{e}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("Recovery Key"), "no shares handed out");
-    assert_eq!(d.health("").status, 501, "a failed init leaves the node uninitialized");
+    assert!(
+        e.contains("storage I/O error") && e.contains("core/keyring"),
+        "{e}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("Recovery Key"),
+        "no shares handed out"
+    );
+    assert_eq!(
+        d.health("").status,
+        501,
+        "a failed init leaves the node uninitialized"
+    );
     assert!(f.blob_path().exists(), "the first write had succeeded");
 
     drop(guard);

@@ -32,6 +32,7 @@ fn init_logging(format: LogFormat) {
 }
 
 pub fn run(args: ServerArgs) -> Result<i32, String> {
+    crate::crypto::warm_up_in_background();
     init_logging(args.log_format);
     let cfg = Config::load(&args.config).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

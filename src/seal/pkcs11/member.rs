@@ -54,8 +54,10 @@ type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 pub struct Member {
     pub spec: Arc<MemberSpec>,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
-    busy: Arc<AtomicBool>,
-    busy_since: Arc<Mutex<Option<Instant>>>,
+    /// Set by a caller that timed out while a call was running; cleared when that call returns.
+    stuck: Arc<AtomicBool>,
+    /// When the call now running on the worker started.
+    running_since: Arc<Mutex<Option<Instant>>>,
     status: Mutex<MemberStatus>,
 }
 
@@ -94,8 +96,8 @@ impl Member {
         Member {
             spec,
             tx: Mutex::new(tx),
-            busy: Arc::new(AtomicBool::new(false)),
-            busy_since: Arc::new(Mutex::new(None)),
+            stuck: Arc::new(AtomicBool::new(false)),
+            running_since: Arc::new(Mutex::new(None)),
             status: Mutex::new(status),
         }
     }
@@ -129,9 +131,9 @@ impl Member {
         &self,
         f: impl FnOnce(&mut Worker) -> Result<R, HsmError> + Send + 'static,
     ) -> Result<R, HsmError> {
-        if self.busy.load(Ordering::SeqCst) {
+        if self.stuck.load(Ordering::SeqCst) {
             let since = self
-                .busy_since
+                .running_since
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .map(|t| t.elapsed());
@@ -144,36 +146,55 @@ impl Member {
             ));
         }
         let (rtx, rrx) = mpsc::sync_channel::<Result<R, HsmError>>(1);
-        let busy = self.busy.clone();
-        let busy_since = self.busy_since.clone();
-        busy.store(true, Ordering::SeqCst);
-        *busy_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        let job: Job = Box::new(move |w: &mut Worker| {
-            let r = f(w);
-            busy.store(false, Ordering::SeqCst);
-            *busy_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            let _ = rtx.send(r);
-        });
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let job: Job = {
+            let abandoned = abandoned.clone();
+            let stuck = self.stuck.clone();
+            let running_since = self.running_since.clone();
+            Box::new(move |w: &mut Worker| {
+                // A caller that gave up (its timeout passed while this job was queued) gets no
+                // HSM work done on its behalf later.
+                if abandoned.load(Ordering::SeqCst) {
+                    return;
+                }
+                *running_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                let r = f(w);
+                *running_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                stuck.store(false, Ordering::SeqCst);
+                let _ = rtx.send(r);
+            })
+        };
         let sent = {
             let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
             tx.as_ref().map(|t| t.send(job).is_ok()).unwrap_or(false)
         };
         if !sent {
-            self.busy.store(false, Ordering::SeqCst);
             return Err(HsmError::new(
                 ErrorKind::Other,
                 "HSM worker thread is not running",
             ));
         }
+        // The wait includes time queued behind another caller's call to the same member.
         match rrx.recv_timeout(self.spec.timeout) {
             Ok(r) => r,
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(HsmError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "no answer within {:?}; member marked down",
-                    self.spec.timeout
-                ),
-            )),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                abandoned.store(true, Ordering::SeqCst);
+                if self
+                    .running_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some()
+                {
+                    self.stuck.store(true, Ordering::SeqCst);
+                }
+                Err(HsmError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no answer within {:?}; member marked down",
+                        self.spec.timeout
+                    ),
+                ))
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 Err(HsmError::new(ErrorKind::Other, "HSM worker thread stopped"))
             }
@@ -214,7 +235,7 @@ impl Member {
 
     /// Asks the worker to close its session and stop, waiting at most the timeout.
     pub fn shutdown(&self) {
-        if !self.busy.load(Ordering::SeqCst) {
+        if !self.stuck.load(Ordering::SeqCst) {
             let _ = self.call_inner(|w| {
                 w.close();
                 Ok(())
@@ -230,8 +251,30 @@ struct Open {
     generation: u64,
 }
 
+/// A rejected PIN, remembered only as an HMAC under a random key made when it was rejected: no
+/// random generator is needed on the unseal path until a PIN fails.
 struct PinLatch {
+    key: [u8; 32],
     fingerprint: [u8; 32],
+}
+
+impl PinLatch {
+    fn new(pin: &SecretString) -> PinLatch {
+        let mut key = [0u8; 32];
+        let _ = crate::crypto::fill_random(&mut key);
+        PinLatch {
+            key,
+            fingerprint: crate::crypto::hmac_sha256(&key, pin.expose_secret().as_bytes()),
+        }
+    }
+
+    fn matches(&self, pin: &SecretString) -> bool {
+        crate::crypto::hmac_sha256_verify(
+            &self.key,
+            pin.expose_secret().as_bytes(),
+            &self.fingerprint,
+        )
+    }
 }
 
 /// The state living on a member's thread.
@@ -240,21 +283,17 @@ pub struct Worker {
     module: Arc<Module>,
     open: Option<Open>,
     latch: Option<PinLatch>,
-    fingerprint_key: [u8; 32],
     /// Whether the current call may try a PIN that was rejected before (an operator's request).
     pub override_latch: bool,
 }
 
 impl Worker {
     fn new(spec: Arc<MemberSpec>, module: Arc<Module>) -> Worker {
-        let mut fingerprint_key = [0u8; 32];
-        let _ = crate::crypto::fill_random(&mut fingerprint_key);
         Worker {
             spec,
             module,
             open: None,
             latch: None,
-            fingerprint_key,
             override_latch: false,
         }
     }
@@ -284,10 +323,6 @@ impl Worker {
             return Err(bad("the PIN source is empty".into()));
         }
         Ok(SecretString::from(trimmed))
-    }
-
-    fn fingerprint(&self, pin: &SecretString) -> [u8; 32] {
-        crate::crypto::hmac_sha256(&self.fingerprint_key, pin.expose_secret().as_bytes())
     }
 
     fn find_slot(&self, ctx: &cryptoki::context::Pkcs11) -> Result<Slot, HsmError> {
@@ -330,9 +365,8 @@ impl Worker {
         }
         if self.open.is_none() {
             let pin = self.read_pin()?;
-            let fp = self.fingerprint(&pin);
             if let Some(latch) = &self.latch
-                && latch.fingerprint == fp
+                && latch.matches(&pin)
                 && !self.override_latch
             {
                 return Err(HsmError::new(
@@ -355,7 +389,7 @@ impl Worker {
                 Err(e) => {
                     let err = HsmError::from_cryptoki(e);
                     if err.kind == ErrorKind::Pin {
-                        self.latch = Some(PinLatch { fingerprint: fp });
+                        self.latch = Some(PinLatch::new(&pin));
                     }
                     let _ = session.close();
                     return Err(err);
