@@ -131,33 +131,13 @@ fn unseal_keys_are_refused_on_an_auto_seal() {
     let f = Fixture::new();
     let d = f.start();
     d.init();
-    let out = Command::new("curl")
-        .args(["-s", "--unix-socket"])
-        .arg(&d.socket)
-        .args([
-            "-X",
-            "PUT",
-            "-d",
-            r#"{"key":"AQIB"}"#,
-            "http://localhost/v1/sys/unseal",
-        ])
-        .output()
-        .unwrap();
-    let body = String::from_utf8_lossy(&out.stdout);
+    let r = d.admin_curl("PUT", "/v1/sys/unseal", Some(r#"{"key":"AQIB"}"#));
+    assert_eq!(r.status, 400);
+    let body = r.body;
     assert!(body.contains("recovery keys never unseal"), "{body}");
-    let out = Command::new("curl")
-        .args(["-s", "--unix-socket"])
-        .arg(&d.socket)
-        .args([
-            "-X",
-            "PUT",
-            "-d",
-            "{not json",
-            "http://localhost/v1/sys/init",
-        ])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("invalid JSON body"));
+    let r = d.admin_curl("PUT", "/v1/sys/init", Some("{not json"));
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("invalid JSON body"), "{}", r.body);
 }
 
 #[test]

@@ -92,12 +92,12 @@ fn syntax_error_and_missing_file_are_clear() {
 #[test]
 fn inline_pin_warns_at_start_and_world_readable_inline_pin_is_refused() {
     let f = Fixture::new();
-    let pin = std::fs::read_to_string(f.path("hsm-a.pin")).unwrap();
+    let pin = f.pin("a");
     let path = f.path("hsm-a.pin");
     f.edit_config(|c| {
         c.replace(
             &format!("pin_file = \"{}\"", path.display()),
-            &format!("pin = \"{}\"", pin.trim()),
+            &format!("pin = \"{pin}\""),
         )
     });
     let d = f.start();
@@ -108,7 +108,7 @@ fn inline_pin_warns_at_start_and_world_readable_inline_pin_is_refused() {
         "{}",
         d.log()
     );
-    assert!(!d.log().contains(pin.trim()), "the PIN itself was logged");
+    assert!(!d.log().contains(&pin), "the PIN itself was logged");
     drop(d);
 
     use std::os::unix::fs::PermissionsExt;

@@ -8,89 +8,72 @@ use std::time::Duration;
 
 use common::*;
 
-#[test]
-fn member_a_token_missing_b_unseals() {
+/// Initializes, stops, breaks member A with `break_a`, restarts, and checks that B unsealed while
+/// A is reported down with `a_error` in its last error.
+fn b_serves_when_a_is_broken(break_a: impl FnOnce(&Fixture), a_error: &str) {
     let f = Fixture::new();
     let mut d = f.start();
     d.init();
     d.stop();
-    f.remove_token("sealkeeper-a");
+    break_a(&f);
     let d = f.start();
     d.wait_health(200, Duration::from_secs(10));
     let st = d.status_json();
     assert_eq!(st["unsealed_by"], "hsm-b");
     let a = member(&st, "hsm-a");
     assert_eq!(a["healthy"], false);
-    assert!(
-        a["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("no token with token label \"sealkeeper-a\""),
-        "{a}"
-    );
+    assert_eq!(a["state"], "down");
+    assert!(a["last_error"].as_str().unwrap().contains(a_error), "{a}");
     assert_eq!(member(&st, "hsm-b")["healthy"], true);
 }
 
 #[test]
+fn member_a_token_missing_b_unseals() {
+    b_serves_when_a_is_broken(
+        |f| {
+            f.remove_token("sealkeeper-a");
+        },
+        "no token with token label \"sealkeeper-a\"",
+    );
+}
+
+#[test]
 fn member_a_library_missing_b_unseals() {
-    let f = Fixture::new();
-    let mut d = f.start();
-    d.init();
-    d.stop();
-    f.edit_config(|c| c.replacen(&module(), "/nonexistent/libvendor-pkcs11.so", 1));
-    let d = f.start();
-    d.wait_health(200, Duration::from_secs(10));
-    let st = d.status_json();
-    assert_eq!(st["unsealed_by"], "hsm-b");
-    let a = member(&st, "hsm-a");
-    assert!(
-        a["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("/nonexistent/libvendor-pkcs11.so does not exist"),
-        "{a}"
+    b_serves_when_a_is_broken(
+        |f| f.edit_config(|c| c.replacen(&module(), "/nonexistent/libvendor-pkcs11.so", 1)),
+        "/nonexistent/libvendor-pkcs11.so does not exist",
     );
 }
 
 #[test]
 fn member_a_key_missing_b_unseals() {
-    let f = Fixture::new();
-    let mut d = f.start();
-    d.init();
-    d.stop();
-    // Delete the key from token A with the real tool.
-    let pin = std::fs::read_to_string(f.path("hsm-a.pin")).unwrap();
-    let out = std::process::Command::new("pkcs11-tool")
-        .args([
-            "--module",
-            &module(),
-            "--token-label",
-            "sealkeeper-a",
-            "--login",
-            "--pin",
-            pin.trim(),
-        ])
-        .args([
-            "--delete-object",
-            "--type",
-            "secrkey",
-            "--label",
-            "sealkeeper-root",
-        ])
-        .env("SOFTHSM2_CONF", f.softhsm_conf())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let d = f.start();
-    d.wait_health(200, Duration::from_secs(10));
-    let st = d.status_json();
-    assert_eq!(st["unsealed_by"], "hsm-b");
-    assert!(
-        member(&st, "hsm-a")["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("no secret key with label \"sealkeeper-root\""),
-        "{st}"
+    b_serves_when_a_is_broken(
+        |f| {
+            // Delete the key from token A with the real tool.
+            let pin = f.pin("a");
+            let out = std::process::Command::new("pkcs11-tool")
+                .args([
+                    "--module",
+                    &module(),
+                    "--token-label",
+                    "sealkeeper-a",
+                    "--login",
+                    "--pin",
+                    &pin,
+                ])
+                .args([
+                    "--delete-object",
+                    "--type",
+                    "secrkey",
+                    "--label",
+                    "sealkeeper-root",
+                ])
+                .env("SOFTHSM2_CONF", f.softhsm_conf())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+        },
+        "no secret key with label \"sealkeeper-root\"",
     );
 }
 

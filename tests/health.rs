@@ -131,13 +131,9 @@ fn health_and_seal_status_in_every_state() {
     check_seal_status(&d, true, true);
 
     // The admin socket answers seal-status too.
-    let out = std::process::Command::new("curl")
-        .args(["-s", "--unix-socket"])
-        .arg(&d.socket)
-        .arg("http://localhost/v1/sys/seal-status")
-        .output()
-        .unwrap();
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = d.admin_curl("GET", "/v1/sys/seal-status", None);
+    assert_eq!(r.status, 200);
+    let s = r.json();
     assert_eq!(s["sealed"], true);
     assert_eq!(s["n"], 3);
 }

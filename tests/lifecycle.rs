@@ -96,20 +96,13 @@ fn second_init_is_refused_and_changes_nothing() {
     assert_eq!(before, after);
 
     // The raw API answers 400 with a Vault-style body.
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(&d.socket)
-        .args([
-            "-X",
-            "PUT",
-            "-d",
-            r#"{"recovery_shares":1,"recovery_threshold":1}"#,
-            "http://localhost/v1/sys/init",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("\n400"), "{text}");
+    let r = d.admin_curl(
+        "PUT",
+        "/v1/sys/init",
+        Some(r#"{"recovery_shares":1,"recovery_threshold":1}"#),
+    );
+    assert_eq!(r.status, 400);
+    let text = r.body;
     assert!(
         text.contains(r#"{"errors":["sealkeeper is already initialized"]}"#),
         "{text}"
@@ -274,14 +267,8 @@ fn json_logs_name_the_seal_member_and_duration_and_no_secret() {
     assert_eq!(unsealed["member"], "hsm-a");
     assert!(unsealed["duration_ms"].is_u64());
     for secret in [
-        std::fs::read_to_string(f.path("hsm-a.pin"))
-            .unwrap()
-            .trim()
-            .to_string(),
-        std::fs::read_to_string(f.path("hsm-b.pin"))
-            .unwrap()
-            .trim()
-            .to_string(),
+        f.pin("a"),
+        f.pin("b"),
         init["recovery_keys"][0].as_str().unwrap().to_string(),
         init["recovery_keys_base64"][0]
             .as_str()

@@ -28,7 +28,7 @@ fn rsa_fixture(hash: &str) -> Fixture {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     for m in ["a", "b"] {
-        let pin = std::fs::read_to_string(f.path(&format!("hsm-{m}.pin"))).unwrap();
+        let pin = f.pin(m);
         let out = Command::new("softhsm2-util")
             .arg("--import")
             .arg(&key)
@@ -40,7 +40,7 @@ fn rsa_fixture(hash: &str) -> Fixture {
                 "--id",
                 "02",
                 "--pin",
-                pin.trim(),
+                &pin,
             ])
             .env("SOFTHSM2_CONF", f.softhsm_conf())
             .output()

@@ -98,6 +98,14 @@ impl Fixture {
         self.dir.path().join(rel)
     }
 
+    /// The user PIN of member `m` ("a" or "b") as the fixture currently has it.
+    pub fn pin(&self, m: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("hsm-{m}.pin")))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.path("sealkeeper.toml")
     }
@@ -306,6 +314,24 @@ impl Daemon {
             self.log()
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A raw request on the admin socket with curl, as an operator would send it.
+    pub fn admin_curl(&self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&self.socket)
+            .args(["-X", method]);
+        if let Some(b) = body {
+            c.args(["-d", b]);
+        }
+        let out = c.arg(format!("http://localhost{path}")).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        HttpResponse {
+            status: code.trim().parse().unwrap_or(0),
+            body: body.to_string(),
+        }
     }
 
     pub fn status_json(&self) -> Value {
