@@ -200,3 +200,57 @@ fn hung_member_is_abandoned_and_the_other_serves() {
         member(s, "hsm-a")["healthy"] == true
     });
 }
+
+#[test]
+fn init_refuses_a_pair_whose_members_hold_different_keys() {
+    let f = Fixture::new();
+    // Replace B's key with a different AES key under the same label and id.
+    let pin = f.pin("b");
+    let tool = |args: &[&str]| {
+        let out = std::process::Command::new("pkcs11-tool")
+            .args([
+                "--module",
+                &module(),
+                "--token-label",
+                "sealkeeper-b",
+                "--login",
+                "--pin",
+                &pin,
+            ])
+            .args(args)
+            .env("SOFTHSM2_CONF", f.softhsm_conf())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    tool(&[
+        "--delete-object",
+        "--type",
+        "secrkey",
+        "--label",
+        "sealkeeper-root",
+    ]);
+    tool(&[
+        "--keygen",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "sealkeeper-root",
+        "--id",
+        "01",
+        "--sensitive",
+    ]);
+    let d = f.start();
+    let out = d.operator(&[
+        "init",
+        "--recovery-shares",
+        "1",
+        "--recovery-threshold",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("member hsm-b holds a different key"), "{e}");
+    assert_eq!(d.health("").status, 501);
+    assert!(!f.blob_path().exists(), "nothing was stored");
+}
