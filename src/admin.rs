@@ -107,9 +107,10 @@ fn core_error(e: CoreError) -> Response {
             StatusCode::BAD_REQUEST
         }
         CoreError::Seal(_) | CoreError::Memory(_) => StatusCode::SERVICE_UNAVAILABLE,
-        CoreError::StoredState(_) | CoreError::Storage(_) | CoreError::Internal(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        CoreError::StoredState(_)
+        | CoreError::Storage(_)
+        | CoreError::Internal(_)
+        | CoreError::Transit(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error_response(status, e.to_string())
 }
@@ -210,14 +211,22 @@ async fn unseal(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     }
 }
 
-pub fn router(core: Arc<Core>) -> Router {
+pub fn router(core: Arc<Core>, transit: &crate::config::TransitConfig) -> Router {
+    let state = crate::http::transit::TransitState {
+        core: core.clone(),
+        max_body: transit.max_request_bytes,
+    };
     Router::new()
         .route("/v1/sys/init", get(init_status).put(init).post(init))
         .route("/v1/sys/seal", post(seal).put(seal))
         .route("/v1/sys/unseal", post(unseal).put(unseal))
         .route("/v1/sys/seal-status", get(seal_status_handler))
         .route("/v1/sys/hsm-status", get(hsm_status_handler))
+        .with_state(core)
+        .merge(crate::http::transit::admin_routes(
+            state,
+            transit.mount.trim_matches('/'),
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(core)
 }

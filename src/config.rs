@@ -64,6 +64,8 @@ pub struct Config {
     pub seal: Vec<SealConfig>,
     #[serde(default)]
     pub unseal: UnsealConfig,
+    #[serde(default)]
+    pub transit: TransitConfig,
     /// Development only: allow key material in memory that could not be locked.
     #[serde(default)]
     pub disable_mlock: bool,
@@ -88,6 +90,38 @@ pub struct ListenerConfig {
     pub tls_key_file: Option<PathBuf>,
     #[serde(default)]
     pub tls_disable: bool,
+    /// CA bundle (PEM) that client certificates are verified against.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Refuse connections without a client certificate signed by `tls_client_ca_file`.
+    #[serde(default)]
+    pub tls_require_and_verify_client_cert: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitConfig {
+    /// Mount path of the Transit API, as in `/v1/<mount>/encrypt/<key>`.
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// Largest request body accepted on the Transit API, in bytes.
+    #[serde(default = "default_max_request")]
+    pub max_request_bytes: usize,
+}
+
+fn default_mount() -> String {
+    "transit".into()
+}
+fn default_max_request() -> usize {
+    1024 * 1024
+}
+
+impl Default for TransitConfig {
+    fn default() -> Self {
+        TransitConfig {
+            mount: default_mount(),
+            max_request_bytes: default_max_request(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,6 +449,33 @@ impl Config {
                     "tls_key_file is required (or tls_disable = true for local testing)",
                 ));
             }
+        }
+        if l.tls_require_and_verify_client_cert && l.tls_client_ca_file.is_none() {
+            out.push(problem(
+                vec![Key("listener"), Key("tls_require_and_verify_client_cert")],
+                "needs tls_client_ca_file",
+            ));
+        }
+        let m = self.transit.mount.trim_matches('/');
+        if m.is_empty()
+            || m.split('/').any(|seg| {
+                seg.is_empty()
+                    || !seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            })
+            || ["sys", "auth"].contains(&m.split('/').next().unwrap_or(""))
+        {
+            out.push(problem(
+                vec![Key("transit"), Key("mount")],
+                "must be a path of a-z, 0-9, '-', '_' segments, not under sys/ or auth/",
+            ));
+        }
+        if self.transit.max_request_bytes < 1024 {
+            out.push(problem(
+                vec![Key("transit"), Key("max_request_bytes")],
+                "must be at least 1024",
+            ));
         }
         if !self.admin.socket.is_absolute() {
             out.push(problem(

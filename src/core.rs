@@ -17,6 +17,7 @@ use crate::recovery;
 use crate::seal::{Attempt, BlobContext, Seal, SealError, SealStatus, WrappedBlob};
 use crate::secret::{LockedBytes, MemoryError, MemoryPolicy};
 use crate::storage::{Expect, Storage, StorageError};
+use crate::transit::{Transit, TransitError};
 
 pub const INIT_KEY: &str = "core/init";
 pub const KEYRING_KEY: &str = "core/keyring";
@@ -77,6 +78,7 @@ enum State {
     Unsealed {
         init: InitRecord,
         keys: Arc<UnsealedKeys>,
+        transit: Arc<Transit>,
         member: String,
         since_unix: u64,
     },
@@ -101,6 +103,8 @@ pub enum CoreError {
     StoredState(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Transit(#[from] TransitError),
 }
 
 impl CoreError {
@@ -109,6 +113,7 @@ impl CoreError {
         match self {
             CoreError::Seal(e) => e.is_permanent(),
             CoreError::StoredState(_) | CoreError::Memory(_) | CoreError::NotInitialized => true,
+            CoreError::Transit(TransitError::Record { .. }) => true,
             _ => false,
         }
     }
@@ -274,6 +279,14 @@ impl Core {
         }
     }
 
+    /// The transit state, when unsealed.
+    pub fn transit(&self) -> Option<Arc<Transit>> {
+        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+            State::Unsealed { transit, .. } => Some(transit.clone()),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> Status {
         let seal = self.seal.status();
         let last = self
@@ -435,13 +448,19 @@ impl Core {
             serde_json::to_vec_pretty(&init).map_err(|e| CoreError::Internal(e.to_string()))?;
         self.storage.put(INIT_KEY, &init_json, Expect::Absent)?;
 
-        let keys = UnsealedKeys {
+        let keys = Arc::new(UnsealedKeys {
             keyring: vec![(1, self.locked(&term_key)?)],
             root,
-        };
+        });
+        let transit = Arc::new(Transit::load(
+            self.storage.clone(),
+            keys.clone(),
+            self.opts.memory,
+        )?);
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = State::Unsealed {
             init,
-            keys: Arc::new(keys),
+            keys,
+            transit,
             member: blob.wrapped_by.clone(),
             since_unix: now_unix(),
         };
@@ -500,10 +519,11 @@ impl Core {
         let result = self.unseal_inner(&init, attempt).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match result {
-            Ok((keys, member)) => {
+            Ok((keys, transit, member)) => {
                 *self.state.write().unwrap_or_else(|p| p.into_inner()) = State::Unsealed {
                     init,
-                    keys: Arc::new(keys),
+                    keys,
+                    transit,
                     member: member.clone(),
                     since_unix: now_unix(),
                 };
@@ -532,7 +552,7 @@ impl Core {
         &self,
         init: &InitRecord,
         attempt: Attempt,
-    ) -> Result<(UnsealedKeys, String), CoreError> {
+    ) -> Result<(Arc<UnsealedKeys>, Arc<Transit>, String), CoreError> {
         if init.seal_name != self.seal.name() || init.seal_type != self.seal.seal_type() {
             return Err(CoreError::StoredState(format!(
                 "this installation was initialized with seal {}:{:?}, but the configured seal is {}:{:?}",
@@ -564,7 +584,13 @@ impl Core {
         }
         let root = self.locked(&unwrapped.plaintext)?;
         let keyring = self.open_keyring(&root, &init.installation_id)?;
-        Ok((UnsealedKeys { root, keyring }, unwrapped.member))
+        let keys = Arc::new(UnsealedKeys { root, keyring });
+        let transit = Arc::new(Transit::load(
+            self.storage.clone(),
+            keys.clone(),
+            self.opts.memory,
+        )?);
+        Ok((keys, transit, unwrapped.member))
     }
 
     fn open_keyring(

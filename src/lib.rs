@@ -15,3 +15,4 @@ pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod storage;
+pub mod transit;

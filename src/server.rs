@@ -74,7 +74,12 @@ pub async fn run(
         None
     } else {
         match (&cfg.listener.tls_cert_file, &cfg.listener.tls_key_file) {
-            (Some(c), Some(k)) => Some(TlsAcceptor::from(tls::server_config(c, k)?)),
+            (Some(c), Some(k)) => Some(TlsAcceptor::from(tls::server_config(
+                c,
+                k,
+                cfg.listener.tls_client_ca_file.as_deref(),
+                cfg.listener.tls_require_and_verify_client_cert,
+            )?)),
             _ => {
                 return Err(ServerError::Startup(
                     "listener: TLS certificate and key are required".into(),
@@ -127,12 +132,12 @@ pub async fn run(
     tasks.spawn(serve_public(
         listeners.public,
         tls,
-        http::public_router(core.clone()),
+        http::public_router(core.clone(), &cfg.transit),
     ));
     tasks.spawn(serve_admin(
         listeners.admin,
         cfg.admin.clone(),
-        admin::router(core.clone()),
+        admin::router(core.clone(), &cfg.transit),
     ));
     core.wake();
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::core::Core;
 
 pub mod tls;
+pub mod transit;
 
 /// `{"errors": [...]}` with a status, as Vault answers errors.
 pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
@@ -190,12 +191,20 @@ pub async fn hsm_status_handler(State(core): State<Arc<Core>>) -> Response {
 }
 
 /// The router of the public listener.
-pub fn public_router(core: Arc<Core>) -> Router {
+pub fn public_router(core: Arc<Core>, transit: &crate::config::TransitConfig) -> Router {
+    let state = transit::TransitState {
+        core: core.clone(),
+        max_body: transit.max_request_bytes,
+    };
     Router::new()
         .route("/v1/sys/health", get(health_handler).head(health_handler))
         .route("/v1/sys/seal-status", get(seal_status_handler))
         .route("/v1/sys/hsm-status", get(hsm_status_handler))
+        .with_state(core)
+        .merge(transit::public_routes(
+            state,
+            transit.mount.trim_matches('/'),
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(core)
 }

@@ -18,7 +18,14 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// TLS for the listener; with `client_ca`, client certificates are verified against it, and
+/// required when `require_client_cert`.
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca: Option<&Path>,
+    require_client_cert: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_err = |m: String| TlsError::Cert {
         path: cert_file.display().to_string(),
         message: m,
@@ -35,10 +42,37 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConf
         message: e.to_string(),
     })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let ca_err = |m: String| TlsError::Cert {
+                path: ca.display().to_string(),
+                message: m,
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| ca_err(e.to_string()))? {
+                roots
+                    .add(c.map_err(|e| ca_err(e.to_string()))?)
+                    .map_err(|e| ca_err(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(ca_err("no PEM certificate found".into()));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if require_client_cert {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| ca_err(e.to_string()))?)
+        }
+    };
+    let mut cfg = builder.with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
