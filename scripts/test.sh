@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs all tests: unit tests, and integration tests that start the real sealkeeper binary against
 # real SoftHSMv2 tokens (one private token pair per test). Installs what the tests need when it is
-# missing (Debian packages: softhsm2, opensc, openssl, curl, python3, e2fsprogs, util-linux).
+# missing (Debian packages: softhsm2, opensc, openssl, curl, python3, e2fsprogs, util-linux; and
+# hvac from PyPI).
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -13,7 +14,7 @@ command -v pkcs11-tool >/dev/null || need+=(opensc)
 [ -e "${TEST_PKCS11_SPY:-/usr/lib/$(uname -m)-linux-gnu/pkcs11-spy.so}" ] || need+=(opensc-pkcs11)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
-command -v python3 >/dev/null || need+=(python3)
+command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v chattr >/dev/null || need+=(e2fsprogs)
 { command -v setpriv >/dev/null && command -v prlimit >/dev/null; } || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
@@ -21,6 +22,12 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
+fi
+
+# hvac, the Python Vault client, for the compatibility test.
+if ! python3 -c 'import hvac' 2>/dev/null; then
+  echo "installing hvac (PyPI)" >&2
+  python3 -m pip install --quiet hvac 2>/dev/null || python3 -m pip install --quiet --break-system-packages hvac
 fi
 
 cargo test --all-targets "$@"

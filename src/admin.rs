@@ -15,7 +15,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::net::UnixListener;
 
 use crate::config::AdminConfig;
@@ -136,10 +135,6 @@ struct InitRequest {
     root_token_pgp_key: Option<String>,
 }
 
-async fn init_status(State(core): State<Arc<Core>>) -> Response {
-    axum::Json(json!({ "initialized": core.is_initialized() })).into_response()
-}
-
 async fn init(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     let req: InitRequest = match parse_body(&body) {
         Ok(r) => r,
@@ -217,7 +212,10 @@ pub fn router(core: Arc<Core>, transit: &crate::config::TransitConfig) -> Router
         max_body: transit.max_request_bytes,
     };
     Router::new()
-        .route("/v1/sys/init", get(init_status).put(init).post(init))
+        .route(
+            "/v1/sys/init",
+            get(crate::http::init_status_handler).put(init).post(init),
+        )
         .route("/v1/sys/seal", post(seal).put(seal))
         .route("/v1/sys/unseal", post(unseal).put(unseal))
         .route("/v1/sys/seal-status", get(seal_status_handler))

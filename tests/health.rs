@@ -157,7 +157,11 @@ fn unknown_paths_and_methods_get_vault_style_errors() {
     assert!(r.json()["errors"].is_array());
     // Admin operations are not on the public listener.
     let r = http(d.port, "PUT", "/v1/sys/init").unwrap();
-    assert_eq!(r.status, 404);
+    assert_eq!(r.status, 405, "GET sys/init is public, initializing is not");
+    assert_eq!(
+        http(d.port, "GET", "/v1/sys/init").unwrap().json()["initialized"],
+        false
+    );
     let r = http(d.port, "PUT", "/v1/sys/seal").unwrap();
     assert_eq!(r.status, 404);
 }

@@ -186,6 +186,11 @@ pub async fn seal_status_handler(State(core): State<Arc<Core>>) -> Response {
     axum::Json(seal_status_body(&core)).into_response()
 }
 
+/// `GET /v1/sys/init`: whether the node is initialized (initializing is on the admin socket only).
+pub async fn init_status_handler(State(core): State<Arc<Core>>) -> Response {
+    axum::Json(json!({ "initialized": core.is_initialized() })).into_response()
+}
+
 pub async fn hsm_status_handler(State(core): State<Arc<Core>>) -> Response {
     axum::Json(core.status()).into_response()
 }
@@ -200,6 +205,7 @@ pub fn public_router(core: Arc<Core>, transit: &crate::config::TransitConfig) ->
         .route("/v1/sys/health", get(health_handler).head(health_handler))
         .route("/v1/sys/seal-status", get(seal_status_handler))
         .route("/v1/sys/hsm-status", get(hsm_status_handler))
+        .route("/v1/sys/init", get(init_status_handler))
         .with_state(core)
         .merge(transit::public_routes(
             state,

@@ -1,0 +1,166 @@
+//! Compatibility with hvac, the Python Vault client, over TLS: the Transit seal client's exact
+//! sequence, health and seal-status; and optional mutual TLS on the listener.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/compat/hvac_seal_client.py"
+);
+
+fn prepare(d: &Daemon) -> String {
+    d.init();
+    d.operator_ok(&["key", "create", "vault-prod"]);
+    d.operator_ok(&["key", "create", "vault-staging"]);
+    d.operator_ok(&[
+        "policy",
+        "write",
+        "prod",
+        "--key",
+        "vault-prod",
+        "--capabilities",
+        "encrypt,decrypt,read",
+    ]);
+    let out: Value = serde_json::from_str(
+        &d.operator_ok(&["token", "create", "--policy", "prod", "--format", "json"]),
+    )
+    .unwrap();
+    out["client_token"].as_str().unwrap().to_string()
+}
+
+fn hvac(
+    f: &Fixture,
+    token: &str,
+    client_cert: Option<(&std::path::Path, &std::path::Path)>,
+) -> std::process::Output {
+    let mut c = Command::new("python3");
+    c.arg(SCRIPT)
+        .arg(format!("https://localhost:{}", f.port))
+        .arg(token)
+        .arg(f.path("tls/server.crt"));
+    if let Some((crt, key)) = client_cert {
+        c.arg(crt).arg(key);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn hvac_replays_the_transit_seal_client_over_tls() {
+    let f = Fixture::with_tls();
+    let d = f.start();
+    let token = prepare(&d);
+    let out = hvac(&f, &token, None);
+    assert!(
+        out.status.success(),
+        "{}{}\n(hvac missing? scripts/test.sh installs it: pip install hvac)",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hvac compatibility: ok"));
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+}
+
+#[test]
+fn mutual_tls_requires_a_client_certificate_when_configured() {
+    let f = Fixture::with_tls();
+    let p = |n: &str| f.path(n).to_str().unwrap().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=clients-ca",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.crt"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=vault-node-1",
+        "-keyout",
+        &p("client.key"),
+        "-out",
+        &p("client.csr"),
+    ]);
+    std::fs::write(f.path("ext.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("client.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("client.crt"),
+    ]);
+    f.edit_config(|c| {
+        c.replace(
+            "\n[admin]",
+            &format!(
+                "tls_client_ca_file = \"{}\"\ntls_require_and_verify_client_cert = true\n\n[admin]",
+                p("ca.crt")
+            ),
+        )
+    });
+    let d = f.start();
+    let token = prepare(&d);
+    let with = hvac(
+        &f,
+        &token,
+        Some((&f.path("client.crt"), &f.path("client.key"))),
+    );
+    assert!(
+        with.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&with.stdout),
+        stderr(&with)
+    );
+    let without = hvac(&f, &token, None);
+    assert!(
+        !without.status.success(),
+        "a client without a certificate was served"
+    );
+    // A certificate from another CA is refused too.
+    let curl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(f.path("tls/server.crt"))
+        .arg("--cert")
+        .arg(f.path("tls/server.crt"))
+        .arg("--key")
+        .arg(f.path("tls/server.key"))
+        .arg(format!("https://localhost:{}/v1/sys/health", f.port))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "000");
+}
