@@ -2,6 +2,7 @@
 # Benchmarks. Results go to BENCHMARKS.md by hand, with the command and the machine.
 #
 #   scripts/bench.sh startup [RUNS]
+#   scripts/bench.sh transit [SECONDS]
 #
 # startup: median time from exec of `sealkeeper server` to its first 200 from /v1/sys/health (an
 # initialized node auto-unsealing from SoftHSM over TLS), over RUNS restarts (default 25), beside a
@@ -9,12 +10,82 @@
 # module, logs in and decrypts the stored blob; and the same floor plus the one-time seeding of
 # AWS-LC's generator, which the daemon's TLS stack needs before its first handshake. Also the idle
 # RSS of the unsealed daemon and the release binary's size.
+#
+# transit: encrypt and decrypt of 32-byte plaintexts over HTTPS keep-alive (wrk, SECONDS per point,
+# default 5) at 1, 16 and 64 connections: requests/s, p50 and p99 latency, beside a floor measured
+# in the same run: examples/https_floor, an HTTPS server on the same TLS and HTTP stack answering a
+# fixed JSON body.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what=${1:-}
-RUNS=${2:-25}
-[ "$what" = startup ] || { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+case "$what" in
+  startup) RUNS=${2:-25} ;;
+  transit) SECS=${2:-5} ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
+
+if [ "$what" = transit ]; then
+  command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+  cargo build --release --quiet --bin sealkeeper --example https_floor
+  BIN=$PWD/target/release/sealkeeper
+  WORK=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  PORT=$(free_port)
+  FLOOR_PORT=$(free_port)
+  DIR=$(scripts/setup-softhsm.sh --dir "$WORK/demo" --port "$PORT")
+  export SOFTHSM2_CONF=$DIR/softhsm2.conf SEALKEEPER_SOCKET=$DIR/admin.sock
+  "$BIN" server --config "$DIR/sealkeeper.toml" 2>/dev/null &
+  for _ in $(seq 1 200); do [ -S "$SEALKEEPER_SOCKET" ] && break; sleep 0.05; done
+  "$BIN" operator init --recovery-shares 1 --recovery-threshold 1 >/dev/null
+  "$BIN" operator key create bench >/dev/null
+  "$BIN" operator policy write bench --key bench --capabilities encrypt,decrypt >/dev/null
+  TOKEN=$("$BIN" operator token create --policy bench --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_token"])')
+  PLAINTEXT=$(head -c 32 /dev/urandom | base64 -w0)
+  URL=https://localhost:$PORT/v1/transit
+  CT=$(curl -s --cacert "$DIR/tls/server.crt" -H "X-Vault-Token: $TOKEN" -X PUT -d "{\"plaintext\":\"$PLAINTEXT\"}" "$URL/encrypt/bench" \
+       | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["ciphertext"])')
+  target/release/examples/https_floor "127.0.0.1:$FLOOR_PORT" "$DIR/tls/server.crt" "$DIR/tls/server.key" &
+  sleep 0.3
+  cat > "$WORK/put.lua" <<'LUA'
+wrk.method = "PUT"
+wrk.body = os.getenv("BODY")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Vault-Token"] = os.getenv("TOKEN")
+LUA
+  run() { # name url body conns -> "name conns rps p50 p99"
+    local threads=2; [ "$4" -lt 2 ] && threads=1
+    BODY=$3 TOKEN=$TOKEN wrk -t"$threads" -c"$4" -d"${SECS}s" --latency -s "$WORK/put.lua" "$2" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+def ms(v):
+    n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[u]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"\s50%\s+(\S+)", text).group(1))
+p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1))
+errs = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if errs: sys.exit(f"{errs.group(1)} failed requests")
+print(f"{sys.argv[1]:<8} {sys.argv[2]:>5} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f}")
+' "$1" "$4"
+  }
+  echo "what     conns      req/s  p50(ms)  p99(ms)"
+  for c in 1 16 64; do
+    run floor "https://localhost:$FLOOR_PORT/" "{}" "$c" | tee -a "$WORK/results"
+    run encrypt "$URL/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
+    run decrypt "$URL/decrypt/bench" "{\"ciphertext\":\"$CT\"}" "$c" | tee -a "$WORK/results"
+  done
+  python3 - "$WORK/results" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1])]
+floor = {r[1]: float(r[2]) for r in rows if r[0] == "floor"}
+for r in rows:
+    if r[0] != "floor":
+        print(f"{r[0]:<8} {r[1]:>5} conns: {float(r[2]) / floor[r[1]] * 100:5.1f}% of the floor's requests/s")
+PY
+  exit 0
+fi
 
 cargo build --release --quiet --bin sealkeeper --example pkcs11_floor
 BIN=$PWD/target/release/sealkeeper
