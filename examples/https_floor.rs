@@ -16,9 +16,11 @@ const BODY: &str = r#"{"request_id":"00000000-0000-0000-0000-000000000000","leas
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let tls = sealkeeper::http::tls::server_config(a[2].as_ref(), a[3].as_ref(), None, false).unwrap();
+    let tls =
+        sealkeeper::http::tls::server_config(a[2].as_ref(), a[3].as_ref(), None, false).unwrap();
     let acceptor = TlsAcceptor::from(tls);
-    let router = Router::new().fallback(|| async { ([("content-type", "application/json")], BODY) });
+    let router =
+        Router::new().fallback(|| async { ([("content-type", "application/json")], BODY) });
     let listener = tokio::net::TcpListener::bind(&a[1]).await.unwrap();
     loop {
         let (stream, _) = listener.accept().await.unwrap();

@@ -672,3 +672,53 @@ fn a_tampered_transit_record_keeps_the_node_sealed_with_its_name() {
         "{err}"
     );
 }
+
+#[test]
+fn mount_path_is_configurable() {
+    let f = Fixture::new();
+    f.edit_config(|c| {
+        format!("{c}\n[transit]\nmount = \"seal/transit\"\nmax_request_bytes = 4096\n")
+    });
+    let d = f.start();
+    d.init();
+    d.operator_ok(&["key", "create", "--mount", "seal/transit", "k"]);
+    d.operator_ok(&[
+        "policy",
+        "write",
+        "p",
+        "--key",
+        "k",
+        "--capabilities",
+        "encrypt",
+    ]);
+    let token = token_for(&d, "p", &[]);
+    let r = http_with(
+        d.port,
+        "PUT",
+        "/v1/seal/transit/encrypt/k",
+        Some(&token),
+        br#"{"plaintext":"YQ=="}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http_with(
+        d.port,
+        "PUT",
+        "/v1/transit/encrypt/k",
+        Some(&token),
+        br#"{"plaintext":"YQ=="}"#,
+    )
+    .unwrap();
+    assert_eq!(r.status, 404);
+    let big = format!("{{\"plaintext\":\"{}\"}}", "A".repeat(5000));
+    let r = http_with(
+        d.port,
+        "PUT",
+        "/v1/seal/transit/encrypt/k",
+        Some(&token),
+        big.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(error_of(&r).contains("limit of 4096 bytes"), "{}", r.body);
+}
