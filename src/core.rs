@@ -714,8 +714,10 @@ impl Core {
 
     /// Probes each HSM member at the configured interval, so status stays current while unsealed.
     pub async fn run_probe(self: Arc<Self>) {
-        // The first probe waits one interval: at start the unseal itself checks the members.
-        let start = tokio::time::Instant::now() + self.opts.probe_interval;
+        // The first probe runs a moment after start, so that it does not compete with the unseal
+        // for the members, and still shows every member's health soon after a restart.
+        let first = self.opts.probe_interval.min(std::time::Duration::from_secs(1));
+        let start = tokio::time::Instant::now() + first;
         let mut interval = tokio::time::interval_at(start, self.opts.probe_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
