@@ -206,7 +206,11 @@ async fn unseal(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     }
 }
 
-pub fn router(core: Arc<Core>, transit: &crate::config::TransitConfig) -> Router {
+pub fn router(
+    core: Arc<Core>,
+    transit: &crate::config::TransitConfig,
+    audit: crate::http::audit_layer::AuditCtx,
+) -> Router {
     let state = crate::http::transit::TransitState {
         core: core.clone(),
         max_body: transit.max_request_bytes,
@@ -227,4 +231,8 @@ pub fn router(core: Arc<Core>, transit: &crate::config::TransitConfig) -> Router
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            audit,
+            crate::http::audit_layer::audit_requests,
+        ))
 }

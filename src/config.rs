@@ -66,6 +66,7 @@ pub struct Config {
     pub unseal: UnsealConfig,
     #[serde(default)]
     pub transit: TransitConfig,
+    pub audit: Option<AuditConfig>,
     /// Development only: allow key material in memory that could not be locked.
     #[serde(default)]
     pub disable_mlock: bool,
@@ -95,6 +96,18 @@ pub struct ListenerConfig {
     /// Refuse connections without a client certificate signed by `tls_client_ca_file`.
     #[serde(default)]
     pub tls_require_and_verify_client_cert: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The audit log (JSON lines, hash-chained). Created with mode 0600.
+    pub path: PathBuf,
+    /// Rotate (rename to `<path>.<time>`) when the file reaches this size; the chain continues.
+    pub max_file_bytes: Option<u64>,
+    /// Also record `/v1/sys/health` probes (off: load balancers probe every few seconds).
+    #[serde(default)]
+    pub log_health: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -471,6 +484,14 @@ impl Config {
                 "must be a path of a-z, 0-9, '-', '_' segments, not under sys/ or auth/",
             ));
         }
+        if let Some(a) = &self.audit
+            && !a.path.is_absolute()
+        {
+            out.push(problem(
+                vec![Key("audit"), Key("path")],
+                "must be an absolute path",
+            ));
+        }
         if self.transit.max_request_bytes < 1024 {
             out.push(problem(
                 vec![Key("transit"), Key("max_request_bytes")],
@@ -634,6 +655,9 @@ impl Config {
                 "TLS is disabled on the listener (tls_disable = true): for local testing only"
                     .to_string(),
             );
+        }
+        if self.audit.is_none() {
+            w.push("no [audit] table: operations are not recorded in an audit trail".to_string());
         }
         if self.disable_mlock {
             w.push(

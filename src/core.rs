@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex as AsyncMutex, Notify};
 use zeroize::Zeroizing;
 
+use crate::audit::{Audit, Event};
 use crate::crypto::{self, KEY_LEN};
 use crate::recovery;
 use crate::seal::{Attempt, BlobContext, Seal, SealError, SealStatus, WrappedBlob};
@@ -174,12 +175,18 @@ pub struct Core {
     wake: Notify,
     last_error: RwLock<Option<(String, u64)>>,
     memory_locked: RwLock<bool>,
+    audit: Audit,
 }
 
 impl Core {
     /// Reads the stored state. A corrupt init record leaves the node sealed with the error shown in
     /// its status; it never stops the daemon.
-    pub fn new(opts: CoreOptions, storage: Arc<dyn Storage>, seal: Arc<dyn Seal>) -> Arc<Core> {
+    pub fn new(
+        opts: CoreOptions,
+        storage: Arc<dyn Storage>,
+        seal: Arc<dyn Seal>,
+        audit: Audit,
+    ) -> Arc<Core> {
         let mut last_error = None;
         let state = match storage.get(INIT_KEY) {
             Ok(None) => State::Uninitialized,
@@ -216,6 +223,7 @@ impl Core {
             wake: Notify::new(),
             last_error: RwLock::new(last_error),
             memory_locked: RwLock::new(false),
+            audit,
         })
     }
 
@@ -474,6 +482,13 @@ impl Core {
             duration_ms = started.elapsed().as_millis() as u64,
             "initialized; root key wrapped by the HSM, recovery shares handed out"
         );
+        self.audit.record_detached(
+            Event::new("core", "init", "ok")
+                .field("seal", self.seal.name())
+                .field("member", blob.wrapped_by.clone())
+                .field("recovery_shares", shares)
+                .field("recovery_threshold", threshold),
+        );
         for w in &warnings {
             tracing::warn!("{w}");
         }
@@ -529,6 +544,13 @@ impl Core {
                 };
                 *self.last_error.write().unwrap_or_else(|p| p.into_inner()) = None;
                 tracing::info!(seal_type = self.seal.seal_type(), seal = self.seal.name(), member = %member, duration_ms = elapsed_ms, "unsealed");
+                self.audit.record_detached(
+                    Event::new("core", "unseal", "ok")
+                        .field("attempt", attempt_name(attempt))
+                        .field("seal", self.seal.name())
+                        .field("member", member.clone())
+                        .field("duration_ms", elapsed_ms),
+                );
                 Ok(())
             }
             Err(e) => {
@@ -543,6 +565,13 @@ impl Core {
                 *self.last_error.write().unwrap_or_else(|p| p.into_inner()) =
                     Some((e.to_string(), now_unix()));
                 tracing::error!(seal_type = self.seal.seal_type(), seal = self.seal.name(), error = %e, duration_ms = elapsed_ms, "unseal failed");
+                self.audit.record_detached(
+                    Event::new("core", "unseal", "error")
+                        .error(e.to_string())
+                        .field("attempt", attempt_name(attempt))
+                        .field("seal", self.seal.name())
+                        .field("duration_ms", elapsed_ms),
+                );
                 Err(e)
             }
         }
@@ -649,6 +678,7 @@ impl Core {
                     manual: true,
                 };
                 tracing::info!("sealed by operator; keys zeroized");
+                self.audit.record_detached(Event::new("core", "seal", "ok"));
                 Ok(())
             }
         }
@@ -716,7 +746,10 @@ impl Core {
     pub async fn run_probe(self: Arc<Self>) {
         // The first probe runs a moment after start, so that it does not compete with the unseal
         // for the members, and still shows every member's health soon after a restart.
-        let first = self.opts.probe_interval.min(std::time::Duration::from_secs(1));
+        let first = self
+            .opts
+            .probe_interval
+            .min(std::time::Duration::from_secs(1));
         let start = tokio::time::Instant::now() + first;
         let mut interval = tokio::time::interval_at(start, self.opts.probe_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -728,6 +761,13 @@ impl Core {
             let seal = self.seal.clone();
             let _ = tokio::task::spawn_blocking(move || seal.probe()).await;
         }
+    }
+}
+
+fn attempt_name(a: Attempt) -> &'static str {
+    match a {
+        Attempt::Automatic => "automatic",
+        Attempt::Operator => "operator",
     }
 }
 

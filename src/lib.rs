@@ -5,6 +5,7 @@
 //! is administered only over a local Unix socket. See `docs/architecture.md`.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod core;

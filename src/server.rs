@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Peer};
+use crate::audit::{Audit, Event, Peer as AuditPeer};
 use crate::config::{AdminConfig, Config};
+use crate::http::audit_layer::{AuditCtx, ConnPeer};
 
 use crate::core::{Core, CoreOptions};
 use crate::http::{self, tls};
@@ -88,6 +90,12 @@ pub async fn run(
         }
     };
 
+    let audit = match &cfg.audit {
+        Some(a) => Audit::open(&a.path, a.max_file_bytes)
+            .map_err(|e| ServerError::Startup(format!("cannot open the audit log: {e}")))?,
+        None => Audit::disabled(),
+    };
+    let log_health = cfg.audit.as_ref().is_some_and(|a| a.log_health);
     let registry = ModuleRegistry::new();
     let seal_cfg = cfg
         .seal
@@ -108,6 +116,7 @@ pub async fn run(
         },
         store,
         seal.clone(),
+        audit.clone(),
     );
     let members: Vec<String> = seal
         .status()
@@ -132,13 +141,31 @@ pub async fn run(
     tasks.spawn(serve_public(
         listeners.public,
         tls,
-        http::public_router(core.clone(), &cfg.transit),
+        http::public_router(
+            core.clone(),
+            &cfg.transit,
+            AuditCtx {
+                audit: audit.clone(),
+                kind: "request",
+                log_health,
+            },
+        ),
     ));
     tasks.spawn(serve_admin(
         listeners.admin,
         cfg.admin.clone(),
-        admin::router(core.clone(), &cfg.transit),
+        admin::router(
+            core.clone(),
+            &cfg.transit,
+            AuditCtx {
+                audit: audit.clone(),
+                kind: "admin",
+                log_health: true,
+            },
+        ),
+        audit.clone(),
     ));
+    tasks.spawn(reopen_on_sighup(audit.clone()));
     core.wake();
 
     shutdown.await;
@@ -150,6 +177,18 @@ pub async fn run(
     admin::unlink(&cfg.admin.socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP reopens the audit log (after an external rotation such as logrotate's).
+async fn reopen_on_sighup(audit: Audit) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; the audit log cannot be reopened");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reopening the audit log");
+        audit.reopen();
+    }
 }
 
 async fn serve_public(listener: TcpListener, tls: Option<TlsAcceptor>, router: Router) {
@@ -167,17 +206,34 @@ async fn serve_public(listener: TcpListener, tls: Option<TlsAcceptor>, router: R
         let router = router.clone();
         let tls = tls.clone();
         conns.spawn(async move {
-            let service = TowerToHyperService::new(router);
             let builder = auto::Builder::new(TokioExecutor::new());
+            let mut who = AuditPeer {
+                address: Some(peer.to_string()),
+                ..AuditPeer::default()
+            };
             let result = match tls {
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => builder.serve_connection(TokioIo::new(s), service).await,
+                    Ok(s) => {
+                        who.tls_client = s
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| {
+                                format!("sha256:{}", hex::encode(crate::crypto::sha256(c.as_ref())))
+                            });
+                        let service =
+                            TowerToHyperService::new(router.layer(axum::Extension(ConnPeer(who))));
+                        builder.serve_connection(TokioIo::new(s), service).await
+                    }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
                     }
                 },
                 None => {
+                    let service =
+                        TowerToHyperService::new(router.layer(axum::Extension(ConnPeer(who))));
                     builder
                         .serve_connection(TokioIo::new(stream), service)
                         .await
@@ -190,7 +246,7 @@ async fn serve_public(listener: TcpListener, tls: Option<TlsAcceptor>, router: R
     }
 }
 
-async fn serve_admin(listener: UnixListener, cfg: AdminConfig, router: Router) {
+async fn serve_admin(listener: UnixListener, cfg: AdminConfig, router: Router, audit: Audit) {
     let mut conns = JoinSet::new();
     loop {
         let stream = match listener.accept().await {
@@ -213,9 +269,23 @@ async fn serve_admin(listener: UnixListener, cfg: AdminConfig, router: Router) {
                 continue;
             }
         };
+        let who = AuditPeer {
+            uid: Some(peer.uid),
+            gid: Some(peer.gid),
+            pid: peer.pid,
+            ..AuditPeer::default()
+        };
         let router = if admin::allowed(&cfg, &peer) {
-            router.clone().layer(axum::Extension(peer))
+            router
+                .clone()
+                .layer(axum::Extension(peer))
+                .layer(axum::Extension(ConnPeer(who)))
         } else {
+            audit.record_detached(
+                Event::new("admin", "connect", "denied")
+                    .peer(who)
+                    .error("peer not in admin.allowed_uids / admin.allowed_gids"),
+            );
             tracing::warn!(
                 uid = peer.uid,
                 gid = peer.gid,

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::core::Core;
 
+pub mod audit_layer;
 pub mod tls;
 pub mod transit;
 
@@ -28,7 +29,9 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({ "errors": [self.1] }))).into_response()
+        let fields = audit_layer::AuditFields::with("error", self.1.clone());
+        let resp = (self.0, axum::Json(json!({ "errors": [self.1] }))).into_response();
+        audit_layer::annotate(resp, fields)
     }
 }
 
@@ -196,7 +199,11 @@ pub async fn hsm_status_handler(State(core): State<Arc<Core>>) -> Response {
 }
 
 /// The router of the public listener.
-pub fn public_router(core: Arc<Core>, transit: &crate::config::TransitConfig) -> Router {
+pub fn public_router(
+    core: Arc<Core>,
+    transit: &crate::config::TransitConfig,
+    audit: audit_layer::AuditCtx,
+) -> Router {
     let state = transit::TransitState {
         core: core.clone(),
         max_body: transit.max_request_bytes,
@@ -213,4 +220,8 @@ pub fn public_router(core: Arc<Core>, transit: &crate::config::TransitConfig) ->
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            audit,
+            audit_layer::audit_requests,
+        ))
 }

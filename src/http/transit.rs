@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
+use super::audit_layer::{AuditFields, annotate};
 use crate::core::Core;
 use crate::transit::{
     Capability, KeyConfig, Policy, TokenRecord, TokenRequest, Transit, TransitError, decode_b64,
@@ -211,7 +212,22 @@ async fn operation(
     body: Body,
 ) -> ApiResult {
     let t = transit(&st)?;
-    t.authorize(token_of(&headers).as_deref(), &key, op.capability())?;
+    let rec = t.authorize(token_of(&headers).as_deref(), &key, op.capability())?;
+    let fields = accessor_and_key(&rec, &key);
+    let result = operation_inner(&st, &t, op, &key, body).await;
+    Ok(annotate(
+        result.unwrap_or_else(IntoResponse::into_response),
+        fields,
+    ))
+}
+
+async fn operation_inner(
+    st: &TransitState,
+    t: &Transit,
+    op: Op,
+    key: &str,
+    body: Body,
+) -> ApiResult {
     let req: OpRequest = json_body(body, st.max_body).await?;
     if req
         .key_type
@@ -225,7 +241,13 @@ async fn operation(
         ));
     }
     let Some(batch) = req.batch_input else {
-        return Ok(envelope(one(&t, op, &key, &req.item)?, Value::Null));
+        let data = one(t, op, key, &req.item)?;
+        let version = data.get("key_version").cloned();
+        let resp = envelope(data, Value::Null);
+        return Ok(match version {
+            Some(v) => annotate(resp, AuditFields::with("key_version", v)),
+            None => resp,
+        });
     };
     if batch.is_empty() {
         return Err(ApiError(
@@ -236,7 +258,7 @@ async fn operation(
     let mut any_error = false;
     let results: Vec<Value> = batch
         .iter()
-        .map(|item| match one(&t, op, &key, item) {
+        .map(|item| match one(t, op, key, item) {
             Ok(v) => v,
             Err(e) => {
                 any_error = true;
@@ -295,7 +317,7 @@ async fn datakey(
     body: Body,
 ) -> ApiResult {
     let t = transit(&st)?;
-    t.authorize(token_of(&headers).as_deref(), &key, Capability::Datakey)?;
+    let rec = t.authorize(token_of(&headers).as_deref(), &key, Capability::Datakey)?;
     let req: OpRequest = json_body(body, st.max_body).await?;
     let with_plaintext = match kind.as_str() {
         "plaintext" => true,
@@ -313,7 +335,10 @@ async fn datakey(
     if with_plaintext {
         data["plaintext"] = json!(B64.encode(&*dk));
     }
-    Ok(envelope(data, Value::Null))
+    Ok(annotate(
+        envelope(data, Value::Null),
+        accessor_and_key(&rec, &key),
+    ))
 }
 
 async fn read_key(
@@ -322,8 +347,22 @@ async fn read_key(
     headers: HeaderMap,
 ) -> ApiResult {
     let t = transit(&st)?;
-    t.authorize(token_of(&headers).as_deref(), &key, Capability::Read)?;
-    Ok(envelope(t.key_metadata(&key)?, Value::Null))
+    let rec = t.authorize(token_of(&headers).as_deref(), &key, Capability::Read)?;
+    Ok(annotate(
+        envelope(t.key_metadata(&key)?, Value::Null),
+        accessor_and_key(&rec, &key),
+    ))
+}
+
+fn accessor_and_key(rec: &TokenRecord, key: &str) -> AuditFields {
+    AuditFields(
+        [
+            ("accessor".to_string(), json!(rec.accessor)),
+            ("key".to_string(), json!(key)),
+        ]
+        .into_iter()
+        .collect(),
+    )
 }
 
 fn auth_block(rec: &TokenRecord, token: Option<&str>) -> Value {
@@ -402,14 +441,20 @@ async fn renew_self(State(st): State<TransitState>, headers: HeaderMap, body: Bo
     t.authenticate(token.as_deref())?;
     let req: RenewRequest = json_body(body, st.max_body).await?;
     let rec = t.renew(token.as_deref(), req.increment)?;
-    Ok(envelope(Value::Null, auth_block(&rec, token.as_deref())))
+    Ok(annotate(
+        envelope(Value::Null, auth_block(&rec, token.as_deref())),
+        AuditFields::with("accessor", rec.accessor.clone()),
+    ))
 }
 
 async fn lookup_self(State(st): State<TransitState>, headers: HeaderMap) -> ApiResult {
     let t = transit(&st)?;
     let token = token_of(&headers);
     let rec = t.authenticate(token.as_deref())?;
-    Ok(envelope(lookup_data(&rec, token.as_deref()), Value::Null))
+    Ok(annotate(
+        envelope(lookup_data(&rec, token.as_deref()), Value::Null),
+        AuditFields::with("accessor", rec.accessor.clone()),
+    ))
 }
 
 /// Routes of the public listener under `mount`.

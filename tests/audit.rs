@@ -1,0 +1,288 @@
+//! The audit trail: every request and operation recorded, hash-chained, verifiable, fail-closed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::*;
+use serde_json::{Value, json};
+
+fn audited(extra: &str) -> Fixture {
+    let f = Fixture::new();
+    let log = f.path("audit/audit.log");
+    f.edit_config(|c| format!("{c}\n[audit]\npath = \"{}\"\n{extra}", log.display()));
+    f
+}
+
+fn records(f: &Fixture, file: &str) -> Vec<Value> {
+    std::fs::read_to_string(f.path(file))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn verify(files: &[std::path::PathBuf]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("audit")
+        .arg("verify")
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+/// A daemon with a key, a policy and a token.
+fn with_transit(f: &Fixture) -> (Daemon, String) {
+    let d = f.start();
+    d.init();
+    d.operator_ok(&["key", "create", "vault-prod"]);
+    d.operator_ok(&[
+        "policy",
+        "write",
+        "prod",
+        "--key",
+        "vault-prod",
+        "--capabilities",
+        "encrypt,decrypt",
+    ]);
+    let out: Value = serde_json::from_str(
+        &d.operator_ok(&["token", "create", "--policy", "prod", "--format", "json"]),
+    )
+    .unwrap();
+    (d, out["client_token"].as_str().unwrap().to_string())
+}
+
+fn encrypt(d: &Daemon, token: &str, plaintext: &[u8]) -> HttpResponse {
+    let body = json!({ "plaintext": B64.encode(plaintext) }).to_string();
+    http_with(
+        d.port,
+        "PUT",
+        "/v1/transit/encrypt/vault-prod",
+        Some(token),
+        body.as_bytes(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_operation_is_recorded_without_secrets_and_the_chain_verifies() {
+    let f = audited("");
+    let (mut d, token) = with_transit(&f);
+    let r = encrypt(&d, &token, b"known plaintext 123");
+    assert_eq!(r.status, 200);
+    let ct = r.json()["data"]["ciphertext"].as_str().unwrap().to_string();
+    let r = encrypt(&d, "sks.wrong", b"x");
+    assert_eq!(r.status, 403);
+    d.operator_ok(&["seal"]);
+    d.operator_ok(&["unseal"]);
+    d.stop();
+
+    let recs = records(&f, "audit/audit.log");
+    let ops: Vec<String> = recs
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap().to_string())
+        .collect();
+    for expect in [
+        "PUT /v1/sys/init",
+        "init",
+        "POST /v1/transit/keys/vault-prod",
+        "POST /v1/auth/token/create",
+        "PUT /v1/sys/seal",
+        "seal",
+        "unseal",
+        "PUT /v1/sys/unseal",
+    ] {
+        assert!(ops.iter().any(|o| o == expect), "no {expect:?} in {ops:?}");
+    }
+    let enc: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["operation"] == "PUT /v1/transit/encrypt/vault-prod")
+        .collect();
+    assert_eq!(enc.len(), 2);
+    assert_eq!(enc[0]["outcome"], "ok");
+    assert_eq!(enc[0]["key"], "vault-prod");
+    assert_eq!(enc[0]["key_version"], 1);
+    assert!(enc[0]["accessor"].as_str().unwrap().len() >= 16);
+    assert!(
+        enc[0]["peer"]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(enc[1]["outcome"], "denied");
+    assert_eq!(enc[1]["status"], 403);
+    let admin = recs
+        .iter()
+        .find(|r| r["operation"] == "PUT /v1/sys/init")
+        .unwrap();
+    assert_eq!(admin["type"], "admin");
+    assert!(admin["peer"]["uid"].is_u64() && admin["peer"]["pid"].is_i64());
+    let unseal = recs.iter().find(|r| r["operation"] == "unseal").unwrap();
+    assert_eq!(unseal["member"], "hsm-a");
+    assert!(unseal["duration_ms"].is_u64());
+    let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=recs.len() as u64).collect::<Vec<_>>());
+
+    let text = std::fs::read_to_string(f.path("audit/audit.log")).unwrap();
+    for secret in [
+        token.as_str(),
+        &B64.encode(b"known plaintext 123"),
+        &ct,
+        &f.pin("a"),
+        &f.pin("b"),
+    ] {
+        assert!(!text.contains(secret), "a secret is in the audit log");
+    }
+    let out = verify(&[f.path("audit/audit.log")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{} records", recs.len())));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(f.path("audit/audit.log"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_modified_record_is_reported_with_its_line() {
+    let f = audited("");
+    let (mut d, token) = with_transit(&f);
+    encrypt(&d, &token, b"a");
+    d.stop();
+    let path = f.path("audit/audit.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines[2] = lines[2].replace("\"ok\"", "\"error\"");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let out = verify(&[path]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains("audit.log:4:") && e.contains("hash chain broken"),
+        "{e}"
+    );
+}
+
+/// Makes a file immutable (even root cannot write it) for the life of the guard.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(p: std::path::PathBuf) -> Immutable {
+        assert!(
+            Command::new("chattr")
+                .arg("+i")
+                .arg(&p)
+                .status()
+                .unwrap()
+                .success(),
+            "chattr +i failed"
+        );
+        Immutable(p)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_unwritable_audit_log_refuses_requests_and_recovers() {
+    let f = audited("");
+    let (d, token) = with_transit(&f);
+    let guard = Immutable::new(f.path("audit/audit.log"));
+    let r = encrypt(&d, &token, b"secret");
+    assert_eq!(r.status, 503, "{}", r.body);
+    let err = r.json()["errors"][0].as_str().unwrap().to_string();
+    assert!(err.contains("the audit log is unavailable"), "{err}");
+    assert!(
+        !r.body.contains("vault:v1:"),
+        "no result leaves without its audit record"
+    );
+    let out = d.operator(&["key", "rotate", "vault-prod"]);
+    assert!(!out.status.success(), "admin operations fail closed too");
+    assert_eq!(d.health("").status, 200, "the daemon keeps running");
+
+    drop(guard);
+    let r = encrypt(&d, &token, b"secret");
+    assert_eq!(r.status, 200, "recovers when the disk does: {}", r.body);
+    let out = verify(&[f.path("audit/audit.log")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn rotation_by_sighup_and_by_size_continues_the_chain() {
+    let f = audited("max_file_bytes = 4000\n");
+    let (d, token) = with_transit(&f);
+    for _ in 0..10 {
+        assert_eq!(encrypt(&d, &token, b"x").status, 200);
+    }
+    // External rotation: rename, then SIGHUP.
+    let moved = f.path("audit/audit.log.0-external");
+    std::fs::rename(f.path("audit/audit.log"), &moved).unwrap();
+    unsafe_free_kill(d.pid(), "HUP");
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        assert_eq!(encrypt(&d, &token, b"x").status, 200);
+    }
+    drop(d);
+    let mut files: Vec<_> = std::fs::read_dir(f.path("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.retain(|p| p != &f.path("audit/audit.log"));
+    files.sort();
+    assert!(
+        files.len() >= 2,
+        "size rotation produced no file: {files:?}"
+    );
+    // Oldest first: the size-rotated files, the externally rotated one, then the current file.
+    let mut ordered: Vec<_> = files.iter().filter(|p| **p != moved).cloned().collect();
+    ordered.push(moved.clone());
+    ordered.push(f.path("audit/audit.log"));
+    let out = verify(&ordered);
+    assert!(out.status.success(), "{:?}: {}", ordered, stderr(&out));
+    // Leaving out a file in the middle breaks the chain, and is named.
+    let mut gap = ordered.clone();
+    gap.remove(1);
+    let out = verify(&gap);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing records"), "{}", stderr(&out));
+}
+
+#[test]
+fn refused_admin_connections_are_recorded_and_no_audit_table_is_warned_about() {
+    let f = audited("");
+    let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    f.edit_config(|c| {
+        c.replace(
+            &format!("allowed_uids = [{}]", uid.trim()),
+            "allowed_uids = [4242]",
+        )
+    });
+    let d = f.start();
+    assert!(!d.operator(&["status"]).status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let recs = records(&f, "audit/audit.log");
+    let refused = recs
+        .iter()
+        .find(|r| r["operation"] == "connect")
+        .expect("a connect record");
+    assert_eq!(refused["outcome"], "denied");
+    assert_eq!(
+        refused["peer"]["uid"].as_u64().unwrap().to_string(),
+        uid.trim()
+    );
+    drop(d);
+
+    let plain = Fixture::new();
+    let d = plain.start();
+    assert!(d.log().contains("no [audit] table"), "{}", d.log());
+}
