@@ -14,7 +14,8 @@
 # transit: encrypt and decrypt of 32-byte plaintexts over HTTPS keep-alive (wrk, SECONDS per point,
 # default 5) at 1, 16 and 64 connections: requests/s, p50 and p99 latency, beside a floor measured
 # in the same run: examples/https_floor, an HTTPS server on the same TLS and HTTP stack answering a
-# fixed JSON body.
+# fixed JSON body; and once more with the audit trail switched off (enc-noau, dec-noau), to report
+# the cost of the durable, group-committed audit records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,7 @@ if [ "$what" = transit ]; then
   DIR=$(scripts/setup-softhsm.sh --dir "$WORK/demo" --port "$PORT")
   export SOFTHSM2_CONF=$DIR/softhsm2.conf SEALKEEPER_SOCKET=$DIR/admin.sock
   "$BIN" server --config "$DIR/sealkeeper.toml" 2>/dev/null &
+  DAEMON=$!
   for _ in $(seq 1 200); do [ -S "$SEALKEEPER_SOCKET" ] && break; sleep 0.05; done
   "$BIN" operator init --recovery-shares 1 --recovery-threshold 1 >/dev/null
   "$BIN" operator key create bench >/dev/null
@@ -76,13 +78,27 @@ print(f"{sys.argv[1]:<8} {sys.argv[2]:>5} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f}")
     run encrypt "$URL/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
     run decrypt "$URL/decrypt/bench" "{\"ciphertext\":\"$CT\"}" "$c" | tee -a "$WORK/results"
   done
+  # The same daemon and state without the audit trail.
+  kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
+  sed -i '/^\[audit\]$/,/^path = /d' "$DIR/sealkeeper.toml"
+  "$BIN" server --config "$DIR/sealkeeper.toml" 2>/dev/null &
+  for _ in $(seq 1 200); do [ -S "$SEALKEEPER_SOCKET" ] && curl -s -o /dev/null --cacert "$DIR/tls/server.crt" "https://localhost:$PORT/v1/sys/health" && break; sleep 0.05; done
+  sleep 0.5
+  for c in 1 16 64; do
+    run enc-noau "$URL/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
+    run dec-noau "$URL/decrypt/bench" "{\"ciphertext\":\"$CT\"}" "$c" | tee -a "$WORK/results"
+  done
   python3 - "$WORK/results" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
 floor = {r[1]: float(r[2]) for r in rows if r[0] == "floor"}
+plain = {(r[0][:3], r[1]): float(r[2]) for r in rows if r[0].endswith("-noau")}
 for r in rows:
     if r[0] != "floor":
-        print(f"{r[0]:<8} {r[1]:>5} conns: {float(r[2]) / floor[r[1]] * 100:5.1f}% of the floor's requests/s")
+        line = f"{r[0]:<8} {r[1]:>5} conns: {float(r[2]) / floor[r[1]] * 100:5.1f}% of the floor's requests/s"
+        if not r[0].endswith("-noau") and (r[0][:3], r[1]) in plain:
+            line += f", audited/unaudited {float(r[2]) / plain[(r[0][:3], r[1])]:.2f}"
+        print(line)
 PY
   exit 0
 fi

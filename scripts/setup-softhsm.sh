@@ -97,6 +97,9 @@ tls_key_file = "$DIR/tls/server.key"
 socket = "$DIR/admin.sock"
 allowed_uids = [$(id -u)]
 
+[audit]
+path = "$DIR/audit.log"
+
 [unseal]
 retry_initial = "1s"
 retry_max = "60s"
