@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 fn audited(extra: &str) -> Fixture {
     let f = Fixture::new();
     let log = f.path("audit/audit.log");
-        let default = format!("path = \"{}\"", f.path("audit.log").display());
+    let default = format!("path = \"{}\"", f.path("audit.log").display());
     f.edit_config(|c| c.replace(&default, &format!("path = \"{}\"\n{extra}", log.display())));
     f
 }
@@ -283,7 +283,7 @@ fn refused_admin_connections_are_recorded_and_no_audit_table_is_warned_about() {
     );
     drop(d);
 
-        let plain = Fixture::new();
+    let plain = Fixture::new();
     let default = format!("[audit]\npath = \"{}\"", plain.path("audit.log").display());
     plain.edit_config(|c| c.replace(&default, ""));
     let d = plain.start();

@@ -148,19 +148,6 @@ fn round_trip_and_restart() {
     assert_eq!(transit_records, 2);
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p))
-        } else {
-            out.push(p)
-        }
-    }
-    out
-}
-
 #[test]
 fn rotation_rewrap_and_minimum_versions() {
     let e = env();

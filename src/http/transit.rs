@@ -415,24 +415,8 @@ fn lookup_data(rec: &TokenRecord, id: Option<&str>) -> Value {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RenewRequest {
-    #[serde(default, deserialize_with = "increment")]
+    #[serde(default, deserialize_with = "crate::transit::tokens::duration_opt")]
     increment: Option<u64>,
-}
-
-fn increment<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        N(u64),
-        S(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::N(n)) => Ok(Some(n)),
-        Some(Raw::S(s)) => crate::transit::tokens::parse_duration(&s)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
 }
 
 async fn renew_self(State(st): State<TransitState>, headers: HeaderMap, body: Body) -> ApiResult {

@@ -55,7 +55,7 @@ pub struct TokenRequest {
 }
 
 /// Accepts 3600, "3600", "3600s" or "1h".
-fn duration_opt<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn duration_opt<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
