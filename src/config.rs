@@ -392,6 +392,20 @@ impl Config {
         })?;
         let mut cfg = Self::parse(&text, path)?;
         cfg.source = path.to_path_buf();
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o002 != 0
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                key: KeyName(String::new()),
+                message: format!(
+                    "the config file is writable by anyone (mode {:o}); chmod 0600 or 0640 it",
+                    meta.permissions().mode() & 0o777
+                ),
+            });
+        }
         if cfg
             .seal
             .iter()

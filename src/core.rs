@@ -163,6 +163,8 @@ pub struct Status {
     pub recovery_shares: u32,
     pub recovery_threshold: u32,
     pub memory_locked: bool,
+    /// Whether the process can dump core or be ptraced by its user (false once hardened).
+    pub dumpable: bool,
     pub version: String,
 }
 
@@ -338,6 +340,7 @@ impl Core {
             recovery_shares: init.map(|i| i.recovery_shares).unwrap_or(0),
             recovery_threshold: init.map(|i| i.recovery_threshold).unwrap_or(0),
             memory_locked: *self.memory_locked.read().unwrap_or_else(|p| p.into_inner()),
+            dumpable: crate::secret::is_dumpable(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }

@@ -1,0 +1,172 @@
+//! Secret hygiene: after a full scenario no PIN, plaintext, token, share or key appears in the
+//! logs, the audit file, the stored files or the process environment; key memory is locked and the
+//! process is not dumpable. Files that others could change are refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::*;
+use serde_json::{Value, json};
+
+#[test]
+fn no_secret_leaves_the_process() {
+    let f = Fixture::new();
+    let mut d = f.start();
+    let init = d.init();
+    d.operator_ok(&["key", "create", "vault-prod"]);
+    d.operator_ok(&[
+        "policy",
+        "write",
+        "prod",
+        "--key",
+        "vault-prod",
+        "--capabilities",
+        "encrypt,decrypt,datakey",
+    ]);
+    let created: Value = serde_json::from_str(
+        &d.operator_ok(&["token", "create", "--policy", "prod", "--format", "json"]),
+    )
+    .unwrap();
+    let token = created["client_token"].as_str().unwrap().to_string();
+
+    let plaintext = b"plaintext-canary-4711 do not leak";
+    let body = json!({ "plaintext": B64.encode(plaintext) }).to_string();
+    let r = http_with(
+        d.port,
+        "PUT",
+        "/v1/transit/encrypt/vault-prod",
+        Some(&token),
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let ct = r.json()["data"]["ciphertext"].as_str().unwrap().to_string();
+    let body = json!({ "ciphertext": ct }).to_string();
+    let r = http_with(
+        d.port,
+        "PUT",
+        "/v1/transit/decrypt/vault-prod",
+        Some(&token),
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let r = http_with(
+        d.port,
+        "PUT",
+        "/v1/transit/datakey/plaintext/vault-prod",
+        Some(&token),
+        b"{}",
+    )
+    .unwrap();
+    let datakey = r.json()["data"]["plaintext"].as_str().unwrap().to_string();
+
+    // While it runs: locked memory, not dumpable, nothing secret in its environment.
+    let pid = d.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let vmlck: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmLck:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(vmlck > 0, "{status}");
+    let st = d.status_json();
+    assert_eq!(st["dumpable"], false);
+    assert_eq!(st["memory_locked"], true);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+
+    d.operator_ok(&["seal"]);
+    d.stop();
+
+    let mut secrets: Vec<(String, Vec<u8>)> = vec![
+        ("PIN a".into(), f.pin("a").into_bytes()),
+        ("PIN b".into(), f.pin("b").into_bytes()),
+        ("plaintext".into(), plaintext.to_vec()),
+        (
+            "plaintext (base64)".into(),
+            B64.encode(plaintext).into_bytes(),
+        ),
+        ("token".into(), token.clone().into_bytes()),
+        ("ciphertext".into(), ct.clone().into_bytes()),
+        ("data key".into(), datakey.into_bytes()),
+    ];
+    for k in init["recovery_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(init["recovery_keys_base64"].as_array().unwrap())
+    {
+        secrets.push((
+            "recovery share".into(),
+            k.as_str().unwrap().as_bytes().to_vec(),
+        ));
+    }
+    let mut places: Vec<(String, Vec<u8>)> = vec![
+        ("environ".into(), environ),
+        ("daemon log".into(), d.log().into_bytes()),
+    ];
+    for p in walk(&f.path("data")) {
+        places.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+    }
+    places.push((
+        "audit log".into(),
+        std::fs::read(f.path("audit.log")).unwrap(),
+    ));
+    for (place, bytes) in &places {
+        for (what, secret) in &secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+                "{what} found in {place}"
+            );
+        }
+    }
+}
+
+#[test]
+fn files_that_others_can_change_are_refused() {
+    let f = Fixture::new();
+    std::fs::set_permissions(f.config_path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = f
+        .command()
+        .arg("server")
+        .arg("--config")
+        .arg(f.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("writable by anyone"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::set_permissions(f.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(f.path("data"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = f
+        .command()
+        .arg("server")
+        .arg("--config")
+        .arg(f.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is world-writable"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::set_permissions(f.path("data"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let d = f.start();
+    d.wait_health(501, Duration::from_secs(5));
+}
