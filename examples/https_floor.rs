@@ -17,7 +17,8 @@ const BODY: &str = r#"{"request_id":"00000000-0000-0000-0000-000000000000","leas
 async fn main() {
     let a: Vec<String> = std::env::args().collect();
     let tls =
-        sealkeeper::http::tls::server_config(a[2].as_ref(), a[3].as_ref(), None, false).unwrap();
+        sealkeeper::http::tls::server_config(a[2].as_ref(), a[3].as_ref(), None, false, false)
+            .unwrap();
     let acceptor = TlsAcceptor::from(tls);
     let router =
         Router::new().fallback(|| async { ([("content-type", "application/json")], BODY) });

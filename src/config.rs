@@ -70,6 +70,9 @@ pub struct Config {
     /// Development only: allow key material in memory that could not be locked.
     #[serde(default)]
     pub disable_mlock: bool,
+    /// Only approved algorithms, mechanisms and TLS suites; self-tests gate serving.
+    #[serde(default)]
+    pub fips_mode: bool,
     /// Reported as `cluster_name` by sys/health and sys/seal-status.
     #[serde(default)]
     pub cluster_name: Option<String>,
@@ -498,6 +501,12 @@ impl Config {
                 "must be a path of a-z, 0-9, '-', '_' segments, not under sys/ or auth/",
             ));
         }
+        if self.fips_mode && l.tls_disable {
+            out.push(problem(
+                vec![Key("listener"), Key("tls_disable")],
+                "fips_mode requires TLS on the listener",
+            ));
+        }
         if let Some(a) = &self.audit
             && !a.path.is_absolute()
         {
@@ -578,6 +587,13 @@ impl Config {
                 out.push(problem(
                     at("key_id"),
                     "must be a non-empty hex string, e.g. \"01\"",
+                ));
+            }
+            if self.fips_mode && s.mechanism() == Mechanism::RsaOaep(OaepHash::Sha1) {
+                out.push(problem(
+                    at("rsa_oaep_hash"),
+                    "RSA-OAEP with SHA-1 is not approved in fips_mode (SoftHSM 2.6 only has SHA-1 OAEP): use sha256 or \
+                     stronger, or CKM_AES_GCM",
                 ));
             }
             if let Err(m) = parse_mechanism(s.mechanism.as_deref(), s.rsa_oaep_hash.as_deref()) {

@@ -127,6 +127,8 @@ pub struct CoreOptions {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub probe_interval: Duration,
+    pub fips_mode: bool,
+    pub self_tests: Vec<crate::crypto::SelfTest>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -166,6 +168,18 @@ pub struct Status {
     /// Whether the process can dump core or be ptraced by its user (false once hardened).
     pub dumpable: bool,
     pub version: String,
+    /// fips_mode from the config.
+    #[serde(default)]
+    pub fips_mode: bool,
+    /// Whether AWS-LC's validated module is in use (built with the `fips` feature).
+    #[serde(default)]
+    pub fips_module: bool,
+    /// Known-answer tests of the software algorithms, run at start.
+    #[serde(default)]
+    pub self_tests: Vec<crate::crypto::SelfTest>,
+    /// Pairwise round trips with each HSM member at the last unseal (fips_mode).
+    #[serde(default)]
+    pub hsm_self_tests: Vec<crate::seal::MemberSelfTest>,
 }
 
 pub struct Core {
@@ -176,6 +190,7 @@ pub struct Core {
     ops: AsyncMutex<()>,
     wake: Notify,
     last_error: RwLock<Option<(String, u64)>>,
+    hsm_self_tests: RwLock<Vec<crate::seal::MemberSelfTest>>,
     memory_locked: RwLock<bool>,
     audit: Audit,
 }
@@ -224,6 +239,7 @@ impl Core {
             ops: AsyncMutex::new(()),
             wake: Notify::new(),
             last_error: RwLock::new(last_error),
+            hsm_self_tests: RwLock::new(Vec::new()),
             memory_locked: RwLock::new(false),
             audit,
         })
@@ -342,6 +358,14 @@ impl Core {
             memory_locked: *self.memory_locked.read().unwrap_or_else(|p| p.into_inner()),
             dumpable: crate::secret::is_dumpable(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            fips_mode: self.opts.fips_mode,
+            fips_module: crate::crypto::fips_module_active(),
+            self_tests: self.opts.self_tests.clone(),
+            hsm_self_tests: self
+                .hsm_self_tests
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 
@@ -615,6 +639,34 @@ impl Core {
             )));
         }
         let root = self.locked(&unwrapped.plaintext)?;
+        if self.opts.fips_mode {
+            let seal = self.seal.clone();
+            let results = tokio::task::spawn_blocking(move || seal.self_test())
+                .await
+                .map_err(|e| CoreError::Internal(format!("self-test task failed: {e}")))?;
+            *self
+                .hsm_self_tests
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = results.clone();
+            for r in &results {
+                self.audit.record_detached(
+                    Event::new("core", "hsm-self-test", if r.ok { "ok" } else { "error" })
+                        .field("member", r.member.clone())
+                        .error(r.error.clone().unwrap_or_default()),
+                );
+            }
+            match results.iter().find(|r| r.member == unwrapped.member) {
+                Some(r) if r.ok => {}
+                Some(r) => {
+                    return Err(CoreError::StoredState(format!(
+                        "fips_mode: the pairwise self-test failed on {}, which unwrapped the root key: {}",
+                        r.member,
+                        r.error.clone().unwrap_or_default()
+                    )));
+                }
+                None => {}
+            }
+        }
         let keyring = self.open_keyring(&root, &init.installation_id)?;
         let keys = Arc::new(UnsealedKeys { root, keyring });
         let transit = Arc::new(Transit::load(

@@ -222,3 +222,100 @@ mod tests {
         ));
     }
 }
+
+/// The result of one known-answer test.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SelfTest {
+    pub name: String,
+    pub ok: bool,
+}
+
+fn kat_aes_gcm() -> bool {
+    // GCM specification, test case 14: AES-256, zero key, zero IV, one zero block.
+    let Ok(key) = UnboundKey::new(&AES_256_GCM, &[0u8; 32]) else {
+        return false;
+    };
+    let key = LessSafeKey::new(key);
+    let mut block = vec![0u8; 16];
+    if key
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key([0u8; 12]),
+            Aad::empty(),
+            &mut block,
+        )
+        .is_err()
+    {
+        return false;
+    }
+    let ok =
+        hex::encode(&block) == "cea7403d4d606b6e074ec5d3baf39d18d0d1c8a799996bf0265b98b5d48ab919";
+    let opened = key.open_in_place(
+        Nonce::assume_unique_for_key([0u8; 12]),
+        Aad::empty(),
+        &mut block,
+    );
+    ok && opened.map(|p| p == [0u8; 16]).unwrap_or(false)
+}
+
+fn kat_hmac() -> bool {
+    hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?"))
+        == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+}
+
+fn kat_hkdf() -> bool {
+    let (Ok(salt), Ok(info)) = (
+        hex::decode("000102030405060708090a0b0c"),
+        hex::decode("f0f1f2f3f4f5f6f7f8f9"),
+    ) else {
+        return false;
+    };
+    let mut okm = [0u8; 42];
+    hkdf_sha256(&salt, &[0x0b; 22], &info, &mut okm).is_ok()
+        && hex::encode(okm)
+            == "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+}
+
+fn kat_sha() -> bool {
+    let d384 = digest::digest(&digest::SHA384, b"abc");
+    hex::encode(sha256(b"abc"))
+        == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        && hex::encode(d384.as_ref())
+            == "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7"
+}
+
+fn kat_random() -> bool {
+    let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+    fill_random(&mut a).is_ok() && fill_random(&mut b).is_ok() && a != b && a != [0u8; 32]
+}
+
+/// Known-answer tests of every software algorithm the daemon uses, run at every start.
+pub fn self_tests() -> Vec<SelfTest> {
+    [
+        ("AES-256-GCM", kat_aes_gcm as fn() -> bool),
+        ("HMAC-SHA-256", kat_hmac),
+        ("HKDF-SHA-256", kat_hkdf),
+        ("SHA-256/SHA-384", kat_sha),
+        ("DRBG", kat_random),
+    ]
+    .into_iter()
+    .map(|(name, f)| SelfTest {
+        name: name.into(),
+        ok: f(),
+    })
+    .collect()
+}
+
+/// Whether AWS-LC's FIPS 140-3 validated module is the one in use (the `fips` cargo feature).
+pub fn fips_module_active() -> bool {
+    aws_lc_rs::try_fips_mode().is_ok()
+}
+
+#[cfg(test)]
+mod kat_tests {
+    #[test]
+    fn every_self_test_passes() {
+        for t in super::self_tests() {
+            assert!(t.ok, "{} failed", t.name);
+        }
+    }
+}

@@ -81,6 +81,7 @@ pub async fn run(
                 k,
                 cfg.listener.tls_client_ca_file.as_deref(),
                 cfg.listener.tls_require_and_verify_client_cert,
+                cfg.fips_mode,
             )?)),
             _ => {
                 return Err(ServerError::Startup(
@@ -96,6 +97,33 @@ pub async fn run(
         None => Audit::disabled(),
     };
     let log_health = cfg.audit.as_ref().is_some_and(|a| a.log_health);
+    let self_tests = crate::crypto::self_tests();
+    let failed: Vec<&str> = self_tests
+        .iter()
+        .filter(|t| !t.ok)
+        .map(|t| t.name.as_str())
+        .collect();
+    audit.record_detached(
+        Event::new(
+            "core",
+            "self-test",
+            if failed.is_empty() { "ok" } else { "error" },
+        )
+        .field("fips_mode", cfg.fips_mode)
+        .field("fips_module", crate::crypto::fips_module_active())
+        .error(failed.join(", ")),
+    );
+    if !failed.is_empty() {
+        return Err(ServerError::Startup(format!(
+            "cryptographic self-test failed ({}): refusing to serve",
+            failed.join(", ")
+        )));
+    }
+    tracing::info!(
+        fips_mode = cfg.fips_mode,
+        fips_module = crate::crypto::fips_module_active(),
+        "cryptographic self-tests passed"
+    );
     let registry = ModuleRegistry::new();
     let seal_cfg = cfg
         .seal
@@ -113,6 +141,8 @@ pub async fn run(
             retry_initial: cfg.unseal.retry_initial,
             retry_max: cfg.unseal.retry_max,
             probe_interval: cfg.unseal.probe_interval,
+            fips_mode: cfg.fips_mode,
+            self_tests: self_tests.clone(),
         },
         store,
         seal.clone(),

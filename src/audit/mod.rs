@@ -70,8 +70,12 @@ impl Event {
         }
     }
 
+    /// Sets the error message (an empty one is left out).
     pub fn error(mut self, e: impl Into<String>) -> Event {
-        self.error = Some(e.into());
+        let e = e.into();
+        if !e.is_empty() {
+            self.error = Some(e);
+        }
         self
     }
 

@@ -25,6 +25,7 @@ pub fn server_config(
     key_file: &Path,
     client_ca: Option<&Path>,
     require_client_cert: bool,
+    fips_mode: bool,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_err = |m: String| TlsError::Cert {
         path: cert_file.display().to_string(),
@@ -41,7 +42,21 @@ pub fn server_config(
         path: key_file.display().to_string(),
         message: e.to_string(),
     })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if fips_mode {
+        // Approved suites only: AES-GCM with SHA-2, ECDHE over P-256/P-384.
+        use rustls::crypto::aws_lc_rs::{cipher_suite as cs, kx_group};
+        provider.cipher_suites = vec![
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ];
+        provider.kx_groups = vec![kx_group::SECP384R1, kx_group::SECP256R1];
+    }
+    let provider = Arc::new(provider);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match client_ca {

@@ -166,6 +166,15 @@ pub struct SealStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// One member's pairwise round trip.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberSelfTest {
+    pub member: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Result of a successful unwrap: the plaintext (zeroized on drop) and who produced it.
 pub struct Unwrapped {
     pub plaintext: Zeroizing<Vec<u8>>,
@@ -245,6 +254,8 @@ pub trait Seal: Send + Sync {
         blob: &WrappedBlob,
         expected: &[u8],
     ) -> Result<Vec<String>, SealError>;
+    /// A pairwise round trip (wrap, then unwrap, of random bytes) on each member.
+    fn self_test(&self) -> Vec<MemberSelfTest>;
     /// Closes sessions and finalizes modules.
     fn shutdown(&self);
 }

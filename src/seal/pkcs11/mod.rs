@@ -334,6 +334,51 @@ impl Seal for Pkcs11Seal {
         Ok(unreachable)
     }
 
+    fn self_test(&self) -> Vec<super::MemberSelfTest> {
+        self.members
+            .iter()
+            .map(|m| {
+                let result = crypto::random_vec(crypto::KEY_LEN)
+                    .map_err(|e| e.to_string())
+                    .and_then(|probe| {
+                        let expected = Zeroizing::new(probe);
+                        let input = expected.clone();
+                        let mechanism = self.mechanism;
+                        m.call(move |w| {
+                            let aad = b"sealkeeper/self-test";
+                            let back = match mechanism {
+                                Mechanism::AesGcm => {
+                                    let (iv, ct) = w.gcm_encrypt(&input, aad)?;
+                                    w.gcm_decrypt(&iv, &ct, aad)?
+                                }
+                                Mechanism::RsaOaep(h) => {
+                                    let ct = w.rsa_encrypt(&input, h)?;
+                                    w.rsa_decrypt(&ct, h)?
+                                }
+                            };
+                            Ok(back)
+                        })
+                        .map_err(|e| e.to_string())
+                        .and_then(|back| {
+                            if back.as_slice() == expected.as_slice() {
+                                Ok(())
+                            } else {
+                                Err(format!(
+                                    "{}: the round trip returned different bytes",
+                                    m.name()
+                                ))
+                            }
+                        })
+                    });
+                super::MemberSelfTest {
+                    member: m.name().to_string(),
+                    ok: result.is_ok(),
+                    error: result.err(),
+                }
+            })
+            .collect()
+    }
+
     fn shutdown(&self) {
         for m in &self.members {
             m.shutdown();
