@@ -206,6 +206,25 @@ async fn unseal(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditHashRequest {
+    input: String,
+}
+
+/// `PUT /v1/sys/audit-hash`: the audit trail's HMAC of a value, to find it in the trail.
+async fn audit_hash(State(core): State<Arc<Core>>, body: Bytes) -> Response {
+    let req: AuditHashRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match core.transit() {
+        Some(t) => axum::Json(serde_json::json!({ "hash": t.audit_hmac(req.input.as_bytes()) }))
+            .into_response(),
+        None => error_response(StatusCode::SERVICE_UNAVAILABLE, "sealkeeper is sealed"),
+    }
+}
+
 pub fn router(
     core: Arc<Core>,
     transit: &crate::config::TransitConfig,
@@ -224,6 +243,7 @@ pub fn router(
         .route("/v1/sys/unseal", post(unseal).put(unseal))
         .route("/v1/sys/seal-status", get(seal_status_handler))
         .route("/v1/sys/hsm-status", get(hsm_status_handler))
+        .route("/v1/sys/audit-hash", post(audit_hash).put(audit_hash))
         .with_state(core)
         .merge(crate::http::transit::admin_routes(
             state,

@@ -176,6 +176,7 @@ pub async fn run(
             &cfg.transit,
             AuditCtx {
                 audit: audit.clone(),
+                core: core.clone(),
                 kind: "request",
                 log_health,
             },
@@ -189,6 +190,7 @@ pub async fn run(
             &cfg.transit,
             AuditCtx {
                 audit: audit.clone(),
+                core: core.clone(),
                 kind: "admin",
                 log_health: true,
             },

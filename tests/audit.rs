@@ -81,6 +81,12 @@ fn every_operation_is_recorded_without_secrets_and_the_chain_verifies() {
     assert_eq!(r.status, 403);
     d.operator_ok(&["seal"]);
     d.operator_ok(&["unseal"]);
+    let token_hmac = d.operator_ok(&["audit-hash", &token]).trim().to_string();
+    let wrong_hmac = d
+        .operator_ok(&["audit-hash", "sks.wrong"])
+        .trim()
+        .to_string();
+    assert!(token_hmac.starts_with("hmac-sha256:") && token_hmac != wrong_hmac);
     d.stop();
 
     let recs = records(&f, "audit/audit.log");
@@ -114,6 +120,12 @@ fn every_operation_is_recorded_without_secrets_and_the_chain_verifies() {
             .as_str()
             .unwrap()
             .starts_with("127.0.0.1:")
+    );
+    assert_eq!(enc[0]["client_token_hmac"], token_hmac.as_str());
+    assert_eq!(
+        enc[1]["client_token_hmac"],
+        wrong_hmac.as_str(),
+        "a refused token can be correlated"
     );
     assert_eq!(enc[1]["outcome"], "denied");
     assert_eq!(enc[1]["status"], 403);
@@ -288,4 +300,84 @@ fn refused_admin_connections_are_recorded_and_no_audit_table_is_warned_about() {
     plain.edit_config(|c| c.replace(&default, ""));
     let d = plain.start();
     assert!(d.log().contains("no [audit] table"), "{}", d.log());
+}
+
+/// A small tmpfs mounted for the life of the guard (the tests run as root, as CI does).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn new(dir: std::path::PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs failed: the test needs root");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_filesystem_refuses_requests_and_recovers_when_space_returns() {
+    let f = Fixture::new();
+    let dir = f.path("audit-fs");
+    let _mnt = Tmpfs::new(dir.clone(), "256k");
+    let default = format!("path = \"{}\"", f.path("audit.log").display());
+    f.edit_config(|c| {
+        c.replace(
+            &default,
+            &format!("path = \"{}\"", dir.join("audit.log").display()),
+        )
+    });
+    let (d, token) = with_transit(&f);
+    assert_eq!(encrypt(&d, &token, b"x").status, 200);
+    // Fill the file system to the last byte.
+    let filler = dir.join("filler");
+    {
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut file, &block).is_ok() {}
+        let _ = std::io::Write::write_all(&mut file, &[0u8; 1]);
+        while std::io::Write::write_all(&mut file, &[0u8; 1]).is_ok() {}
+    }
+    // The audit file's last page may still hold a few records; the first one that does not fit
+    // must be refused.
+    let mut refused = None;
+    for _ in 0..50 {
+        let r = encrypt(&d, &token, b"x");
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("no request was refused on a full file system");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.body.contains("No space left on device") && !r.body.contains("vault:v1:"),
+        "{}",
+        r.body
+    );
+    assert_eq!(d.health("").status, 200);
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(encrypt(&d, &token, b"x").status, 200);
+    drop(d);
+    let out = verify(&[dir.join("audit.log")]);
+    assert!(
+        out.status.success(),
+        "no half record was left behind: {}",
+        stderr(&out)
+    );
 }

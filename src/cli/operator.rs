@@ -64,6 +64,9 @@ pub enum OperatorCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Print the audit trail's `hmac-sha256:` of a value (a client token, ...), to find it in the
+    /// trail. The value is read from standard input when VALUE is "-".
+    AuditHash { value: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -332,6 +335,25 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
         }
         OperatorCommand::Policy { command } => policy_command(socket, command).await,
         OperatorCommand::Token { command } => token_command(socket, command).await,
+        OperatorCommand::AuditHash { value } => {
+            let value = if value == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| e.to_string())?;
+                s.trim_end_matches(['\r', '\n']).to_string()
+            } else {
+                value
+            };
+            let v = call(
+                socket,
+                Method::PUT,
+                "/v1/sys/audit-hash",
+                Some(serde_json::json!({ "input": value })),
+            )
+            .await?;
+            println!("{}", v["hash"].as_str().unwrap_or(""));
+            Ok(0)
+        }
         OperatorCommand::Unseal { format } => {
             let v = call(
                 socket,

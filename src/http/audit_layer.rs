@@ -13,6 +13,7 @@ use crate::audit::{Audit, Event, Peer};
 #[derive(Clone)]
 pub struct AuditCtx {
     pub audit: Audit,
+    pub core: std::sync::Arc<crate::core::Core>,
     pub kind: &'static str,
     pub log_health: bool,
 }
@@ -54,6 +55,11 @@ pub async fn audit_requests(State(ctx): State<AuditCtx>, req: Request, next: Nex
     }
     let operation = format!("{} {path}", req.method());
     let peer = req.extensions().get::<ConnPeer>().map(|p| p.0.clone());
+    // The client token itself is never written; its HMAC lets an operator correlate it.
+    let token_hmac = req
+        .headers()
+        .get("x-vault-token")
+        .and_then(|t| ctx.core.transit().map(|tr| tr.audit_hmac(t.as_bytes())));
     let mut resp = next.run(req).await;
     let status = resp.status();
     let outcome = if status.is_success() {
@@ -66,6 +72,9 @@ pub async fn audit_requests(State(ctx): State<AuditCtx>, req: Request, next: Nex
     let mut ev = Event::new(ctx.kind, operation, outcome).field("status", status.as_u16());
     if let Some(p) = peer {
         ev = ev.peer(p);
+    }
+    if let Some(h) = token_hmac {
+        ev = ev.field("client_token_hmac", h);
     }
     if let Some(f) = resp.extensions_mut().remove::<AuditFields>() {
         for (k, v) in f.0 {

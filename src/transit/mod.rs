@@ -160,6 +160,8 @@ pub struct Transit {
     policies: RwLock<BTreeMap<String, Policy>>,
     /// Serializes writes (create, rotate, config, tokens, policies): one writer at a time.
     write: Mutex<()>,
+    /// Key of the `hmac-sha256:` values in the audit trail.
+    audit_key: LockedBytes,
 }
 
 impl Transit {
@@ -171,6 +173,7 @@ impl Transit {
     ) -> Result<Transit> {
         let cipher = RecordCipher::new(keys);
         let token_key = cipher.derive_key(b"sealkeeper token hash v1", memory)?;
+        let audit_key = cipher.derive_key(b"sealkeeper audit hmac v1", memory)?;
         let t = Transit {
             storage,
             cipher,
@@ -179,6 +182,7 @@ impl Transit {
             tokens: tokens::TokenStore::new(token_key),
             policies: RwLock::new(BTreeMap::new()),
             write: Mutex::new(()),
+            audit_key,
         };
         for path in t.storage.list(KEY_PREFIX)? {
             let stored: StoredKey = t.read_json(&path)?;
@@ -540,6 +544,15 @@ impl Transit {
         let dk = Zeroizing::new(crypto::random_vec(bits as usize / 8)?);
         let (ct, v) = self.encrypt(name, &dk, associated_data, None)?;
         Ok((dk, ct, v))
+    }
+
+    /// `hmac-sha256:<hex>` of a value, as the audit trail writes values that must not appear in
+    /// clear (Vault's convention); an operator holding a value checks it with `operator audit-hash`.
+    pub fn audit_hmac(&self, value: &[u8]) -> String {
+        format!(
+            "hmac-sha256:{}",
+            hex::encode(crypto::hmac_sha256(self.audit_key.as_slice(), value))
+        )
     }
 
     // --- policies ---
