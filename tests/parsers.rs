@@ -1,0 +1,141 @@
+//! Property tests of every parser of outside input: whatever the bytes, a parser answers Ok or a
+//! clear error and never panics. They run in CI; the cargo-fuzz targets in fuzz/ explore further.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::path::Path;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use sealkeeper::config::Config;
+use sealkeeper::core::UnsealedKeys;
+use sealkeeper::recovery::Share;
+use sealkeeper::seal::{BlobContext, WrappedBlob};
+use sealkeeper::secret::{LockedBytes, MemoryPolicy};
+use sealkeeper::storage::FileStorage;
+use sealkeeper::transit::{Transit, parse_ciphertext};
+
+const CONFIG: &str = r#"
+[storage]
+path = "/var/lib/sealkeeper"
+
+[listener]
+address = "127.0.0.1:8200"
+tls_cert_file = "/etc/sealkeeper/tls/server.crt"
+tls_key_file = "/etc/sealkeeper/tls/server.key"
+
+[audit]
+path = "/var/log/sealkeeper/audit.log"
+
+[[seal]]
+type = "pkcs11"
+name = "hsm-pair"
+key_label = "sealkeeper-root"
+mechanism = "CKM_AES_GCM"
+
+  [[seal.hsm]]
+  name = "hsm-a"
+  lib = "/usr/lib/softhsm/libsofthsm2.so"
+  token_label = "sealkeeper-a"
+  pin_file = "/etc/sealkeeper/hsm-a.pin"
+"#;
+
+fn transit() -> (tempfile::TempDir, Transit) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(FileStorage::open(dir.path()).unwrap());
+    let keys = Arc::new(UnsealedKeys {
+        root: LockedBytes::from_slice(&[1u8; 32], MemoryPolicy::AllowUnlocked).unwrap(),
+        keyring: vec![(1, LockedBytes::from_slice(&[2u8; 32], MemoryPolicy::AllowUnlocked).unwrap())],
+    });
+    let t = Transit::load(storage, keys, MemoryPolicy::AllowUnlocked).unwrap();
+    t.create_key("k").unwrap();
+    (dir, t)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn config_parser_never_panics(text in ".{0,400}") {
+        let _ = Config::parse(&text, Path::new("fuzz.toml"));
+    }
+
+    #[test]
+    fn config_with_a_damaged_byte_gives_a_located_error_or_parses(pos in 0usize..CONFIG.len(), byte in any::<u8>()) {
+        let mut bytes = CONFIG.as_bytes().to_vec();
+        bytes[pos] = byte;
+        if let Ok(text) = String::from_utf8(bytes) {
+            if let Err(e) = Config::parse(&text, Path::new("fuzz.toml")) {
+                let msg = e.to_string();
+                prop_assert!(msg.starts_with("fuzz.toml:"), "{}", msg);
+                prop_assert!(e.line().is_some_and(|l| l >= 1 && l <= text.lines().count() + 1), "{}", msg);
+            }
+        }
+    }
+
+    #[test]
+    fn blob_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        if let Ok(blob) = WrappedBlob::from_json(&bytes) {
+            let ctx = BlobContext { installation_id: "x".into(), purpose: "root-key".into() };
+            let _ = blob.check(&ctx, "pkcs11", "hsm-pair");
+        }
+    }
+
+    #[test]
+    fn blob_json_with_arbitrary_fields(iv in ".{0,40}", ct in ".{0,80}", format in any::<u32>(), label in ".{0,20}") {
+        let text = serde_json::json!({
+            "format": format, "purpose": "root-key", "installation_id": "x", "seal_name": "hsm-pair",
+            "seal_type": "pkcs11", "key_label": label, "mechanism": "CKM_AES_GCM", "iv": iv,
+            "ciphertext": ct, "aad": "a", "wrapped_by": "hsm-a", "created_unix": 0
+        }).to_string();
+        let blob = WrappedBlob::from_json(text.as_bytes()).unwrap();
+        let ctx = BlobContext { installation_id: "x".into(), purpose: "root-key".into() };
+        prop_assert!(blob.check(&ctx, "pkcs11", "hsm-pair").is_err(), "the aad never matches");
+    }
+
+    #[test]
+    fn share_parser_never_panics(text in ".{0,120}") {
+        let _ = Share::parse(&text);
+    }
+
+    #[test]
+    fn ciphertext_parser_never_panics(text in "(vault:v[0-9]{0,3}:)?[A-Za-z0-9+/=:]{0,80}") {
+        let _ = parse_ciphertext(&text);
+    }
+
+    #[test]
+    fn audit_verify_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.log");
+        std::fs::write(&p, &bytes).unwrap();
+        let _ = sealkeeper::audit::verify::verify(&[p]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Transit operations on arbitrary input: a clear error or a correct answer, never a panic.
+    #[test]
+    fn transit_operations_on_arbitrary_input(
+        ct in "(vault:v[0-9]{1,2}:)?[A-Za-z0-9+/=]{0,80}",
+        aad in proptest::collection::vec(any::<u8>(), 0..32),
+        plaintext in proptest::collection::vec(any::<u8>(), 0..256),
+        version in proptest::option::of(0u32..4),
+    ) {
+        let (_dir, t) = transit();
+        let _ = t.decrypt("k", &ct, &aad);
+        let _ = t.rewrap("k", &ct, &aad, version);
+        match t.encrypt("k", &plaintext, &aad, version) {
+            Ok((c, v)) => {
+                let (back, v2) = t.decrypt("k", &c, &aad).unwrap();
+                prop_assert_eq!(back.as_slice(), plaintext.as_slice());
+                prop_assert_eq!(v, v2);
+                if !aad.is_empty() {
+                    prop_assert!(t.decrypt("k", &c, b"").is_err());
+                }
+            }
+            Err(e) => prop_assert!(version.is_some_and(|v| v > 1), "{}", e),
+        }
+    }
+}
