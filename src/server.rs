@@ -129,7 +129,7 @@ pub async fn run(
         .seal
         .first()
         .ok_or_else(|| ServerError::Startup("no [[seal]] configured".into()))?;
-    let seal: Arc<dyn Seal> = Arc::new(Pkcs11Seal::from_config(seal_cfg, registry));
+    let seal: Arc<dyn Seal> = Arc::new(Pkcs11Seal::from_config(seal_cfg, registry, cfg.fips_mode));
     let core = Core::new(
         CoreOptions {
             memory: if cfg.disable_mlock {

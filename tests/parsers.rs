@@ -45,7 +45,10 @@ fn transit() -> (tempfile::TempDir, Transit) {
     let storage = Arc::new(FileStorage::open(dir.path()).unwrap());
     let keys = Arc::new(UnsealedKeys {
         root: LockedBytes::from_slice(&[1u8; 32], MemoryPolicy::AllowUnlocked).unwrap(),
-        keyring: vec![(1, LockedBytes::from_slice(&[2u8; 32], MemoryPolicy::AllowUnlocked).unwrap())],
+        keyring: vec![(
+            1,
+            LockedBytes::from_slice(&[2u8; 32], MemoryPolicy::AllowUnlocked).unwrap(),
+        )],
     });
     let t = Transit::load(storage, keys, MemoryPolicy::AllowUnlocked).unwrap();
     t.create_key("k").unwrap();

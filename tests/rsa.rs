@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 
 /// One RSA-2048 key pair, imported into both tokens (as a cloned pair holds it).
-fn rsa_fixture(hash: &str) -> Fixture {
+fn rsa_fixture(hash: &str, bits: u32) -> Fixture {
     let f = Fixture::new();
     let key = f.path("rsa.pem");
     let out = Command::new("openssl")
@@ -20,7 +20,7 @@ fn rsa_fixture(hash: &str) -> Fixture {
             "-algorithm",
             "RSA",
             "-pkeyopt",
-            "rsa_keygen_bits:2048",
+            &format!("rsa_keygen_bits:{bits}"),
             "-out",
         ])
         .arg(&key)
@@ -64,7 +64,7 @@ fn rsa_fixture(hash: &str) -> Fixture {
 
 #[test]
 fn rsa_oaep_init_restart_and_tamper() {
-    let f = rsa_fixture("sha1");
+    let f = rsa_fixture("sha1", 2048);
     let mut d = f.start();
     d.init();
     assert_eq!(d.health("").status, 200);
@@ -106,7 +106,7 @@ fn rsa_oaep_init_restart_and_tamper() {
 #[test]
 fn oaep_hash_the_hsm_lacks_fails_clearly() {
     // SoftHSM 2.6 does OAEP with SHA-1 only.
-    let f = rsa_fixture("sha256");
+    let f = rsa_fixture("sha256", 2048);
     let d = f.start();
     let out = d.operator(&[
         "init",
@@ -129,4 +129,37 @@ fn base64_decode(s: &str) -> Vec<u8> {
 fn base64_encode(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[test]
+fn fips_mode_refuses_an_rsa_key_below_2048_bits() {
+    let f = rsa_fixture("sha256", 1024);
+    let tls = Fixture::with_tls();
+    // fips_mode needs TLS: take the TLS settings of a fresh fixture's config.
+    let cert = tls.path("tls/server.crt");
+    let key = tls.path("tls/server.key");
+    f.edit_config(|c| {
+        format!("fips_mode = true\n{c}").replace(
+            "tls_disable = true",
+            &format!(
+                "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+                cert.display(),
+                key.display()
+            ),
+        )
+    });
+    let d = f.start();
+    let out = d.operator(&[
+        "init",
+        "--recovery-shares",
+        "1",
+        "--recovery-threshold",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains("has 1024 bits; fips_mode requires at least 2048"),
+        "{e}"
+    );
 }

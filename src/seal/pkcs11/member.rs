@@ -39,6 +39,8 @@ pub struct MemberSpec {
     pub key_label: String,
     pub key_id: Option<Vec<u8>>,
     pub mechanism: Mechanism,
+    /// fips_mode: RSA keys below 2048 bits are refused.
+    pub fips_mode: bool,
 }
 
 fn now_unix() -> u64 {
@@ -571,6 +573,7 @@ impl Worker {
     pub fn rsa_encrypt(&mut self, plaintext: &[u8], hash: OaepHash) -> Result<Vec<u8>, HsmError> {
         self.with_session(|s, spec| {
             let key = find_key(spec, s, ObjectClass::PUBLIC_KEY)?;
+            check_rsa_size(spec, s, key)?;
             s.encrypt(&CkMechanism::RsaPkcsOaep(Self::oaep(hash)), key, plaintext)
                 .map_err(HsmError::from_cryptoki)
         })
@@ -612,6 +615,34 @@ impl Worker {
 
     fn close(&mut self) {
         self.drop_session(true);
+    }
+}
+
+/// In fips_mode, RSA keys must have at least 2048 bits.
+fn check_rsa_size(spec: &MemberSpec, session: &Session, key: ObjectHandle) -> Result<(), HsmError> {
+    if !spec.fips_mode {
+        return Ok(());
+    }
+    let attrs = session
+        .get_attributes(key, &[AttributeType::ModulusBits])
+        .map_err(HsmError::from_cryptoki)?;
+    let bits = attrs.iter().find_map(|a| match a {
+        Attribute::ModulusBits(b) => Some(u64::from(*b)),
+        _ => None,
+    });
+    match bits {
+        Some(b) if b >= 2048 => Ok(()),
+        Some(b) => Err(HsmError::new(
+            ErrorKind::Mechanism,
+            format!(
+                "RSA key {:?} has {b} bits; fips_mode requires at least 2048",
+                spec.key_label
+            ),
+        )),
+        None => Err(HsmError::new(
+            ErrorKind::Mechanism,
+            "the RSA key's CKA_MODULUS_BITS cannot be read",
+        )),
     }
 }
 

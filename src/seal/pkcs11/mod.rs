@@ -33,7 +33,11 @@ pub struct Pkcs11Seal {
 }
 
 impl Pkcs11Seal {
-    pub fn from_config(cfg: &SealConfig, registry: Arc<ModuleRegistry>) -> Pkcs11Seal {
+    pub fn from_config(
+        cfg: &SealConfig,
+        registry: Arc<ModuleRegistry>,
+        fips_mode: bool,
+    ) -> Pkcs11Seal {
         let key_label = cfg.key_label.clone().unwrap_or_default();
         let key_id = cfg.key_id_bytes();
         let mechanism = cfg.mechanism();
@@ -52,6 +56,7 @@ impl Pkcs11Seal {
                         key_label: key_label.clone(),
                         key_id: key_id.clone(),
                         mechanism,
+                        fips_mode,
                     },
                     registry.clone(),
                 )
