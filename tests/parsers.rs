@@ -67,12 +67,12 @@ proptest! {
     fn config_with_a_damaged_byte_gives_a_located_error_or_parses(pos in 0usize..CONFIG.len(), byte in any::<u8>()) {
         let mut bytes = CONFIG.as_bytes().to_vec();
         bytes[pos] = byte;
-        if let Ok(text) = String::from_utf8(bytes) {
-            if let Err(e) = Config::parse(&text, Path::new("fuzz.toml")) {
-                let msg = e.to_string();
-                prop_assert!(msg.starts_with("fuzz.toml:"), "{}", msg);
-                prop_assert!(e.line().is_some_and(|l| l >= 1 && l <= text.lines().count() + 1), "{}", msg);
-            }
+        if let Ok(text) = String::from_utf8(bytes)
+            && let Err(e) = Config::parse(&text, Path::new("fuzz.toml"))
+        {
+            let msg = e.to_string();
+            prop_assert!(msg.starts_with("fuzz.toml:"), "{}", msg);
+            prop_assert!(e.line().is_some_and(|l| l >= 1 && l <= text.lines().count() + 1), "{}", msg);
         }
     }
 
