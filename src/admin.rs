@@ -256,3 +256,18 @@ pub fn router(
             crate::http::audit_layer::audit_requests,
         ))
 }
+
+/// For fuzzing and property tests: the admin socket's body parsers on arbitrary bytes.
+pub fn parse_bodies(body: &[u8]) -> Vec<Result<(), String>> {
+    vec![
+        parse_body::<InitRequest>(&Bytes::copy_from_slice(body))
+            .map(|_| ())
+            .map_err(|e| e.1),
+        parse_body::<UnsealRequest>(&Bytes::copy_from_slice(body))
+            .map(|_| ())
+            .map_err(|e| e.1),
+        parse_body::<AuditHashRequest>(&Bytes::copy_from_slice(body))
+            .map(|_| ())
+            .map_err(|e| e.1),
+    ]
+}

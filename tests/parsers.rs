@@ -142,3 +142,26 @@ proptest! {
         }
     }
 }
+
+fn json_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".{0,120}",
+        r#"\{"(plaintext|ciphertext|associated_data|key_version|batch_input|context|bits|input|key|rules)":("[A-Za-z0-9+/=:]{0,40}"|[0-9]{1,4}|\[\{"(plaintext|ciphertext)":"[A-Za-z0-9+/=:]{0,30}"\}\]|null|true)\}"#,
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Transit and admin request bodies: a result or a clear error, never a panic.
+    #[test]
+    fn request_bodies_never_panic(body in json_like(), op in "(encrypt|decrypt|rewrap)") {
+        let (_dir, t) = transit();
+        let _ = sealkeeper::http::transit::process_body(&t, &op, "k", body.as_bytes());
+        for r in sealkeeper::admin::parse_bodies(body.as_bytes()) {
+            if let Err(e) = r {
+                prop_assert!(e.starts_with("invalid JSON body"), "{}", e);
+            }
+        }
+    }
+}
