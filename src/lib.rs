@@ -16,4 +16,5 @@ pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod storage;
+pub mod systemd;
 pub mod transit;

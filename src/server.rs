@@ -198,9 +198,12 @@ pub async fn run(
         audit.clone(),
     ));
     tasks.spawn(reopen_on_sighup(audit.clone()));
+    tasks.spawn(crate::systemd::run(core.clone()));
     core.wake();
+    crate::systemd::ready(&core);
 
     shutdown.await;
+    crate::systemd::stopping();
     tracing::info!("shutting down: zeroizing keys, closing HSM sessions");
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
