@@ -259,7 +259,9 @@ impl OaepHash {
 #[serde(deny_unknown_fields)]
 pub struct HsmConfig {
     pub name: String,
-    pub lib: PathBuf,
+    /// An HSM profile (hsm-profiles/) whose defaults fill `lib`, `rw_session` and `timeout`.
+    pub profile: Option<String>,
+    pub lib: Option<PathBuf>,
     pub token_label: Option<String>,
     pub slot: Option<u64>,
     pub serial: Option<String>,
@@ -268,12 +270,12 @@ pub struct HsmConfig {
     pub pin_credential: Option<String>,
     /// Discouraged: a PIN written into the config file.
     pub pin: Option<SecretString>,
-    /// A call to this member that takes longer marks it down.
-    #[serde(default = "d_5s", with = "humantime_serde")]
-    pub timeout: Duration,
+    /// A call to this member that takes longer marks it down (default 5s, or the profile's).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
     /// Open read-write sessions (some modules, e.g. CloudHSM, want them).
     #[serde(default)]
-    pub rw_session: bool,
+    pub rw_session: Option<bool>,
 }
 
 /// How a member's token is chosen.
@@ -304,6 +306,29 @@ pub enum PinSource {
 }
 
 impl HsmConfig {
+    fn profile_defaults(&self) -> Option<crate::profiles::Profile> {
+        self.profile.as_deref().and_then(crate::profiles::get)
+    }
+
+    /// The module path: `lib`, else the profile's.
+    pub fn lib(&self) -> PathBuf {
+        self.lib
+            .clone()
+            .or_else(|| self.profile_defaults().map(|p| p.lib))
+            .unwrap_or_default()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+            .or_else(|| self.profile_defaults().map(|p| p.timeout))
+            .unwrap_or_else(d_5s)
+    }
+
+    pub fn rw_session(&self) -> bool {
+        self.rw_session
+            .or_else(|| self.profile_defaults().map(|p| p.rw_session))
+            .unwrap_or(false)
+    }
     pub fn selector(&self) -> TokenSelector {
         if let Some(l) = &self.token_label {
             TokenSelector::Label(l.clone())
@@ -332,6 +357,10 @@ impl HsmConfig {
 }
 
 impl SealConfig {
+    /// The mechanism, or the error the config validation would give.
+    pub fn mechanism_checked(&self) -> Result<Mechanism, String> {
+        parse_mechanism(self.mechanism.as_deref(), self.rsa_oaep_hash.as_deref())
+    }
     pub fn mechanism(&self) -> Mechanism {
         parse_mechanism(self.mechanism.as_deref(), self.rsa_oaep_hash.as_deref())
             .unwrap_or(Mechanism::AesGcm)
@@ -626,11 +655,26 @@ impl Config {
                         format!("duplicate member name {:?}", h.name),
                     ));
                 }
-                if !h.lib.is_absolute() {
+                if let Some(name) = &h.profile
+                    && crate::profiles::get(name).is_none()
+                {
                     out.push(problem(
+                        at("profile"),
+                        format!(
+                            "unknown HSM profile {name:?}; known: {}",
+                            crate::profiles::names().join(", ")
+                        ),
+                    ));
+                }
+                match &h.lib {
+                    Some(lib) if !lib.is_absolute() => out.push(problem(
                         at("lib"),
                         "must be an absolute path to the PKCS#11 module",
-                    ));
+                    )),
+                    None if h.profile.is_none() => {
+                        out.push(problem(table.clone(), "give lib (or a profile)"))
+                    }
+                    _ => {}
                 }
                 let selectors = [
                     h.token_label.is_some(),
@@ -669,7 +713,7 @@ impl Config {
                         "must be a credential name, not a path",
                     ));
                 }
-                if h.timeout < Duration::from_millis(50) {
+                if h.timeout() < Duration::from_millis(50) {
                     out.push(problem(at("timeout"), "must be at least 50ms"));
                 }
             }
@@ -829,8 +873,45 @@ mechanism = "0x1087"
         assert_eq!(c.unseal.retry_max, Duration::from_secs(60));
         assert_eq!(c.seal[0].mechanism(), Mechanism::AesGcm);
         assert_eq!(c.seal[0].hsm[1].selector(), TokenSelector::Slot(3));
-        assert_eq!(c.seal[0].hsm[1].timeout, Duration::from_millis(250));
+        assert_eq!(c.seal[0].hsm[1].timeout(), Duration::from_millis(250));
         assert!(matches!(c.seal[0].hsm[1].pin_source(), PinSource::Env(v) if v == "HSM_B_PIN"));
+    }
+
+    #[test]
+    fn a_profile_fills_the_defaults_and_explicit_keys_win() {
+        let text = GOOD.replacen(
+            "  lib = \"/usr/lib/softhsm/libsofthsm2.so\"\n",
+            "  profile = \"cloudhsm\"\n",
+            1,
+        );
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        let a = &c.seal[0].hsm[0];
+        assert_eq!(
+            a.lib(),
+            PathBuf::from("/opt/cloudhsm/lib/libcloudhsm_pkcs11.so")
+        );
+        assert!(a.rw_session());
+        assert_eq!(a.timeout(), Duration::from_secs(10));
+        let text = text.replacen(
+            "profile = \"cloudhsm\"",
+            "profile = \"cloudhsm\"\n  rw_session = false\n  timeout = \"2s\"",
+            1,
+        );
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        assert!(!c.seal[0].hsm[0].rw_session());
+        assert_eq!(c.seal[0].hsm[0].timeout(), Duration::from_secs(2));
+        let e = err(&GOOD.replacen(
+            "  lib = \"/usr/lib/softhsm/libsofthsm2.so\"\n",
+            "  profile = \"hsm9000\"\n",
+            1,
+        ));
+        assert!(
+            e.contains("seal[0].hsm[0].profile: unknown HSM profile \"hsm9000\"")
+                && e.contains("luna7"),
+            "{e}"
+        );
+        let e = err(&GOOD.replacen("  lib = \"/usr/lib/softhsm/libsofthsm2.so\"\n", "", 1));
+        assert!(e.contains("give lib (or a profile)"), "{e}");
     }
 
     #[test]

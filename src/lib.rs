@@ -11,6 +11,7 @@ pub mod config;
 pub mod core;
 pub mod crypto;
 pub mod http;
+pub mod profiles;
 pub mod recovery;
 pub mod seal;
 pub mod secret;

@@ -1,5 +1,6 @@
 //! The command line: `server`, and the `operator` commands that talk to the admin socket.
 
+pub mod hsm;
 pub mod operator;
 pub mod server;
 
@@ -30,6 +31,9 @@ pub enum Command {
     /// Work with audit logs.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Inspect HSMs (PKCS#11 modules) without a daemon.
+    #[command(subcommand)]
+    Hsm(hsm::HsmCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +80,7 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Server(args) => server::run(args),
         Command::Operator(args) => operator::run(args),
+        Command::Hsm(cmd) => hsm::run(cmd),
         Command::Audit(AuditCommand::Verify { files }) => {
             match crate::audit::verify::verify(&files) {
                 Ok(n) => {

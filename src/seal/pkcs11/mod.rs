@@ -48,11 +48,11 @@ impl Pkcs11Seal {
                 Member::start(
                     MemberSpec {
                         name: h.name.clone(),
-                        lib: h.lib.clone(),
+                        lib: h.lib(),
                         selector: h.selector(),
                         pin: h.pin_source(),
-                        rw_session: h.rw_session,
-                        timeout: h.timeout,
+                        rw_session: h.rw_session(),
+                        timeout: h.timeout(),
                         key_label: key_label.clone(),
                         key_id: key_id.clone(),
                         mechanism,
@@ -390,4 +390,48 @@ impl Seal for Pkcs11Seal {
         }
         self.registry.finalize_all();
     }
+}
+
+/// For `sealkeeper hsm probe`: logs in to one member, finds its seal key and does a round trip
+/// with the configured mechanism, touching no stored state. Returns what was checked.
+pub fn check_member(spec: MemberSpec) -> Result<String, MemberError> {
+    let name = spec.name.clone();
+    let label = spec.key_label.clone();
+    let mechanism = spec.mechanism;
+    let registry = ModuleRegistry::new();
+    let m = Member::start(spec, registry.clone());
+    let result = m.call(move |w| {
+        w.override_latch = true;
+        w.probe()?;
+        let input = Zeroizing::new(
+            crypto::random_vec(crypto::KEY_LEN)
+                .map_err(|e| HsmError::new(ErrorKind::Other, e.to_string()))?,
+        );
+        let aad = b"sealkeeper/probe";
+        let back = match mechanism {
+            Mechanism::AesGcm => {
+                let (iv, ct) = w.gcm_encrypt(&input, aad)?;
+                w.gcm_decrypt(&iv, &ct, aad)?
+            }
+            Mechanism::RsaOaep(h) => {
+                let ct = w.rsa_encrypt(&input, h)?;
+                w.rsa_decrypt(&ct, h)?
+            }
+        };
+        if back.as_slice() != input.as_slice() {
+            return Err(HsmError::new(
+                ErrorKind::Other,
+                "the round trip returned different bytes",
+            ));
+        }
+        Ok(())
+    });
+    m.shutdown();
+    registry.finalize_all();
+    result.map(|()| {
+        format!(
+            "{name}: key {label:?} found; {} round trip ok",
+            mechanism.name()
+        )
+    })
 }

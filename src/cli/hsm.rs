@@ -1,0 +1,221 @@
+//! `sealkeeper hsm probe`: what a PKCS#11 module offers, and whether a key can do the configured
+//! mechanism, without a daemon and without touching stored state.
+
+use std::path::PathBuf;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use serde_json::{Value, json};
+
+use super::Format;
+use crate::config::{Mechanism, PinSource, TokenSelector};
+use crate::seal::pkcs11::{MemberSpec, check_member};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum HsmCommand {
+    /// List slots, tokens and mechanisms of a module; with --pin-file and --key-label, also log in,
+    /// find the key and do a round trip with the mechanism. Exits 1 when a requested check fails.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// An HSM profile (hsm-profiles/) giving the module path.
+    #[arg(long, required_unless_present = "lib", conflicts_with = "lib")]
+    profile: Option<String>,
+    /// The PKCS#11 module.
+    #[arg(long, value_name = "PATH")]
+    lib: Option<PathBuf>,
+    #[arg(long, value_name = "LABEL", conflicts_with_all = ["slot", "serial"])]
+    token_label: Option<String>,
+    #[arg(long, value_name = "N", conflicts_with = "serial")]
+    slot: Option<u64>,
+    #[arg(long, value_name = "SERIAL")]
+    serial: Option<String>,
+    /// File holding the user PIN (needed for the key check).
+    #[arg(long, value_name = "PATH", requires = "key_label")]
+    pin_file: Option<PathBuf>,
+    #[arg(long, value_name = "LABEL", requires = "pin_file")]
+    key_label: Option<String>,
+    /// CKA_ID of the key, in hex.
+    #[arg(long, value_name = "HEX")]
+    key_id: Option<String>,
+    /// CKM_AES_GCM (0x1087) or CKM_RSA_PKCS_OAEP (0x0009).
+    #[arg(long, default_value = "CKM_AES_GCM")]
+    mechanism: String,
+    #[arg(long, value_name = "HASH")]
+    rsa_oaep_hash: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+fn ck(what: &str, e: cryptoki::error::Error) -> String {
+    format!(
+        "{what}: {}",
+        crate::seal::pkcs11::HsmError::from_cryptoki(e)
+    )
+}
+
+fn list(lib: &PathBuf) -> Result<Vec<Value>, String> {
+    if !lib.exists() {
+        return Err(format!("PKCS#11 module {} does not exist", lib.display()));
+    }
+    let ctx = Pkcs11::new(lib).map_err(|e| ck("loading the module", e))?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(|e| ck("C_Initialize", e))?;
+    let mut out = Vec::new();
+    for slot in ctx.get_all_slots().map_err(|e| ck("C_GetSlotList", e))? {
+        let mut v = json!({ "slot": slot.id() });
+        if let Ok(info) = ctx.get_slot_info(slot) {
+            v["description"] = json!(info.slot_description().trim_end());
+            v["token_present"] = json!(info.token_present());
+        }
+        if let Ok(t) = ctx.get_token_info(slot) {
+            v["token"] = json!({
+                "label": t.label().trim_end(),
+                "serial": t.serial_number().trim_end(),
+                "manufacturer": t.manufacturer_id().trim_end(),
+                "model": t.model().trim_end(),
+                "initialized": t.token_initialized(),
+            });
+            let mechs: Vec<String> = ctx
+                .get_mechanism_list(slot)
+                .map(|l| l.iter().map(|m| m.to_string()).collect())
+                .unwrap_or_default();
+            v["mechanisms"] = json!(mechs);
+        }
+        out.push(v);
+    }
+    let _ = ctx.finalize();
+    Ok(out)
+}
+
+fn matches(slot: &Value, sel: &TokenSelector) -> bool {
+    match sel {
+        TokenSelector::Label(l) => slot["token"]["label"] == l.as_str(),
+        TokenSelector::Serial(s) => slot["token"]["serial"] == s.as_str(),
+        TokenSelector::Slot(n) => slot["slot"] == *n,
+    }
+}
+
+pub fn run(cmd: HsmCommand) -> Result<i32, String> {
+    let HsmCommand::Probe(a) = cmd;
+    let lib = match (&a.lib, &a.profile) {
+        (Some(l), _) => l.clone(),
+        (None, Some(p)) => crate::profiles::get(p).map(|p| p.lib).ok_or_else(|| {
+            format!(
+                "unknown HSM profile {p:?}; known: {}",
+                crate::profiles::names().join(", ")
+            )
+        })?,
+        (None, None) => return Err("give --profile or --lib".into()),
+    };
+    let mechanism = crate::config::SealConfig {
+        seal_type: "pkcs11".into(),
+        name: "probe".into(),
+        key_label: None,
+        key_id: None,
+        mechanism: Some(a.mechanism.clone()),
+        rsa_oaep_hash: a.rsa_oaep_hash.clone(),
+        hsm: vec![],
+    }
+    .mechanism_checked()?;
+    let slots = list(&lib)?;
+    let selector = match (&a.token_label, a.slot, &a.serial) {
+        (Some(l), _, _) => Some(TokenSelector::Label(l.clone())),
+        (_, Some(n), _) => Some(TokenSelector::Slot(n)),
+        (_, _, Some(s)) => Some(TokenSelector::Serial(s.clone())),
+        _ => None,
+    };
+    let mut report = json!({ "lib": lib.display().to_string(), "slots": slots });
+    let mut failure = None;
+    if let Some(sel) = &selector {
+        match slots.iter().find(|s| matches(s, sel)) {
+            None => failure = Some(format!("no token with {sel} in {}", lib.display())),
+            Some(slot) => {
+                let wanted = match mechanism {
+                    Mechanism::AesGcm => "CKM_AES_GCM",
+                    Mechanism::RsaOaep(_) => "CKM_RSA_PKCS_OAEP",
+                };
+                let has = slot["mechanisms"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|x| x == wanted));
+                report["selected"] = slot.clone();
+                report["mechanism_supported"] = json!(has);
+                if !has {
+                    failure = Some(format!("the token with {sel} does not support {wanted}"));
+                }
+            }
+        }
+    }
+    if failure.is_none()
+        && let (Some(sel), Some(pin), Some(label)) = (&selector, &a.pin_file, &a.key_label)
+    {
+        let spec = MemberSpec {
+            name: "probe".into(),
+            lib: lib.clone(),
+            selector: sel.clone(),
+            pin: PinSource::File(pin.clone()),
+            rw_session: a
+                .profile
+                .as_deref()
+                .and_then(crate::profiles::get)
+                .is_some_and(|p| p.rw_session),
+            timeout: std::time::Duration::from_secs(30),
+            key_label: label.clone(),
+            key_id: a
+                .key_id
+                .as_deref()
+                .map(|k| hex::decode(k).map_err(|_| format!("--key-id {k:?} is not hex")))
+                .transpose()?,
+            mechanism,
+            fips_mode: false,
+        };
+        match check_member(spec) {
+            Ok(msg) => report["key_check"] = json!({ "ok": true, "message": msg }),
+            Err(e) => {
+                report["key_check"] = json!({ "ok": false, "error": e.error.to_string() });
+                failure = Some(format!("key check failed: {}", e.error));
+            }
+        }
+    }
+    if a.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("Module {}", lib.display());
+        for s in &slots {
+            match s.get("token") {
+                Some(t) => println!(
+                    "  slot {:<12} token {:?} serial {} ({} {}), {} mechanisms",
+                    s["slot"],
+                    t["label"].as_str().unwrap_or(""),
+                    t["serial"].as_str().unwrap_or(""),
+                    t["manufacturer"].as_str().unwrap_or(""),
+                    t["model"].as_str().unwrap_or(""),
+                    s["mechanisms"].as_array().map(|m| m.len()).unwrap_or(0)
+                ),
+                None => println!("  slot {:<12} no token", s["slot"]),
+            }
+        }
+        if let Some(sel) = &report.get("selected").and(selector.as_ref()) {
+            println!(
+                "Selected {sel}: {} {}",
+                a.mechanism,
+                if report["mechanism_supported"] == true {
+                    "supported"
+                } else {
+                    "NOT supported"
+                }
+            );
+        }
+        if let Some(m) = report["key_check"]["message"].as_str() {
+            println!("{m}");
+        }
+    }
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(0),
+    }
+}

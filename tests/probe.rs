@@ -1,0 +1,200 @@
+//! `sealkeeper hsm probe` against SoftHSM, including its failures.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+fn probe(f: &Fixture, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["hsm", "probe"])
+        .args(args)
+        .env("SOFTHSM2_CONF", f.softhsm_conf())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn lists_tokens_and_checks_the_key_with_a_round_trip() {
+    let f = Fixture::new();
+    let pin = f.path("hsm-a.pin");
+    let out = probe(
+        &f,
+        &[
+            "--profile",
+            "softhsm2",
+            "--token-label",
+            "sealkeeper-a",
+            "--pin-file",
+            pin.to_str().unwrap(),
+            "--key-label",
+            "sealkeeper-root",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let labels: Vec<&str> = v["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["token"]["label"].as_str())
+        .collect();
+    assert!(
+        labels.contains(&"sealkeeper-a") && labels.contains(&"sealkeeper-b"),
+        "{labels:?}"
+    );
+    assert_eq!(v["mechanism_supported"], true);
+    assert!(
+        v["selected"]["mechanisms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "CKM_AES_GCM")
+    );
+    assert_eq!(v["key_check"]["ok"], true, "{v}");
+    // Nothing was stored: the probe uses no config and no storage.
+    assert!(
+        !f.path("data/data").exists() || walk(&f.path("data")).iter().all(|p| p.ends_with("LOCK"))
+    );
+}
+
+#[test]
+fn each_failure_is_named_and_exits_1() {
+    let f = Fixture::new();
+    let pin = f.path("hsm-a.pin").to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--lib", "/nonexistent/lib.so"],
+            "/nonexistent/lib.so does not exist",
+        ),
+        (
+            vec!["--profile", "softhsm2", "--token-label", "nope"],
+            "no token with token label \"nope\"",
+        ),
+        (
+            vec![
+                "--profile",
+                "softhsm2",
+                "--token-label",
+                "sealkeeper-a",
+                "--pin-file",
+                &pin,
+                "--key-label",
+                "missing-key",
+            ],
+            "no secret key with label \"missing-key\"",
+        ),
+        (
+            vec!["--profile", "hsm9000"],
+            "unknown HSM profile \"hsm9000\"",
+        ),
+        (
+            vec!["--profile", "softhsm2", "--mechanism", "CKM_DES"],
+            "is not supported",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = probe(&f, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
+    }
+    std::fs::write(f.path("bad.pin"), "000000\n").unwrap();
+    std::fs::set_permissions(
+        f.path("bad.pin"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let bad = f.path("bad.pin");
+    let out = probe(
+        &f,
+        &[
+            "--profile",
+            "softhsm2",
+            "--token-label",
+            "sealkeeper-a",
+            "--pin-file",
+            bad.to_str().unwrap(),
+            "--key-label",
+            "sealkeeper-root",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("C_Login failed: CKR_PIN_INCORRECT"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_mechanism_the_token_cannot_do_with_this_key_is_reported() {
+    // An RSA key on the token, and OAEP with SHA-256, which SoftHSM 2.6 does not do.
+    let f = Fixture::new();
+    let key = f.path("rsa.pem");
+    assert!(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out"
+            ])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = Command::new("softhsm2-util")
+        .arg("--import")
+        .arg(&key)
+        .args([
+            "--token",
+            "sealkeeper-a",
+            "--label",
+            "rsa",
+            "--id",
+            "02",
+            "--pin",
+            &f.pin("a"),
+        ])
+        .env("SOFTHSM2_CONF", f.softhsm_conf())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pin = f.path("hsm-a.pin");
+    let args = [
+        "--profile",
+        "softhsm2",
+        "--token-label",
+        "sealkeeper-a",
+        "--pin-file",
+        pin.to_str().unwrap(),
+        "--key-label",
+        "rsa",
+        "--mechanism",
+        "CKM_RSA_PKCS_OAEP",
+    ];
+    let out = probe(&f, &[&args[..], &["--rsa-oaep-hash", "sha256"]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    // SoftHSM refuses the parameters in C_EncryptInit (CKR_ARGUMENTS_BAD); the function and code
+    // are what the operator needs.
+    assert!(
+        stderr(&out).contains("key check failed: C_EncryptInit failed: CKR_"),
+        "{}",
+        stderr(&out)
+    );
+    let out = probe(&f, &[&args[..], &["--rsa-oaep-hash", "sha1"]].concat());
+    assert!(
+        out.status.success(),
+        "SHA-1 OAEP works on SoftHSM: {}",
+        stderr(&out)
+    );
+}
