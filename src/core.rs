@@ -128,7 +128,8 @@ pub struct CoreOptions {
     pub retry_max: Duration,
     pub probe_interval: Duration,
     pub fips_mode: bool,
-    pub self_tests: Vec<crate::crypto::SelfTest>,
+    /// Results of the known-answer tests, once they ran (None before).
+    pub self_tests: tokio::sync::watch::Receiver<Option<Vec<crate::crypto::SelfTest>>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -360,7 +361,7 @@ impl Core {
             version: env!("CARGO_PKG_VERSION").to_string(),
             fips_mode: self.opts.fips_mode,
             fips_module: crate::crypto::fips_module_active(),
-            self_tests: self.opts.self_tests.clone(),
+            self_tests: self.opts.self_tests.borrow().clone().unwrap_or_default(),
             hsm_self_tests: self
                 .hsm_self_tests
                 .read()
@@ -397,6 +398,7 @@ impl Core {
         }
         recovery::check_parameters(shares, threshold)
             .map_err(|e| CoreError::BadRequest(e.to_string()))?;
+        self.self_tests_passed().await?;
         let started = Instant::now();
 
         let installation_id = hex::encode(crypto::random_vec(16).map_err(SealError::from)?);
@@ -558,7 +560,10 @@ impl Core {
             }
         };
         let started = Instant::now();
-        let result = self.unseal_inner(&init, attempt).await;
+        let result = match self.unseal_inner(&init, attempt).await {
+            Ok(v) => self.self_tests_passed().await.map(|()| v),
+            Err(e) => Err(e),
+        };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok((keys, transit, member)) => {
@@ -713,6 +718,30 @@ impl Core {
             out.push((t.term, self.locked(&k)?));
         }
         Ok(out)
+    }
+
+    /// Waits for the start-up known-answer tests; nothing is unsealed or initialized before they
+    /// passed.
+    async fn self_tests_passed(&self) -> Result<(), CoreError> {
+        let mut rx = self.opts.self_tests.clone();
+        let results = rx
+            .wait_for(|r| r.is_some())
+            .await
+            .map_err(|_| CoreError::Internal("the self-tests did not run".into()))?
+            .clone()
+            .unwrap_or_default();
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|t| !t.ok)
+            .map(|t| t.name.as_str())
+            .collect();
+        if results.is_empty() || !failed.is_empty() {
+            return Err(CoreError::Internal(format!(
+                "cryptographic self-test failed ({}): refusing to serve",
+                failed.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// Zeroizes the keys; the node stays sealed until `unseal` by an operator or a restart.

@@ -97,33 +97,53 @@ pub async fn run(
         None => Audit::disabled(),
     };
     let log_health = cfg.audit.as_ref().is_some_and(|a| a.log_health);
-    let self_tests = crate::crypto::self_tests();
-    let failed: Vec<&str> = self_tests
-        .iter()
-        .filter(|t| !t.ok)
-        .map(|t| t.name.as_str())
-        .collect();
-    audit.record_detached(
-        Event::new(
-            "core",
-            "self-test",
-            if failed.is_empty() { "ok" } else { "error" },
-        )
-        .field("fips_mode", cfg.fips_mode)
-        .field("fips_module", crate::crypto::fips_module_active())
-        .error(failed.join(", ")),
-    );
-    if !failed.is_empty() {
-        return Err(ServerError::Startup(format!(
-            "cryptographic self-test failed ({}): refusing to serve",
-            failed.join(", ")
-        )));
+    // Known-answer tests run on a blocking thread while storage, listeners and the unseal get
+    // going; the core commits no unseal or init before they passed, and a failure stops the daemon.
+    let (self_test_tx, self_tests) = tokio::sync::watch::channel(None);
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
+    {
+        let audit = audit.clone();
+        let fips_mode = cfg.fips_mode;
+        tokio::spawn(async move {
+            let results = tokio::task::spawn_blocking(crate::crypto::self_tests)
+                .await
+                .unwrap_or_default();
+            let failed: Vec<String> = results
+                .iter()
+                .filter(|t| !t.ok)
+                .map(|t| t.name.clone())
+                .collect();
+            let failed = if results.is_empty() {
+                vec!["self-test task".to_string()]
+            } else {
+                failed
+            };
+            audit.record_detached(
+                Event::new(
+                    "core",
+                    "self-test",
+                    if failed.is_empty() { "ok" } else { "error" },
+                )
+                .field("fips_mode", fips_mode)
+                .field("fips_module", crate::crypto::fips_module_active())
+                .error(failed.join(", ")),
+            );
+            if failed.is_empty() {
+                tracing::info!(
+                    fips_mode,
+                    fips_module = crate::crypto::fips_module_active(),
+                    "cryptographic self-tests passed"
+                );
+            } else {
+                tracing::error!(failed = %failed.join(", "), "cryptographic self-test failed: refusing to serve");
+                let _ = fatal_tx.send(format!(
+                    "cryptographic self-test failed ({}): refusing to serve",
+                    failed.join(", ")
+                ));
+            }
+            let _ = self_test_tx.send(Some(results));
+        });
     }
-    tracing::info!(
-        fips_mode = cfg.fips_mode,
-        fips_module = crate::crypto::fips_module_active(),
-        "cryptographic self-tests passed"
-    );
     let registry = ModuleRegistry::new();
     let seal_cfg = cfg
         .seal
@@ -142,7 +162,7 @@ pub async fn run(
             retry_max: cfg.unseal.retry_max,
             probe_interval: cfg.unseal.probe_interval,
             fips_mode: cfg.fips_mode,
-            self_tests: self_tests.clone(),
+            self_tests,
         },
         store,
         seal.clone(),
@@ -202,7 +222,10 @@ pub async fn run(
     core.wake();
     crate::systemd::ready(&core);
 
-    shutdown.await;
+    let fatal = tokio::select! {
+        _ = shutdown => None,
+        Ok(message) = fatal_rx => Some(message),
+    };
     crate::systemd::stopping();
     tracing::info!("shutting down: zeroizing keys, closing HSM sessions");
     tasks.abort_all();
@@ -211,7 +234,10 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || seal.shutdown()).await;
     admin::unlink(&cfg.admin.socket);
     tracing::info!("stopped");
-    Ok(())
+    match fatal {
+        Some(message) => Err(ServerError::Startup(message)),
+        None => Ok(()),
+    }
 }
 
 /// SIGHUP reopens the audit log (after an external rotation such as logrotate's).
