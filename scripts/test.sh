@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs all tests: unit tests, and integration tests that start the real sealkeeper binary against
 # real SoftHSMv2 tokens (one private token pair per test). Installs what the tests need when it is
-# missing (Debian packages: softhsm2, opensc, openssl, curl, python3, e2fsprogs, util-linux; and
+# missing (Debian packages: softhsm2, opensc, openssl, curl, python3, e2fsprogs, util-linux, mount,
+# systemd (for systemd-analyze); and
 # hvac from PyPI).
 #
 #   scripts/test.sh [extra cargo test arguments]
@@ -17,6 +18,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v chattr >/dev/null || need+=(e2fsprogs)
 { command -v setpriv >/dev/null && command -v prlimit >/dev/null; } || need+=(util-linux)
+command -v mount >/dev/null || need+=(mount)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
