@@ -343,38 +343,10 @@ impl Seal for Pkcs11Seal {
         self.members
             .iter()
             .map(|m| {
-                let result = crypto::random_vec(crypto::KEY_LEN)
-                    .map_err(|e| e.to_string())
-                    .and_then(|probe| {
-                        let expected = Zeroizing::new(probe);
-                        let input = expected.clone();
-                        let mechanism = self.mechanism;
-                        m.call(move |w| {
-                            let aad = b"sealkeeper/self-test";
-                            let back = match mechanism {
-                                Mechanism::AesGcm => {
-                                    let (iv, ct) = w.gcm_encrypt(&input, aad)?;
-                                    w.gcm_decrypt(&iv, &ct, aad)?
-                                }
-                                Mechanism::RsaOaep(h) => {
-                                    let ct = w.rsa_encrypt(&input, h)?;
-                                    w.rsa_decrypt(&ct, h)?
-                                }
-                            };
-                            Ok(back)
-                        })
-                        .map_err(|e| e.to_string())
-                        .and_then(|back| {
-                            if back.as_slice() == expected.as_slice() {
-                                Ok(())
-                            } else {
-                                Err(format!(
-                                    "{}: the round trip returned different bytes",
-                                    m.name()
-                                ))
-                            }
-                        })
-                    });
+                let mechanism = self.mechanism;
+                let result = m
+                    .call(move |w| w.round_trip(mechanism, b"sealkeeper/self-test"))
+                    .map_err(|e| e.to_string());
                 super::MemberSelfTest {
                     member: m.name().to_string(),
                     ok: result.is_ok(),
@@ -403,28 +375,7 @@ pub fn check_member(spec: MemberSpec) -> Result<String, MemberError> {
     let result = m.call(move |w| {
         w.override_latch = true;
         w.probe()?;
-        let input = Zeroizing::new(
-            crypto::random_vec(crypto::KEY_LEN)
-                .map_err(|e| HsmError::new(ErrorKind::Other, e.to_string()))?,
-        );
-        let aad = b"sealkeeper/probe";
-        let back = match mechanism {
-            Mechanism::AesGcm => {
-                let (iv, ct) = w.gcm_encrypt(&input, aad)?;
-                w.gcm_decrypt(&iv, &ct, aad)?
-            }
-            Mechanism::RsaOaep(h) => {
-                let ct = w.rsa_encrypt(&input, h)?;
-                w.rsa_decrypt(&ct, h)?
-            }
-        };
-        if back.as_slice() != input.as_slice() {
-            return Err(HsmError::new(
-                ErrorKind::Other,
-                "the round trip returned different bytes",
-            ));
-        }
-        Ok(())
+        w.round_trip(mechanism, b"sealkeeper/probe")
     });
     m.shutdown();
     registry.finalize_all();
