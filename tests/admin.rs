@@ -81,15 +81,7 @@ fn stale_socket_is_replaced_but_a_regular_file_is_not() {
     d.stop();
 
     std::fs::write(f.socket(), b"precious").unwrap();
-    let out = f
-        .command()
-        .arg("server")
-        .arg("--config")
-        .arg(f.config_path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let e = stderr(&out);
+    let e = f.start_fails();
     assert!(e.contains("is not a socket is in the way"), "{e}");
     assert_eq!(std::fs::read(f.socket()).unwrap(), b"precious");
 }

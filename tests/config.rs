@@ -7,15 +7,7 @@ mod common;
 use common::*;
 
 fn start_fails(f: &Fixture) -> String {
-    let out = f
-        .command()
-        .arg("server")
-        .arg("--config")
-        .arg(f.config_path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let e = stderr(&out);
+    let e = f.start_fails();
     let last = e.trim().lines().last().unwrap_or("").to_string();
     assert!(last.starts_with("Error: "), "{e}");
     last

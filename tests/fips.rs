@@ -15,18 +15,6 @@ fn fips(f: &Fixture) {
     f.edit_config(|c| format!("fips_mode = true\n{c}"));
 }
 
-fn start_fails(f: &Fixture) -> String {
-    let out = f
-        .command()
-        .arg("server")
-        .arg("--config")
-        .arg(f.config_path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    stderr(&out)
-}
-
 #[test]
 fn unapproved_settings_are_refused_by_name() {
     let f = Fixture::with_tls();
@@ -37,7 +25,7 @@ fn unapproved_settings_are_refused_by_name() {
             "mechanism = \"CKM_RSA_PKCS_OAEP\"\nrsa_oaep_hash = \"sha1\"",
         )
     });
-    let e = start_fails(&f);
+    let e = f.start_fails();
     assert!(
         e.contains("seal[0].rsa_oaep_hash") && e.contains("not approved in fips_mode"),
         "{e}"
@@ -45,7 +33,7 @@ fn unapproved_settings_are_refused_by_name() {
 
     let f = Fixture::new();
     fips(&f);
-    let e = start_fails(&f);
+    let e = f.start_fails();
     assert!(
         e.contains("listener.tls_disable") && e.contains("fips_mode requires TLS"),
         "{e}"

@@ -136,35 +136,13 @@ fn no_secret_leaves_the_process() {
 fn files_that_others_can_change_are_refused() {
     let f = Fixture::new();
     std::fs::set_permissions(f.config_path(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = f
-        .command()
-        .arg("server")
-        .arg("--config")
-        .arg(f.config_path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("writable by anyone"),
-        "{}",
-        stderr(&out)
-    );
+    let e = f.start_fails();
+    assert!(e.contains("writable by anyone"), "{e}");
 
     std::fs::set_permissions(f.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(f.path("data"), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = f
-        .command()
-        .arg("server")
-        .arg("--config")
-        .arg(f.config_path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("is world-writable"),
-        "{}",
-        stderr(&out)
-    );
+    let e = f.start_fails();
+    assert!(e.contains("is world-writable"), "{e}");
 
     std::fs::set_permissions(f.path("data"), std::fs::Permissions::from_mode(0o700)).unwrap();
     let d = f.start();

@@ -168,6 +168,20 @@ impl Fixture {
         c
     }
 
+    /// Runs `sealkeeper server` with this fixture's config, expects it to refuse to start, and
+    /// returns its stderr.
+    pub fn start_fails(&self) -> String {
+        let out = self
+            .command()
+            .arg("server")
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the daemon started");
+        stderr(&out)
+    }
+
     pub fn start(&self) -> Daemon {
         self.start_with(|_| {})
     }
