@@ -27,14 +27,7 @@ fn peer_not_in_allowlist_is_refused_and_logged() {
         "{e}"
     );
     assert_eq!(e.trim().lines().count(), 1);
-    let out = d.operator(&[
-        "init",
-        "--recovery-shares",
-        "1",
-        "--recovery-threshold",
-        "1",
-    ]);
-    assert!(!out.status.success());
+    d.init_fails();
     assert_eq!(d.health("").status, 501, "a refused peer changed nothing");
     assert!(d.log().contains("admin connection refused"), "{}", d.log());
     let mode = std::fs::metadata(f.socket()).unwrap().permissions().mode() & 0o777;

@@ -51,11 +51,8 @@ fn with_transit(f: &Fixture) -> (Daemon, String) {
         "--capabilities",
         "encrypt,decrypt",
     ]);
-    let out: Value = serde_json::from_str(
-        &d.operator_ok(&["token", "create", "--policy", "prod", "--format", "json"]),
-    )
-    .unwrap();
-    (d, out["client_token"].as_str().unwrap().to_string())
+    let token = d.token("prod", &[]);
+    (d, token)
 }
 
 fn encrypt(d: &Daemon, token: &str, plaintext: &[u8]) -> HttpResponse {

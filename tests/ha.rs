@@ -241,15 +241,7 @@ fn init_refuses_a_pair_whose_members_hold_different_keys() {
         "--sensitive",
     ]);
     let d = f.start();
-    let out = d.operator(&[
-        "init",
-        "--recovery-shares",
-        "1",
-        "--recovery-threshold",
-        "1",
-    ]);
-    assert!(!out.status.success());
-    let e = stderr(&out);
+    let e = d.init_fails();
     assert!(e.contains("member hsm-b holds a different key"), "{e}");
     assert_eq!(d.health("").status, 501);
     assert!(!f.blob_path().exists(), "nothing was stored");

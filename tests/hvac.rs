@@ -8,7 +8,6 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use serde_json::Value;
 
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -28,11 +27,7 @@ fn prepare(d: &Daemon) -> String {
         "--capabilities",
         "encrypt,decrypt,read",
     ]);
-    let out: Value = serde_json::from_str(
-        &d.operator_ok(&["token", "create", "--policy", "prod", "--format", "json"]),
-    )
-    .unwrap();
-    out["client_token"].as_str().unwrap().to_string()
+    d.token("prod", &[])
 }
 
 fn hvac(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[test]
 fn no_secret_leaves_the_process() {
@@ -29,11 +29,7 @@ fn no_secret_leaves_the_process() {
         "--capabilities",
         "encrypt,decrypt,datakey",
     ]);
-    let created: Value = serde_json::from_str(
-        &d.operator_ok(&["token", "create", "--policy", "prod", "--format", "json"]),
-    )
-    .unwrap();
-    let token = created["client_token"].as_str().unwrap().to_string();
+    let token = d.token("prod", &[]);
 
     let plaintext = b"plaintext-canary-4711 do not leak";
     let body = json!({ "plaintext": B64.encode(plaintext) }).to_string();

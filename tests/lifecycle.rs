@@ -65,15 +65,7 @@ fn second_init_is_refused_and_changes_nothing() {
         .iter()
         .map(|p| (p.clone(), std::fs::read(p).unwrap()))
         .collect();
-    let out = d.operator(&[
-        "init",
-        "--recovery-shares",
-        "1",
-        "--recovery-threshold",
-        "1",
-    ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = d.init_fails();
     assert!(err.contains("already initialized"), "{err}");
     assert_eq!(err.lines().count(), 1, "one-line error: {err}");
     let after: Vec<_> = walk(&f.path("data"))
@@ -212,15 +204,7 @@ fn memory_that_cannot_be_locked_refuses_to_unseal_with_the_fix() {
             n
         };
     });
-    let out = d.operator(&[
-        "init",
-        "--recovery-shares",
-        "1",
-        "--recovery-threshold",
-        "1",
-    ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = d.init_fails();
     assert!(
         err.contains("cannot lock") && err.contains("LimitMEMLOCK"),
         "{err}"

@@ -108,15 +108,7 @@ fn oaep_hash_the_hsm_lacks_fails_clearly() {
     // SoftHSM 2.6 does OAEP with SHA-1 only.
     let f = rsa_fixture("sha256", 2048);
     let d = f.start();
-    let out = d.operator(&[
-        "init",
-        "--recovery-shares",
-        "1",
-        "--recovery-threshold",
-        "1",
-    ]);
-    assert!(!out.status.success());
-    let e = stderr(&out);
+    let e = d.init_fails();
     assert!(e.contains("C_Encrypt") && e.contains("CKR_"), "{e}");
     assert_eq!(d.health("").status, 501);
 }
@@ -149,15 +141,7 @@ fn fips_mode_refuses_an_rsa_key_below_2048_bits() {
         )
     });
     let d = f.start();
-    let out = d.operator(&[
-        "init",
-        "--recovery-shares",
-        "1",
-        "--recovery-threshold",
-        "1",
-    ]);
-    assert!(!out.status.success());
-    let e = stderr(&out);
+    let e = d.init_fails();
     assert!(
         e.contains("has 1024 bits; fips_mode requires at least 2048"),
         "{e}"

@@ -20,13 +20,6 @@ struct Env {
     token: String,
 }
 
-fn token_for(d: &Daemon, policy: &str, extra: &[&str]) -> String {
-    let mut args = vec!["token", "create", "--policy", policy, "--format", "json"];
-    args.extend_from_slice(extra);
-    let out: Value = serde_json::from_str(&d.operator_ok(&args)).unwrap();
-    out["client_token"].as_str().unwrap().to_string()
-}
-
 fn env() -> Env {
     let f = Fixture::new();
     let d = f.start();
@@ -52,7 +45,7 @@ fn env() -> Env {
         "--capabilities",
         "encrypt,decrypt",
     ]);
-    let token = token_for(&d, "prod", &[]);
+    let token = d.token("prod", &[]);
     Env { f, d, token }
 }
 
@@ -261,7 +254,7 @@ fn tokens_are_scoped_revocable_and_expire() {
     let r = e.op("encrypt", "vault-staging", json!({ "plaintext": "YQ==" }));
     assert_eq!(r.status, 403);
     assert_eq!(error_of(&r), "permission denied");
-    let staging = token_for(&e.d, "staging", &[]);
+    let staging = e.d.token("staging", &[]);
     let r = e.call(
         "PUT",
         "/v1/transit/encrypt/vault-staging",
@@ -338,7 +331,7 @@ fn tokens_are_scoped_revocable_and_expire() {
     assert_eq!(r.status, 403);
 
     // A token with a TTL expires.
-    let short = token_for(&e.d, "prod", &["--ttl", "1s"]);
+    let short = e.d.token("prod", &["--ttl", "1s"]);
     let r = e.call(
         "PUT",
         "/v1/transit/encrypt/vault-prod",
@@ -534,7 +527,7 @@ fn bad_input_gets_a_precise_400() {
         "--capabilities",
         "encrypt",
     ]);
-    let all = token_for(&e.d, "all", &[]);
+    let all = e.d.token("all", &[]);
     let r = e.call(
         "PUT",
         "/v1/transit/encrypt/nope",
@@ -678,7 +671,7 @@ fn mount_path_is_configurable() {
         "--capabilities",
         "encrypt",
     ]);
-    let token = token_for(&d, "p", &[]);
+    let token = d.token("p", &[]);
     let r = http_with(
         d.port,
         "PUT",

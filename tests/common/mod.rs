@@ -382,6 +382,27 @@ impl Daemon {
         .unwrap()
     }
 
+    /// `operator init` with one share, which must fail; returns its stderr.
+    pub fn init_fails(&self) -> String {
+        let out = self.operator(&[
+            "init",
+            "--recovery-shares",
+            "1",
+            "--recovery-threshold",
+            "1",
+        ]);
+        assert!(!out.status.success(), "init succeeded");
+        stderr(&out)
+    }
+
+    /// `operator token create --policy POLICY [EXTRA]`; returns the token.
+    pub fn token(&self, policy: &str, extra: &[&str]) -> String {
+        let mut args = vec!["token", "create", "--policy", policy, "--format", "json"];
+        args.extend_from_slice(extra);
+        let out: Value = serde_json::from_str(&self.operator_ok(&args)).unwrap();
+        out["client_token"].as_str().unwrap().to_string()
+    }
+
     /// Waits until `pred` holds for `operator status --format json`.
     pub fn wait_status(
         &self,
