@@ -4,15 +4,17 @@
 #
 #   image/build.sh [--out DIR] [--test-variant] [--binary PATH] [--rootfs DIR]
 #
-# --out DIR        where sealkeeper.raw, sealkeeper.qcow2 and manifest.txt go (default image/out)
+# --out DIR        where sealkeeper.raw, sealkeeper.qcow2 and manifest.txt go (default image/out);
+#                  the test variant also puts its self-signed server.crt there
 # --test-variant   adds softhsm2 with a provisioned token pair and config, and a first-boot
 #                  `operator init` (output on the serial console), for scripts/image-test.sh
 # --binary PATH    the release binary (default target/release/sealkeeper, built if missing)
 # --rootfs DIR     reuse (or keep) the debootstrapped tree in DIR
 #
 # The appliance: systemd, the sealkeeper unit enabled, a config skeleton, DHCP on the first
-# ethernet interface, nothing listening but Sealkeeper (no remote shell), state under
-# /var/lib/sealkeeper and logs under /var/log/sealkeeper. Needs root, debootstrap, e2fsprogs,
+# ethernet interface, nothing listening but Sealkeeper (no remote shell), a read-only root file
+# system, state under /var/lib/sealkeeper and logs under /var/log/sealkeeper on a separate
+# writable /var partition. Needs root, debootstrap, e2fsprogs,
 # extlinux, qemu-utils.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +52,13 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d)
 MNT="$WORK/mnt"
-cleanup() { mountpoint -q "$MNT" 2>/dev/null && umount "$MNT"; rm -rf "$WORK"; }
+VARTREE="$WORK/var"
+cleanup() {
+  mountpoint -q "$MNT" 2>/dev/null && umount "$MNT"
+  # Put a reused tree's /var back if the image step failed half-way.
+  if [ -d "$VARTREE" ] && [ -n "${ROOTFS:-}" ]; then rmdir "$ROOTFS/var" 2>/dev/null; mv "$VARTREE" "$ROOTFS/var"; fi
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 PACKAGES=systemd-sysv,linux-image-amd64,udev,kmod,e2fsprogs,iproute2,ca-certificates,curl
@@ -64,7 +72,15 @@ fi
 
 echo "== configuring the appliance"
 echo sealkeeper > "$ROOTFS/etc/hostname"
-echo "LABEL=sealkeeper / ext4 defaults,noatime 0 1" > "$ROOTFS/etc/fstab"
+# The root file system is mounted read-only; /var (state, logs, the test variant's tokens) is a
+# separate writable partition, /tmp is a tmpfs.
+cat > "$ROOTFS/etc/fstab" <<'FSTAB'
+LABEL=sealkeeper / ext4 ro,noatime 0 1
+LABEL=sk-var /var ext4 rw,noatime,nodev,nosuid,noexec 0 2
+tmpfs /tmp tmpfs rw,nodev,nosuid,noexec,mode=1777,size=64m 0 0
+FSTAB
+# With / read-only, systemd creates a transient machine ID at boot from an empty file.
+: > "$ROOTFS/etc/machine-id"
 mkdir -p "$ROOTFS/etc/systemd/network"
 cat > "$ROOTFS/etc/systemd/network/10-dhcp.network" <<'NET'
 [Match]
@@ -95,6 +111,7 @@ if [ "$TEST" = 1 ]; then
       -e "s|^allowed_uids = .*|allowed_uids = [0]|" \
       -e "s|pin_file = \"$H/hsm-\(.\).pin\"|pin_credential = \"hsm-\1-pin\"|" \
       "$ROOTFS$H/sealkeeper.toml" > "$ROOTFS/etc/sealkeeper/sealkeeper.toml"
+  cp "$ROOTFS$H/tls/server.crt" "$OUT/server.crt"
   install -m 0600 "$ROOTFS$H/hsm-a.pin" "$ROOTFS/etc/sealkeeper/hsm-a.pin"
   install -m 0600 "$ROOTFS$H/hsm-b.pin" "$ROOTFS/etc/sealkeeper/hsm-b.pin"
   chroot "$ROOTFS" chown -R sealkeeper:sealkeeper "$H" /etc/sealkeeper/sealkeeper.toml
@@ -113,7 +130,7 @@ ConditionPathExists=!/var/lib/sealkeeper/data/core/init
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'for i in $(seq 1 100); do [ -S /run/sealkeeper/admin.sock ] && break; sleep 0.2; done; /usr/local/bin/sealkeeper operator --socket /run/sealkeeper/admin.sock init --recovery-shares 1 --recovery-threshold 1 > /dev/ttyS0 2>&1'
+ExecStart=/bin/sh -c 'echo "root-mount: $(findmnt -no OPTIONS /)" > /dev/ttyS0; for i in $(seq 1 100); do [ -S /run/sealkeeper/admin.sock ] && break; sleep 0.2; done; /usr/local/bin/sealkeeper operator --socket /run/sealkeeper/admin.sock init --recovery-shares 1 --recovery-threshold 1 > /dev/ttyS0 2>&1'
 
 [Install]
 WantedBy=multi-user.target
@@ -141,12 +158,20 @@ CONF
 rm -f "$ROOTFS"/boot/*.dpkg-bak "$ROOTFS"/boot/*.new
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
 
+# Two partitions: the read-only root (everything but /var) and the writable /var.
 RAW="$OUT/sealkeeper.raw"
-SIZE_MB=$(( $(du -sm "$ROOTFS" | cut -f1) + 512 ))
+mv "$ROOTFS/var" "$VARTREE"
+mkdir -p "$ROOTFS/var"
+restore_var() { rmdir "$ROOTFS/var" && mv "$VARTREE" "$ROOTFS/var"; }
+ROOT_MB=$(( $(du -sm "$ROOTFS" | cut -f1) + 128 ))
+VAR_MB=$(( $(du -sm "$VARTREE" | cut -f1) + 256 ))
 rm -f "$RAW"
-truncate -s "$(( SIZE_MB + 2 ))M" "$RAW"
-printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$RAW"
-mkfs.ext4 -q -L sealkeeper -d "$ROOTFS" -E offset=1048576 "$RAW" "${SIZE_MB}M"
+truncate -s "$(( 1 + ROOT_MB + VAR_MB ))M" "$RAW"
+printf 'label: dos\nstart=1MiB, size=%dMiB, type=83, bootable\nstart=%dMiB, size=%dMiB, type=83\n' \
+  "$ROOT_MB" "$(( 1 + ROOT_MB ))" "$VAR_MB" | sfdisk -q "$RAW"
+mkfs.ext4 -q -L sealkeeper -d "$ROOTFS" -E offset=1048576 "$RAW" "${ROOT_MB}M"
+mkfs.ext4 -q -L sk-var -d "$VARTREE" -E offset=$(( (1 + ROOT_MB) * 1048576 )) "$RAW" "${VAR_MB}M"
+restore_var
 mkdir -p "$MNT"
 mount -o loop,offset=1048576 "$RAW" "$MNT"
 extlinux --install "$MNT/boot/extlinux" >/dev/null 2>&1

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Boots the test variant of the appliance image in QEMU and checks auto-unseal across a reboot:
-# first boot runs `operator init` inside (the test variant's first-boot unit, output on the serial
-# console), /v1/sys/health must answer 200 through the forwarded port; then the VM is reset (a
-# reboot without any operator action) and /v1/sys/health must answer 200 again.
+# the first boot must have a read-only root file system and runs `operator init` inside (the test
+# variant's first-boot unit, output on the serial console), /v1/sys/health must answer 200 through
+# the forwarded port; then the VM is reset (a reboot without any operator action) and
+# /v1/sys/health must answer 200 again.
 #
 #   scripts/image-test.sh [--image DIR] [--rootfs DIR] [--port PORT]
 #
@@ -34,12 +35,7 @@ BUILT=$(date +%s)
 WORK=$(mktemp -d)
 trap '[ -f "$WORK/qemu.pid" ] && kill "$(cat "$WORK/qemu.pid")" 2>/dev/null; rm -rf "$WORK"' EXIT
 cp "$IMAGE/sealkeeper.qcow2" "$WORK/vm.qcow2"
-# The test variant's self-signed certificate is in the image; read it back for curl.
-CERT="$WORK/server.crt"
-MNT="$WORK/mnt"; mkdir -p "$MNT"
-mount -o loop,ro,offset=1048576 "$IMAGE/sealkeeper.raw" "$MNT"
-cp "$MNT/var/lib/sealkeeper-hsm/tls/server.crt" "$CERT"
-umount "$MNT"
+CERT="$IMAGE/server.crt"
 
 ACCEL="-accel tcg -cpu max"
 if [ -w /dev/kvm ] && qemu-system-x86_64 -accel kvm -cpu host -machine none -display none -S -daemonize -pidfile "$WORK/probe.pid" 2>/dev/null; then
@@ -64,6 +60,7 @@ monitor() { python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX);
 wait_health 200 300
 BOOT1=$(date +%s)
 grep -q "Recovery Key 1:" "$WORK/console.log" || { echo "image-test: no operator init on first boot" >&2; exit 1; }
+grep -q "root-mount: ro," "$WORK/console.log" || { echo "image-test: the root file system is not read-only:" >&2; grep root-mount "$WORK/console.log" >&2; exit 1; }
 echo "first boot: initialized inside the VM, /v1/sys/health 200 ($(( BOOT1 - BUILT ))s)"
 
 monitor system_reset
