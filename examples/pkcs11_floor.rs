@@ -20,7 +20,8 @@ fn main() {
     let a: Vec<String> = std::env::args().collect();
     let (module, token, pin_file, key_label, blob) = (&a[1], &a[2], &a[3], &a[4], &a[5]);
     let record = std::fs::read(blob).unwrap();
-    let blob: serde_json::Value = serde_json::from_slice(&record[12..]).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&record[12..]).unwrap();
+    let blob = &state["wrappings"]["hsm-pair"]["blob"];
     let mut iv = B64.decode(blob["iv"].as_str().unwrap()).unwrap();
     let ct = B64.decode(blob["ciphertext"].as_str().unwrap()).unwrap();
     let aad = blob["aad"].as_str().unwrap().as_bytes().to_vec();

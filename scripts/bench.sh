@@ -153,7 +153,7 @@ for i in range(runs):
     p.send_signal(signal.SIGTERM)
     p.wait()
     t0 = time.perf_counter()
-    args = [floor, module, "sealkeeper-a", f"{d}/hsm-a.pin", "sealkeeper-root", f"{d}/data/data/core/seal/hsm-pair/root"]
+    args = [floor, module, "sealkeeper-a", f"{d}/hsm-a.pin", "sealkeeper-root", f"{d}/data/data/core/seal/state"]
     subprocess.run(args, check=True)
     base.append(time.perf_counter() - t0)
     t0 = time.perf_counter()

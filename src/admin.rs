@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
 use tokio::net::UnixListener;
 
@@ -102,10 +102,13 @@ pub fn refusal_router(peer: Peer) -> Router {
 
 fn core_error(e: CoreError) -> Response {
     let status = match &e {
-        CoreError::AlreadyInitialized | CoreError::NotInitialized | CoreError::BadRequest(_) => {
-            StatusCode::BAD_REQUEST
+        CoreError::AlreadyInitialized
+        | CoreError::NotInitialized
+        | CoreError::BadRequest(_)
+        | CoreError::NeedsShares(_) => StatusCode::BAD_REQUEST,
+        CoreError::Seal(_) | CoreError::Seals { .. } | CoreError::Memory(_) | CoreError::Sealed => {
+            StatusCode::SERVICE_UNAVAILABLE
         }
-        CoreError::Seal(_) | CoreError::Memory(_) => StatusCode::SERVICE_UNAVAILABLE,
         CoreError::StoredState(_)
         | CoreError::Storage(_)
         | CoreError::Internal(_)
@@ -147,20 +150,46 @@ async fn init(State(core): State<Arc<Core>>, body: Bytes) -> Response {
             "PGP-encrypted shares are not supported by this version",
         );
     }
-    if req.secret_shares.unwrap_or(0) > 1
-        || req.secret_threshold.unwrap_or(0) > 1
-        || req.stored_shares.is_some()
-    {
+    if req.stored_shares.is_some() {
         return error_response(
             StatusCode::BAD_REQUEST,
-            "secret_shares / secret_threshold apply to a shamir seal; this node has an auto seal: use recovery_shares and recovery_threshold",
+            "stored_shares is not supported: no share is ever stored",
         );
     }
-    let (Some(n), Some(t)) = (req.recovery_shares, req.recovery_threshold) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "recovery_shares and recovery_threshold are required",
-        );
+    let shamir = core.seal_type() == "shamir";
+    let (n, t) = if shamir {
+        if req.recovery_shares.is_some() || req.recovery_threshold.is_some() {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "recovery_shares / recovery_threshold apply to an auto seal; this node has a shamir seal: use \
+                 secret_shares and secret_threshold",
+            );
+        }
+        match (req.secret_shares, req.secret_threshold) {
+            (Some(n), Some(t)) => (n, t),
+            _ => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "secret_shares and secret_threshold are required",
+                );
+            }
+        }
+    } else {
+        if req.secret_shares.unwrap_or(0) > 1 || req.secret_threshold.unwrap_or(0) > 1 {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "secret_shares / secret_threshold apply to a shamir seal; this node has an auto seal: use recovery_shares and recovery_threshold",
+            );
+        }
+        match (req.recovery_shares, req.recovery_threshold) {
+            (Some(n), Some(t)) => (n, t),
+            _ => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "recovery_shares and recovery_threshold are required",
+                );
+            }
+        }
     };
     match core.init(n, t).await {
         Ok(resp) => axum::Json(resp).into_response(),
@@ -190,15 +219,12 @@ async fn unseal(State(core): State<Arc<Core>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    if req.key.is_some() || req.migrate {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "this node unseals itself from its HSM; unseal keys are not used and recovery keys never unseal. \
-             Send an empty body to run the auto-unseal now",
-        );
-    }
-    let _ = req.reset;
-    let result = core.unseal(Attempt::Operator).await;
+    let result = if req.key.is_some() || req.migrate || req.reset {
+        core.submit_unseal_key(req.key.as_deref(), req.reset, req.migrate)
+            .await
+    } else {
+        core.unseal(Attempt::Operator).await
+    };
     core.wake();
     match result {
         Ok(()) => axum::Json(seal_status_body(&core)).into_response(),
@@ -225,6 +251,93 @@ async fn audit_hash(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     }
 }
 
+async fn rotate(State(core): State<Arc<Core>>) -> Response {
+    match core.rotate().await {
+        Ok(term) => axum::Json(serde_json::json!({ "term": term })).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn rotate_root(State(core): State<Arc<Core>>) -> Response {
+    match core.rotate_root().await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn rewrap(State(core): State<Arc<Core>>) -> Response {
+    match core.rewrap().await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RekeyInitRequest {
+    secret_shares: u32,
+    secret_threshold: u32,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    pgp_keys: Option<Vec<String>>,
+    #[serde(default)]
+    backup: Option<bool>,
+    #[serde(default)]
+    require_verification: Option<bool>,
+}
+
+async fn rekey_init(State(core): State<Arc<Core>>, body: Bytes) -> Response {
+    let req: RekeyInitRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if req.pgp_keys.is_some() || req.backup == Some(true) || req.require_verification == Some(true)
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "pgp_keys, backup and require_verification are not supported by this version",
+        );
+    }
+    let target = req.target.unwrap_or_else(|| "recovery".into());
+    match core
+        .rekey_init(&target, req.secret_shares, req.secret_threshold)
+        .await
+    {
+        Ok(st) => axum::Json(st).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+async fn rekey_status(State(core): State<Arc<Core>>) -> Response {
+    axum::Json(core.rekey_status()).into_response()
+}
+
+async fn rekey_cancel(State(core): State<Arc<Core>>) -> Response {
+    match core.rekey_cancel().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RekeyUpdateRequest {
+    key: String,
+    nonce: String,
+}
+
+async fn rekey_update(State(core): State<Arc<Core>>, body: Bytes) -> Response {
+    let req: RekeyUpdateRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match core.rekey_update(&req.key, &req.nonce).await {
+        Ok(st) => axum::Json(st).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
 pub fn router(
     core: Arc<Core>,
     transit: &crate::config::TransitConfig,
@@ -244,6 +357,37 @@ pub fn router(
         .route("/v1/sys/seal-status", get(seal_status_handler))
         .route("/v1/sys/hsm-status", get(hsm_status_handler))
         .route("/v1/sys/audit-hash", post(audit_hash).put(audit_hash))
+        .route(
+            "/v1/sys/seal-backend-status",
+            get(crate::http::seal_backend_status_handler),
+        )
+        .route(
+            "/v1/sys/sealwrap/rewrap",
+            get(crate::http::sealwrap_rewrap_handler)
+                .post(rewrap)
+                .put(rewrap),
+        )
+        .route("/v1/sys/rotate", post(rotate).put(rotate))
+        .route("/v1/sys/rotate-root", post(rotate_root).put(rotate_root))
+        .route(
+            "/v1/sys/rekey-recovery-key/init",
+            get(rekey_status)
+                .put(rekey_init)
+                .post(rekey_init)
+                .delete(rekey_cancel),
+        )
+        .route(
+            "/v1/sys/rekey-recovery-key/update",
+            put(rekey_update).post(rekey_update),
+        )
+        .route(
+            "/v1/sys/rekey/init",
+            get(rekey_status)
+                .put(rekey_init)
+                .post(rekey_init)
+                .delete(rekey_cancel),
+        )
+        .route("/v1/sys/rekey/update", put(rekey_update).post(rekey_update))
         .with_state(core)
         .merge(crate::http::transit::admin_routes(
             state,
@@ -267,6 +411,12 @@ pub fn parse_bodies(body: &[u8]) -> Vec<Result<(), String>> {
             .map(|_| ())
             .map_err(|e| e.1),
         parse_body::<AuditHashRequest>(&Bytes::copy_from_slice(body))
+            .map(|_| ())
+            .map_err(|e| e.1),
+        parse_body::<RekeyInitRequest>(&Bytes::copy_from_slice(body))
+            .map(|_| ())
+            .map_err(|e| e.1),
+        parse_body::<RekeyUpdateRequest>(&Bytes::copy_from_slice(body))
             .map(|_| ())
             .map_err(|e| e.1),
     ]

@@ -217,8 +217,23 @@ pub struct SealConfig {
     pub key_id: Option<String>,
     pub mechanism: Option<String>,
     pub rsa_oaep_hash: Option<String>,
+    /// Lower is tried first at unseal; defaults to the entry's position in the file.
+    pub priority: Option<u32>,
+    /// A seal being migrated away from: it is only used by `operator unseal --migrate`.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Break-glass: when every auto seal is unreachable, a quorum of recovery keys may unseal.
+    /// Only possible when it was on at init (the root key must be wrapped by the recovery key).
+    #[serde(default)]
+    pub recovery_keys_fallback: bool,
     #[serde(default)]
     pub hsm: Vec<HsmConfig>,
+}
+
+impl SealConfig {
+    pub fn is_shamir(&self) -> bool {
+        self.seal_type == "shamir"
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -581,26 +596,74 @@ impl Config {
                 "at least one [[seal]] is required",
             ));
         }
-        if self.seal.len() > 1 {
+        let enabled: Vec<&SealConfig> = self.seal.iter().filter(|s| !s.disabled).collect();
+        if !self.seal.is_empty() && enabled.is_empty() {
             out.push(problem(
-                vec![Key("seal"), Index(1)],
-                "only one [[seal]] entry is supported by this version",
+                vec![Key("seal")],
+                "every [[seal]] is disabled; at least one must be enabled",
             ));
         }
+        if enabled.iter().any(|s| s.is_shamir()) && enabled.len() > 1 {
+            out.push(problem(
+                vec![Key("seal")],
+                "a shamir seal cannot be combined with other enabled seals (keep the old seal with \
+                 disabled = true while migrating)",
+            ));
+        }
+        if self.seal.iter().filter(|s| s.disabled).count() > 1 {
+            out.push(problem(
+                vec![Key("seal")],
+                "at most one seal may be disabled (the seal being migrated away from)",
+            ));
+        }
+        let mut seal_names = HashSet::new();
+        let mut priorities = HashSet::new();
         for (i, s) in self.seal.iter().enumerate() {
             let at = |k: &'static str| vec![Key("seal"), Index(i), Key(k)];
-            if s.seal_type != "pkcs11" {
-                out.push(problem(
-                    at("type"),
-                    format!("unknown seal type {:?}; supported: \"pkcs11\"", s.seal_type),
-                ));
-                continue;
-            }
             if !valid_name(&s.name) {
                 out.push(problem(
                     at("name"),
                     "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
                 ));
+            } else if !seal_names.insert(s.name.clone()) {
+                out.push(problem(
+                    at("name"),
+                    format!("duplicate seal name {:?}", s.name),
+                ));
+            }
+            if let Some(p) = s.priority
+                && !priorities.insert(p)
+            {
+                out.push(problem(
+                    at("priority"),
+                    format!("another seal already has priority {p}"),
+                ));
+            }
+            if s.is_shamir() {
+                let extra = [
+                    ("key_label", s.key_label.is_some()),
+                    ("key_id", s.key_id.is_some()),
+                    ("mechanism", s.mechanism.is_some()),
+                    ("rsa_oaep_hash", s.rsa_oaep_hash.is_some()),
+                    ("hsm", !s.hsm.is_empty()),
+                    ("recovery_keys_fallback", s.recovery_keys_fallback),
+                ];
+                for (k, present) in extra {
+                    if present {
+                        out.push(problem(at(k), "does not apply to a shamir seal"));
+                    }
+                }
+                continue;
+            }
+            if s.seal_type != "pkcs11" {
+                out.push(problem(
+                    at("type"),
+                    format!(
+                        "unknown seal type {:?}; supported: \"pkcs11\", \"shamir\"",
+                        s.seal_type
+                    ),
+                ));
+                continue;
             }
             match &s.key_label {
                 None => out.push(problem(

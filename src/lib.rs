@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod fault;
 pub mod http;
 pub mod profiles;
 pub mod recovery;

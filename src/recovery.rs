@@ -1,8 +1,9 @@
 //! Recovery keys: a random 256-bit recovery key split into Shamir shares (vsss-rs, GF(2^8)).
 //!
 //! A share is 39 bytes: format version (1), threshold, x coordinate, 32 bytes of y, and a 4-byte
-//! checksum (truncated SHA-256 over the preceding bytes under a domain label), so that a mistyped or
-//! corrupted share is reported as such instead of silently combining into a wrong key. Only a
+//! checksum (truncated SHA-256 over a domain label, the installation id and the preceding bytes), so
+//! that a mistyped or corrupted share, or a share of another installation, is reported as such when
+//! it is submitted instead of silently combining into a wrong key. Only a
 //! verifier (HMAC-SHA-256 keyed by the recovery key, over this installation's id) is stored.
 
 use base64::Engine;
@@ -30,7 +31,9 @@ pub enum RecoveryError {
     Length(usize),
     #[error("share has an unknown format version {0}")]
     Version(u8),
-    #[error("share checksum mismatch: the share is corrupted or mistyped")]
+    #[error(
+        "share checksum mismatch: the share is corrupted or mistyped, or belongs to another installation"
+    )]
     Checksum,
     #[error("shares come from different splits (thresholds {0} and {1})")]
     Mixed(u8, u8),
@@ -71,8 +74,8 @@ impl Share {
     }
 
     /// Parses a share given as hex or base64 (surrounding white space ignored) and checks its
-    /// checksum.
-    pub fn parse(text: &str) -> Result<Share, RecoveryError> {
+    /// checksum, which binds it to the installation `context`.
+    pub fn parse(text: &str, context: &str) -> Result<Share, RecoveryError> {
         let t = text.trim();
         let bytes = if t.len() == SHARE_LEN * 2 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
             hex::decode(t).map_err(|_| RecoveryError::Encoding)?
@@ -80,22 +83,29 @@ impl Share {
             B64.decode(t).map_err(|_| RecoveryError::Encoding)?
         };
         let share = Share { bytes };
-        share.check()?;
+        share.check_shape()?;
+        let (body, check) = share.bytes.split_at(SHARE_LEN - 4);
+        if checksum(body, context) != check {
+            return Err(RecoveryError::Checksum);
+        }
         Ok(share)
     }
 
-    fn check(&self) -> Result<(), RecoveryError> {
+    fn check_shape(&self) -> Result<(), RecoveryError> {
         if self.bytes.len() != SHARE_LEN {
             return Err(RecoveryError::Length(self.bytes.len()));
         }
-        let (body, check) = self.bytes.split_at(SHARE_LEN - 4);
-        if body.first() != Some(&SHARE_VERSION) {
-            return Err(RecoveryError::Version(body.first().copied().unwrap_or(0)));
-        }
-        if checksum(body) != check {
-            return Err(RecoveryError::Checksum);
+        if self.bytes.first() != Some(&SHARE_VERSION) {
+            return Err(RecoveryError::Version(
+                self.bytes.first().copied().unwrap_or(0),
+            ));
         }
         Ok(())
+    }
+
+    /// The share's x coordinate: two shares of one split never share it.
+    pub fn index(&self) -> u8 {
+        self.x()
     }
 
     fn y(&self) -> &[u8] {
@@ -103,20 +113,22 @@ impl Share {
     }
 }
 
-fn checksum(body: &[u8]) -> [u8; 4] {
-    let mut input = Vec::with_capacity(CHECK_LABEL.len() + body.len());
+fn checksum(body: &[u8], context: &str) -> [u8; 4] {
+    let mut input = Vec::with_capacity(CHECK_LABEL.len() + context.len() + 1 + body.len());
     input.extend_from_slice(CHECK_LABEL);
+    input.extend_from_slice(context.as_bytes());
+    input.push(0);
     input.extend_from_slice(body);
     let d = crypto::sha256(&input);
     input.zeroize();
     [d[0], d[1], d[2], d[3]]
 }
 
-fn make_share(threshold: u8, x: u8, y: &[u8]) -> Share {
+fn make_share(threshold: u8, x: u8, y: &[u8], context: &str) -> Share {
     let mut bytes = Vec::with_capacity(SHARE_LEN);
     bytes.extend_from_slice(&[SHARE_VERSION, threshold, x]);
     bytes.extend_from_slice(y);
-    let c = checksum(&bytes);
+    let c = checksum(&bytes, context);
     bytes.extend_from_slice(&c);
     Share { bytes }
 }
@@ -135,15 +147,21 @@ pub fn check_parameters(shares: u32, threshold: u32) -> Result<(), RecoveryError
     Ok(())
 }
 
-/// Splits `secret` (32 bytes) into `shares` shares, any `threshold` of which reconstruct it.
-pub fn split(secret: &[u8], shares: u32, threshold: u32) -> Result<Vec<Share>, RecoveryError> {
+/// Splits `secret` (32 bytes) into `shares` shares, any `threshold` of which reconstruct it. The
+/// shares' checksums bind them to `context` (the installation id).
+pub fn split(
+    secret: &[u8],
+    shares: u32,
+    threshold: u32,
+    context: &str,
+) -> Result<Vec<Share>, RecoveryError> {
     check_parameters(shares, threshold)?;
     if secret.len() != KEY_LEN {
         return Err(RecoveryError::Length(secret.len()));
     }
     let t = threshold as u8;
     if threshold == 1 {
-        return Ok(vec![make_share(1, 1, secret)]);
+        return Ok(vec![make_share(1, 1, secret, context)]);
     }
     let raw = Gf256::split_array(
         threshold as usize,
@@ -159,6 +177,7 @@ pub fn split(secret: &[u8], shares: u32, threshold: u32) -> Result<Vec<Share>, R
                 t,
                 r.first().copied().unwrap_or(0),
                 r.get(1..).unwrap_or(&[]),
+                context,
             );
             r.zeroize();
             s
@@ -173,7 +192,7 @@ pub fn combine(shares: &[Share]) -> Result<Zeroizing<Vec<u8>>, RecoveryError> {
     };
     let t = first.threshold();
     for s in shares {
-        s.check()?;
+        s.check_shape()?;
         if s.threshold() != t {
             return Err(RecoveryError::Mixed(t, s.threshold()));
         }
@@ -238,7 +257,7 @@ mod tests {
     #[test]
     fn split_combine_any_quorum() {
         let secret = [42u8; 32];
-        let shares = split(&secret, 5, 3).unwrap();
+        let shares = split(&secret, 5, 3, "i").unwrap();
         assert_eq!(shares.len(), 5);
         for combo in [[0, 1, 2], [4, 2, 0], [1, 3, 4]] {
             let pick: Vec<Share> = combo.iter().map(|&i| shares[i].clone()).collect();
@@ -253,27 +272,40 @@ mod tests {
 
     #[test]
     fn shares_roundtrip_as_hex_and_base64() {
-        let shares = split(&[9u8; 32], 3, 2).unwrap();
-        let a = Share::parse(&shares[0].to_hex()).unwrap();
-        let b = Share::parse(&format!(" {}\n", shares[2].to_base64())).unwrap();
+        let shares = split(&[9u8; 32], 3, 2, "i").unwrap();
+        let a = Share::parse(&shares[0].to_hex(), "i").unwrap();
+        let b = Share::parse(&format!(" {}\n", shares[2].to_base64()), "i").unwrap();
         assert_eq!(&combine(&[a, b]).unwrap()[..], &[9u8; 32]);
     }
 
     #[test]
     fn corrupted_share_is_detected() {
-        let shares = split(&[1u8; 32], 3, 2).unwrap();
+        let shares = split(&[1u8; 32], 3, 2, "i").unwrap();
         let mut h = shares[0].to_hex().into_bytes();
         h[20] = if h[20] == b'0' { b'1' } else { b'0' };
         let h = String::from_utf8(h).unwrap();
-        assert_eq!(Share::parse(&h).err(), Some(RecoveryError::Checksum));
-        assert_eq!(Share::parse("zz").err(), Some(RecoveryError::Encoding));
-        assert_eq!(Share::parse("AAAA").err(), Some(RecoveryError::Length(3)));
+        assert_eq!(Share::parse(&h, "i").err(), Some(RecoveryError::Checksum));
+        assert_eq!(Share::parse("zz", "i").err(), Some(RecoveryError::Encoding));
+        assert_eq!(
+            Share::parse("AAAA", "i").err(),
+            Some(RecoveryError::Length(3))
+        );
+    }
+
+    #[test]
+    fn a_share_of_another_installation_is_refused_when_parsed() {
+        let shares = split(&[7u8; 32], 3, 2, "installation-a").unwrap();
+        assert!(Share::parse(&shares[1].to_hex(), "installation-a").is_ok());
+        assert_eq!(
+            Share::parse(&shares[1].to_hex(), "installation-b").err(),
+            Some(RecoveryError::Checksum)
+        );
     }
 
     #[test]
     fn duplicate_and_mixed_shares_are_refused() {
-        let a = split(&[1u8; 32], 3, 2).unwrap();
-        let b = split(&[1u8; 32], 4, 3).unwrap();
+        let a = split(&[1u8; 32], 3, 2, "i").unwrap();
+        let b = split(&[1u8; 32], 4, 3, "i").unwrap();
         assert_eq!(
             combine(&[a[0].clone(), a[0].clone()]).err(),
             Some(RecoveryError::Duplicate)
@@ -286,12 +318,12 @@ mod tests {
 
     #[test]
     fn single_share_and_parameter_checks() {
-        let s = split(&[5u8; 32], 1, 1).unwrap();
+        let s = split(&[5u8; 32], 1, 1, "i").unwrap();
         assert_eq!(&combine(&s).unwrap()[..], &[5u8; 32]);
-        assert!(split(&[5u8; 32], 3, 1).is_err());
-        assert!(split(&[5u8; 32], 2, 3).is_err());
-        assert!(split(&[5u8; 32], 0, 0).is_err());
-        assert!(split(&[5u8; 32], 256, 2).is_err());
+        assert!(split(&[5u8; 32], 3, 1, "i").is_err());
+        assert!(split(&[5u8; 32], 2, 3, "i").is_err());
+        assert!(split(&[5u8; 32], 0, 0, "i").is_err());
+        assert!(split(&[5u8; 32], 256, 2, "i").is_err());
     }
 
     #[test]

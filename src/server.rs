@@ -17,7 +17,7 @@ use crate::audit::{Audit, Event, Peer as AuditPeer};
 use crate::config::{AdminConfig, Config};
 use crate::http::audit_layer::{AuditCtx, ConnPeer};
 
-use crate::core::{Core, CoreOptions};
+use crate::core::{Core, CoreOptions, SealEntry, SealKind};
 use crate::http::{self, tls};
 use crate::seal::Seal;
 use crate::seal::pkcs11::{ModuleRegistry, Pkcs11Seal};
@@ -145,11 +145,28 @@ pub async fn run(
         });
     }
     let registry = ModuleRegistry::new();
-    let seal_cfg = cfg
-        .seal
-        .first()
-        .ok_or_else(|| ServerError::Startup("no [[seal]] configured".into()))?;
-    let seal: Arc<dyn Seal> = Arc::new(Pkcs11Seal::from_config(seal_cfg, registry, cfg.fips_mode));
+    let mut seals = Vec::new();
+    let mut autos: Vec<Arc<dyn Seal>> = Vec::new();
+    for (i, s) in cfg.seal.iter().enumerate() {
+        let kind = if s.is_shamir() {
+            SealKind::Shamir
+        } else {
+            let seal: Arc<dyn Seal> =
+                Arc::new(Pkcs11Seal::from_config(s, registry.clone(), cfg.fips_mode));
+            autos.push(seal.clone());
+            SealKind::Auto(seal)
+        };
+        seals.push(SealEntry {
+            name: s.name.clone(),
+            priority: s.priority.unwrap_or(i as u32),
+            disabled: s.disabled,
+            fallback: s.recovery_keys_fallback,
+            kind,
+        });
+    }
+    if seals.is_empty() {
+        return Err(ServerError::Startup("no [[seal]] configured".into()));
+    }
     let core = Core::new(
         CoreOptions {
             memory: if cfg.disable_mlock {
@@ -165,18 +182,37 @@ pub async fn run(
             self_tests,
         },
         store,
-        seal.clone(),
+        seals,
         audit.clone(),
     );
-    let members: Vec<String> = seal
-        .status()
-        .members
+    if let Err(e) = core.check_seal_config() {
+        admin::unlink(&cfg.admin.socket);
+        for seal in &autos {
+            seal.shutdown();
+        }
+        return Err(ServerError::Startup(format!(
+            "the seal configuration does not match the stored seal state: {e}"
+        )));
+    }
+    let seal_names: Vec<String> = core
+        .seals()
         .iter()
-        .map(|m| m.name.clone())
+        .map(|s| {
+            format!(
+                "{}:{}{}",
+                s.seal_type(),
+                s.name,
+                if s.disabled { " (disabled)" } else { "" }
+            )
+        })
+        .collect();
+    let members: Vec<String> = autos
+        .iter()
+        .flat_map(|s| s.status().members.into_iter().map(|m| m.name))
         .collect();
     tracing::info!(
-        seal_type = seal.seal_type(),
-        seal = seal.name(),
+        seal_type = core.seal_type(),
+        seals = %seal_names.join(","),
         members = %members.join(","),
         listener = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         tls = tls.is_some(),
@@ -231,7 +267,12 @@ pub async fn run(
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     core.zeroize();
-    let _ = tokio::task::spawn_blocking(move || seal.shutdown()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for seal in autos {
+            seal.shutdown();
+        }
+    })
+    .await;
     admin::unlink(&cfg.admin.socket);
     tracing::info!("stopped");
     match fatal {

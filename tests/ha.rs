@@ -244,5 +244,5 @@ fn init_refuses_a_pair_whose_members_hold_different_keys() {
     let e = d.init_fails();
     assert!(e.contains("member hsm-b holds a different key"), "{e}");
     assert_eq!(d.health("").status, 501);
-    assert!(!f.blob_path().exists(), "nothing was stored");
+    assert!(!f.state_path().exists(), "nothing was stored");
 }

@@ -43,13 +43,13 @@ mechanism = "CKM_AES_GCM"
 fn transit() -> (tempfile::TempDir, Transit) {
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(FileStorage::open(dir.path()).unwrap());
-    let keys = Arc::new(UnsealedKeys {
-        root: LockedBytes::from_slice(&[1u8; 32], MemoryPolicy::AllowUnlocked).unwrap(),
-        keyring: vec![(
+    let keys = Arc::new(UnsealedKeys::new(
+        LockedBytes::from_slice(&[1u8; 32], MemoryPolicy::AllowUnlocked).unwrap(),
+        vec![(
             1,
             LockedBytes::from_slice(&[2u8; 32], MemoryPolicy::AllowUnlocked).unwrap(),
         )],
-    });
+    ));
     let t = Transit::load(storage, keys, MemoryPolicy::AllowUnlocked).unwrap();
     t.create_key("k").unwrap();
     (dir, t)
@@ -98,7 +98,7 @@ proptest! {
 
     #[test]
     fn share_parser_never_panics(text in ".{0,120}") {
-        let _ = Share::parse(&text);
+        let _ = Share::parse(&text, "installation");
     }
 
     #[test]

@@ -69,8 +69,8 @@ fn rsa_oaep_init_restart_and_tamper() {
     d.init();
     assert_eq!(d.health("").status, 200);
     d.stop();
-    let raw = std::fs::read(f.blob_path()).unwrap();
-    let blob: serde_json::Value = serde_json::from_slice(&raw[12..]).unwrap();
+    let (header, state) = f.read_state();
+    let blob = state["wrappings"]["hsm-pair"]["blob"].clone();
     assert_eq!(blob["mechanism"], "CKM_RSA_PKCS_OAEP");
     assert_eq!(blob["oaep_hash"], "sha1");
     assert!(
@@ -84,15 +84,12 @@ fn rsa_oaep_init_restart_and_tamper() {
     d.stop();
 
     // Changing the associated data the envelope is bound to is detected.
-    let text = String::from_utf8(raw[12..].to_vec()).unwrap();
-    let mut blob: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut state = state;
     let ct = blob["ciphertext"].as_str().unwrap().to_string();
     let mut bytes = base64_decode(&ct);
     bytes[0] ^= 1;
-    blob["ciphertext"] = base64_encode(&bytes).into();
-    let mut out = raw[..12].to_vec();
-    out.extend_from_slice(&serde_json::to_vec(&blob).unwrap());
-    std::fs::write(f.blob_path(), out).unwrap();
+    state["wrappings"]["hsm-pair"]["blob"]["ciphertext"] = base64_encode(&bytes).into();
+    f.write_state(&header, &state);
     let d = f.start();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(d.health("").status, 503);

@@ -20,23 +20,24 @@ fn initialized_fixture() -> Fixture {
     f
 }
 
-/// The stored record is a 12-byte header (magic + revision) and the blob's JSON.
-fn read_blob(f: &Fixture) -> (Vec<u8>, Value) {
-    let raw = std::fs::read(f.blob_path()).unwrap();
-    let json = serde_json::from_slice(&raw[12..]).unwrap();
-    (raw[..12].to_vec(), json)
+/// The seal state record is a 12-byte header (magic + revision) and JSON; the HSM pair's blob is
+/// under wrappings.hsm-pair.blob.
+fn read_blob(f: &Fixture) -> (Vec<u8>, Value, Value) {
+    let (h, state) = f.read_state();
+    let blob = state["wrappings"]["hsm-pair"]["blob"].clone();
+    (h, state, blob)
 }
 
-fn write_blob(f: &Fixture, header: &[u8], blob: &Value) {
-    let mut raw = header.to_vec();
-    raw.extend_from_slice(&serde_json::to_vec(blob).unwrap());
-    std::fs::write(f.blob_path(), raw).unwrap();
+fn write_blob(f: &Fixture, header: &[u8], state: &Value, blob: &Value) {
+    let mut state = state.clone();
+    state["wrappings"]["hsm-pair"]["blob"] = blob.clone();
+    f.write_state(header, &state);
 }
 
 /// Starts, checks it stays sealed with `expect` in the error, also after an operator attempt,
 /// and that the blob bytes are unchanged.
 fn assert_sealed_with(f: &Fixture, expect: &str) {
-    let before = std::fs::read(f.blob_path()).unwrap();
+    let before = std::fs::read(f.state_path()).unwrap();
     let d = f.start();
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(d.health("").status, 503);
@@ -48,7 +49,7 @@ fn assert_sealed_with(f: &Fixture, expect: &str) {
     assert!(stderr(&out).contains(expect), "{}", stderr(&out));
     assert_eq!(d.health("").status, 503);
     assert_eq!(
-        std::fs::read(f.blob_path()).unwrap(),
+        std::fs::read(f.state_path()).unwrap(),
         before,
         "the stored blob was changed"
     );
@@ -57,11 +58,11 @@ fn assert_sealed_with(f: &Fixture, expect: &str) {
 #[test]
 fn tampered_ciphertext_is_refused_and_kept() {
     let f = initialized_fixture();
-    let (h, mut blob) = read_blob(&f);
+    let (h, state, mut blob) = read_blob(&f);
     let mut ct = B64.decode(blob["ciphertext"].as_str().unwrap()).unwrap();
     ct[5] ^= 0x01;
     blob["ciphertext"] = B64.encode(ct).into();
-    write_blob(&f, &h, &blob);
+    write_blob(&f, &h, &state, &blob);
     assert_sealed_with(
         &f,
         "the stored blob was modified, or was wrapped by a different key",
@@ -71,9 +72,9 @@ fn tampered_ciphertext_is_refused_and_kept() {
 #[test]
 fn tampered_header_is_refused() {
     let f = initialized_fixture();
-    let (h, mut blob) = read_blob(&f);
+    let (h, state, mut blob) = read_blob(&f);
     blob["purpose"] = "transit-key".into();
-    write_blob(&f, &h, &blob);
+    write_blob(&f, &h, &state, &blob);
     assert_sealed_with(
         &f,
         "stored blob is for \"transit-key\", expected \"root-key\"",
@@ -83,16 +84,16 @@ fn tampered_header_is_refused() {
 #[test]
 fn truncated_blob_is_refused() {
     let f = initialized_fixture();
-    let raw = std::fs::read(f.blob_path()).unwrap();
-    std::fs::write(f.blob_path(), &raw[..raw.len() / 2]).unwrap();
-    assert_sealed_with(&f, "stored blob is not valid");
+    let raw = std::fs::read(f.state_path()).unwrap();
+    std::fs::write(f.state_path(), &raw[..raw.len() / 2]).unwrap();
+    assert_sealed_with(&f, "core/seal/state");
 }
 
 #[test]
 fn foreign_installation_blob_is_refused() {
     let a = initialized_fixture();
     let b = initialized_fixture();
-    std::fs::copy(b.blob_path(), a.blob_path()).unwrap();
+    std::fs::copy(b.state_path(), a.state_path()).unwrap();
     assert_sealed_with(&a, "it was copied from another installation");
 }
 
@@ -102,12 +103,12 @@ fn blob_wrapped_by_another_key_is_refused() {
     // key, which A's HSMs do not hold.
     let a = initialized_fixture();
     let b = initialized_fixture();
-    let (h, a_blob) = read_blob(&a);
-    let (_, mut b_blob) = read_blob(&b);
+    let (h, a_state, a_blob) = read_blob(&a);
+    let (_, _, mut b_blob) = read_blob(&b);
     for k in ["installation_id", "aad"] {
         b_blob[k] = a_blob[k].clone();
     }
-    write_blob(&a, &h, &b_blob);
+    write_blob(&a, &h, &a_state, &b_blob);
     assert_sealed_with(&a, "C_Decrypt failed: CKR_");
     assert_sealed_with(&a, "or was wrapped by a different key");
 }
@@ -115,7 +116,7 @@ fn blob_wrapped_by_another_key_is_refused() {
 #[test]
 fn missing_blob_is_named() {
     let f = initialized_fixture();
-    std::fs::remove_file(f.blob_path()).unwrap();
+    std::fs::remove_file(f.state_path()).unwrap();
     let d = f.start();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(d.health("").status, 503);
@@ -123,7 +124,10 @@ fn missing_blob_is_named() {
         .as_str()
         .unwrap_or("")
         .to_string();
-    assert!(err.contains("core/seal/hsm-pair/root is missing"), "{err}");
+    assert!(
+        err.contains("the seal state core/seal/state is missing"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -185,9 +189,9 @@ impl Drop for Immutable {
 fn disk_failure_during_init_leaves_the_node_uninitialized_and_init_can_be_retried() {
     let f = Fixture::new();
     let d = f.start();
-    // The blob lands in core/seal/..., then the keyring and the init record in core/: make the
-    // second write fail, after the first succeeded, as a disk that fills up half-way.
-    std::fs::create_dir_all(f.path("data/data/core/seal/hsm-pair")).unwrap();
+    // The seal state lands in core/seal/, then the init record in core/: make the second write
+    // fail, after the first succeeded, as a disk that fills up half-way.
+    std::fs::create_dir_all(f.path("data/data/core/seal")).unwrap();
     let guard = Immutable::new(f.path("data/data/core"));
     let out = d.operator(&[
         "init",
@@ -199,7 +203,7 @@ fn disk_failure_during_init_leaves_the_node_uninitialized_and_init_can_be_retrie
     assert!(!out.status.success());
     let e = stderr(&out);
     assert!(
-        e.contains("storage I/O error") && e.contains("core/keyring"),
+        e.contains("storage I/O error") && e.contains("core/init"),
         "{e}"
     );
     assert!(
@@ -211,7 +215,7 @@ fn disk_failure_during_init_leaves_the_node_uninitialized_and_init_can_be_retrie
         501,
         "a failed init leaves the node uninitialized"
     );
-    assert!(f.blob_path().exists(), "the first write had succeeded");
+    assert!(f.state_path().exists(), "the first write had succeeded");
 
     drop(guard);
     d.init();

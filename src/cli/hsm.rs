@@ -116,6 +116,9 @@ pub fn run(cmd: HsmCommand) -> Result<i32, String> {
         key_id: None,
         mechanism: Some(a.mechanism.clone()),
         rsa_oaep_hash: a.rsa_oaep_hash.clone(),
+        priority: None,
+        disabled: false,
+        recovery_keys_fallback: false,
         hsm: vec![],
     }
     .mechanism_checked()?;

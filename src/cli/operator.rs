@@ -22,13 +22,14 @@ pub struct OperatorArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum OperatorCommand {
-    /// Initialize: generate and HSM-wrap the root key, and print the recovery key shares once.
+    /// Initialize: generate the root key, wrap it with every enabled seal, and print the shares
+    /// once: recovery keys with an HSM seal, unseal keys with a shamir seal.
     Init {
-        /// Number of recovery key shares to split the recovery key into.
-        #[arg(long, value_name = "N")]
+        /// Number of shares (recovery keys, or a shamir seal's unseal keys).
+        #[arg(long, value_name = "N", alias = "key-shares")]
         recovery_shares: u32,
-        /// Number of shares needed to reconstruct the recovery key.
-        #[arg(long, value_name = "T")]
+        /// Number of shares needed to reconstruct the key.
+        #[arg(long, value_name = "T", alias = "key-threshold")]
         recovery_threshold: u32,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -40,9 +41,60 @@ pub enum OperatorCommand {
     },
     /// Zeroize the root key now; the node answers 503 until `operator unseal` or a restart.
     Seal,
-    /// Run the auto-unseal from the HSM now (no keys are typed). Also retries a member whose PIN was
-    /// rejected before, once.
+    /// Without --key: run the auto-unseal from the HSM now (also retries a member whose PIN was
+    /// rejected before, once). With --key: submit one unseal key (shamir seal), one recovery key
+    /// (recovery_keys_fallback, when every HSM is unreachable) or, with --migrate, one key of the
+    /// seal being migrated away from.
     Unseal {
+        /// The share (hex or base64); without a value, or "-", it is read from a prompt without
+        /// echo (or from standard input when that is not a terminal).
+        #[arg(long, value_name = "SHARE", num_args = 0..=1, default_missing_value = "-")]
+        key: Option<String>,
+        /// Discard the shares submitted so far.
+        #[arg(long)]
+        reset: bool,
+        /// The share is for a seal migration (the disabled seal's unseal or recovery keys).
+        #[arg(long)]
+        migrate: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Add a keyring term: new stored records use it; earlier terms still decrypt. No downtime.
+    Rotate,
+    /// Generate a new root key, wrap it with every seal that answers and re-encrypt the keyring
+    /// under it. Transit ciphertexts do not change.
+    RotateRoot {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Re-wrap the root key under each seal's configured HSM key (after a key_label change, with
+    /// the old key still in the HSM).
+    Rewrap {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Replace the recovery keys (or a shamir seal's unseal keys), authorized by a quorum of the
+    /// current ones. Start with --key-shares/--key-threshold (prints a nonce), then submit each
+    /// current key with --nonce and --key; the last one prints the new shares, once.
+    Rekey {
+        /// "recovery" (HSM seals) or "unseal" (shamir seal).
+        #[arg(long, default_value = "recovery")]
+        target: String,
+        /// Start a rekey producing N new shares.
+        #[arg(long, value_name = "N", requires = "key_threshold")]
+        key_shares: Option<u32>,
+        /// ... any T of which reconstruct the new key.
+        #[arg(long, value_name = "T", requires = "key_shares")]
+        key_threshold: Option<u32>,
+        /// The nonce printed when the rekey started.
+        #[arg(long, requires = "key")]
+        nonce: Option<String>,
+        /// One current share (hex or base64); without a value, or "-", read without echo.
+        #[arg(long, value_name = "SHARE", num_args = 0..=1, default_missing_value = "-", requires = "nonce")]
+        key: Option<String>,
+        /// Cancel the rekey in progress.
+        #[arg(long, conflicts_with_all = ["key_shares", "key"])]
+        cancel: bool,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -277,13 +329,41 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
             recovery_threshold,
             format,
         } => {
-            let body = serde_json::json!({
-                "recovery_shares": recovery_shares,
-                "recovery_threshold": recovery_threshold,
-            });
+            let status = call(socket, Method::GET, "/v1/sys/seal-status", None).await?;
+            let shamir = status["type"] == "shamir";
+            let body = if shamir {
+                serde_json::json!({
+                    "secret_shares": recovery_shares,
+                    "secret_threshold": recovery_threshold,
+                })
+            } else {
+                serde_json::json!({
+                    "recovery_shares": recovery_shares,
+                    "recovery_threshold": recovery_threshold,
+                })
+            };
             let v = call(socket, Method::PUT, "/v1/sys/init", Some(body)).await?;
             if format == Format::Json {
                 print_json(&v)?;
+            } else if shamir {
+                let keys = v
+                    .get("keys_base64")
+                    .and_then(|k| k.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                for (i, k) in keys.iter().enumerate() {
+                    println!("Unseal Key {}: {}", i + 1, k.as_str().unwrap_or(""));
+                }
+                println!();
+                println!(
+                    "Sealkeeper initialized with {recovery_shares} unseal key shares and a key threshold of \
+                     {recovery_threshold}. With a shamir seal, every start leaves the node sealed until \
+                     {recovery_threshold} of these keys are given with `sealkeeper operator unseal --key`."
+                );
+                println!();
+                println!(
+                    "Store the unseal keys apart from each other and safely: they are shown only now."
+                );
             } else {
                 let keys = v
                     .get("recovery_keys_base64")
@@ -330,6 +410,57 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
             );
             Ok(0)
         }
+        OperatorCommand::Rotate => {
+            let v = call(socket, Method::PUT, "/v1/sys/rotate", None).await?;
+            println!(
+                "Keyring rotated: new records use term {}; earlier terms still decrypt.",
+                v["term"]
+            );
+            Ok(0)
+        }
+        OperatorCommand::RotateRoot { format } => {
+            let v = call(socket, Method::PUT, "/v1/sys/rotate-root", None).await?;
+            if format == Format::Json {
+                print_json(&v)?;
+            } else {
+                print_rewrap(&v);
+            }
+            Ok(0)
+        }
+        OperatorCommand::Rewrap { format } => {
+            let v = call(socket, Method::PUT, "/v1/sys/sealwrap/rewrap", None).await?;
+            if format == Format::Json {
+                print_json(&v)?;
+            } else {
+                print_rewrap(&v);
+            }
+            Ok(if v["failed"].as_u64().unwrap_or(0) > 0 {
+                1
+            } else {
+                0
+            })
+        }
+        OperatorCommand::Rekey {
+            target,
+            key_shares,
+            key_threshold,
+            nonce,
+            key,
+            cancel,
+            format,
+        } => {
+            rekey_command(
+                socket,
+                &target,
+                key_shares,
+                key_threshold,
+                nonce,
+                key,
+                cancel,
+                format,
+            )
+            .await
+        }
         OperatorCommand::Key { mount, command } => {
             key_command(socket, mount.trim_matches('/'), command).await
         }
@@ -354,16 +485,45 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
             println!("{}", v["hash"].as_str().unwrap_or(""));
             Ok(0)
         }
-        OperatorCommand::Unseal { format } => {
-            let v = call(
-                socket,
-                Method::PUT,
-                "/v1/sys/unseal",
-                Some(serde_json::json!({})),
-            )
-            .await?;
+        OperatorCommand::Unseal {
+            key,
+            reset,
+            migrate,
+            format,
+        } => {
+            let key = match key {
+                Some(k) => Some(read_share(&k, "Unseal key (will be hidden): ")?),
+                None => None,
+            };
+            let submitting = key.is_some() || reset || migrate;
+            if migrate && key.is_none() {
+                return Err("--migrate needs --key".into());
+            }
+            let mut body = serde_json::json!({ "reset": reset, "migrate": migrate });
+            if let Some(k) = &key {
+                body["key"] = serde_json::json!(k.as_str());
+            }
+            let v = call(socket, Method::PUT, "/v1/sys/unseal", Some(body)).await?;
             if format == Format::Json {
                 print_json(&v)?;
+            } else if submitting {
+                if v["sealed"] == false {
+                    println!("Unsealed.");
+                } else if reset && key.is_none() {
+                    println!("Unseal progress reset.");
+                } else {
+                    println!(
+                        "Key accepted. Unseal progress: {} of {}{} (nonce {}).",
+                        v["progress"],
+                        v["t"],
+                        if v["migration"] == true {
+                            ", seal migration"
+                        } else {
+                            ""
+                        },
+                        v["nonce"].as_str().unwrap_or("")
+                    );
+                }
             } else {
                 let st = call(socket, Method::GET, "/v1/sys/hsm-status", None).await?;
                 let by = st
@@ -375,6 +535,135 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
             Ok(0)
         }
     }
+}
+
+/// A share given on the command line, or "-": read from a prompt without echo, or from standard
+/// input when it is not a terminal.
+fn read_share(given: &str, prompt: &str) -> Result<zeroize::Zeroizing<String>, String> {
+    if given != "-" {
+        return Ok(zeroize::Zeroizing::new(given.to_string()));
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        rpassword::prompt_password(prompt)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| format!("cannot read the key: {e}"))
+    } else {
+        let mut s = zeroize::Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut s)
+            .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+        Ok(zeroize::Zeroizing::new(s.trim().to_string()))
+    }
+}
+
+fn print_rewrap(v: &Value) {
+    println!(
+        "{}: {} seal(s) wrapped, {} failed",
+        v["operation"].as_str().unwrap_or(""),
+        v["succeeded"],
+        v["failed"]
+    );
+    for e in v["seals"].as_array().cloned().unwrap_or_default() {
+        if e["ok"] == true {
+            println!(
+                "  {:<16} ok     key {}",
+                e["seal"].as_str().unwrap_or(""),
+                e["key"].as_str().unwrap_or("")
+            );
+        } else {
+            println!(
+                "  {:<16} failed {}",
+                e["seal"].as_str().unwrap_or(""),
+                e["error"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn rekey_command(
+    socket: &Path,
+    target: &str,
+    key_shares: Option<u32>,
+    key_threshold: Option<u32>,
+    nonce: Option<String>,
+    key: Option<String>,
+    cancel: bool,
+    format: Format,
+) -> Result<i32, String> {
+    let base = match target {
+        "recovery" => "/v1/sys/rekey-recovery-key",
+        "unseal" => "/v1/sys/rekey",
+        other => {
+            return Err(format!(
+                "unknown rekey target {other:?}: use \"recovery\" or \"unseal\""
+            ));
+        }
+    };
+    let v = if cancel {
+        call(socket, Method::DELETE, &format!("{base}/init"), None).await?;
+        println!("Rekey cancelled.");
+        return Ok(0);
+    } else if let (Some(n), Some(t)) = (key_shares, key_threshold) {
+        call(
+            socket,
+            Method::PUT,
+            &format!("{base}/init"),
+            Some(
+                serde_json::json!({ "secret_shares": n, "secret_threshold": t, "target": target }),
+            ),
+        )
+        .await?
+    } else if let (Some(nonce), Some(key)) = (nonce, key) {
+        let key = read_share(&key, "Current key (will be hidden): ")?;
+        call(
+            socket,
+            Method::PUT,
+            &format!("{base}/update"),
+            Some(serde_json::json!({ "key": key.as_str(), "nonce": nonce })),
+        )
+        .await?
+    } else {
+        call(socket, Method::GET, &format!("{base}/init"), None).await?
+    };
+    if format == Format::Json {
+        print_json(&v)?;
+        return Ok(0);
+    }
+    if v["complete"] == true {
+        let noun = if target == "recovery" {
+            "Recovery Key"
+        } else {
+            "Unseal Key"
+        };
+        for (i, k) in v["keys_base64"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            println!("{noun} {}: {}", i + 1, k.as_str().unwrap_or(""));
+        }
+        println!();
+        println!(
+            "Rekeyed: {} new shares, threshold {}. The old shares no longer work. Store the new ones \
+             safely: they are shown only now.",
+            v["n"], v["t"]
+        );
+    } else if v["started"] == true {
+        println!(
+            "Rekey in progress: nonce {}, {} of {} current keys submitted; new split {} of {}.",
+            v["nonce"].as_str().unwrap_or(""),
+            v["progress"],
+            v["required"],
+            v["new_threshold"],
+            v["new_shares"]
+        );
+    } else {
+        println!("No rekey in progress.");
+    }
+    Ok(0)
 }
 
 fn print_status(s: &Status) {
@@ -410,6 +699,40 @@ fn print_status(s: &Status) {
     println!("Memory locked    {}", s.memory_locked);
     if let Some(e) = &s.last_unseal_error {
         println!("Last error       {e} ({})", ago(s.last_unseal_attempt_unix));
+    }
+    if let Some(g) = s.root_generation {
+        println!("Root generation  {g}");
+    }
+    if !s.keyring_terms.is_empty() {
+        println!("Keyring terms    {:?}", s.keyring_terms);
+    }
+    if s.migration {
+        println!("Migration        pending (submit keys with `operator unseal --migrate --key`)");
+    }
+    println!("Seals");
+    for w in &s.seals {
+        println!(
+            "  {:<14} {:<7} priority {:<3} {:<9} {:<9} {}{}",
+            w.name,
+            w.seal_type,
+            w.priority,
+            if w.disabled { "disabled" } else { "enabled" },
+            if w.healthy { "healthy" } else { "unhealthy" },
+            if w.wrapping_current {
+                "wraps the current root key"
+            } else if w.wrapping_generation.is_some() {
+                "wrapping is stale"
+            } else {
+                "no wrapping"
+            },
+            match (&w.wrapped_by_key, w.wrapped_by_configured_key) {
+                (Some(k), Some(false)) => format!(
+                    " (HSM key {k}, not the configured key: run `sealkeeper operator rewrap`)"
+                ),
+                (Some(k), _) => format!(" (HSM key {k})"),
+                _ => String::new(),
+            }
+        );
     }
     println!("HSM members");
     for m in &s.seal.members {

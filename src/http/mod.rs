@@ -162,23 +162,28 @@ pub async fn health_handler(
 pub fn seal_status_body(core: &Core) -> Value {
     let initialized = core.is_initialized();
     let sealed = core.is_sealed();
-    let (n, t, id) = core.recovery_config().unwrap_or((0, 0, String::new()));
+    let p = core.share_progress();
     let mut body = json!({
-        "type": core.seal_backend().seal_type(),
+        "type": core.seal_type(),
         "initialized": initialized,
         "sealed": sealed,
-        "t": t,
-        "n": n,
-        "progress": 0,
-        "nonce": "",
+        "t": p.threshold,
+        "n": p.shares,
+        "progress": p.progress,
+        "nonce": p.nonce,
         "version": env!("CARGO_PKG_VERSION"),
         "build_date": option_env!("SEALKEEPER_BUILD_DATE").unwrap_or(""),
-        "migration": false,
-        "recovery_seal": true,
-        "recovery_seal_type": "shamir",
+        "migration": p.migration,
+        "recovery_seal": !p.shamir,
         "storage_type": core.storage_kind(),
     });
-    if initialized && !sealed {
+    if !p.shamir {
+        body["recovery_seal_type"] = json!("shamir");
+    }
+    if initialized
+        && !sealed
+        && let Some((_, _, id)) = core.recovery_config()
+    {
         body["cluster_name"] = json!(core.cluster_name());
         body["cluster_id"] = json!(id);
     }
@@ -192,6 +197,48 @@ pub async fn seal_status_handler(State(core): State<Arc<Core>>) -> Response {
 /// `GET /v1/sys/init`: whether the node is initialized (initializing is on the admin socket only).
 pub async fn init_status_handler(State(core): State<Arc<Core>>) -> Response {
     axum::Json(json!({ "initialized": core.is_initialized() })).into_response()
+}
+
+/// `GET /v1/sys/seal-backend-status`: health of every enabled seal (Vault's multi-seal shape).
+pub async fn seal_backend_status_handler(State(core): State<Arc<Core>>) -> Response {
+    let rfc3339 = |t: u64| {
+        Some(
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+            )
+            .to_string(),
+        )
+    };
+    let backends = core.seal_backend_status();
+    let healthy = backends.iter().all(|b| b.1);
+    let since = backends.iter().filter_map(|b| b.2).min();
+    let mut body = json!({
+        "healthy": healthy,
+        "backends": backends.iter().map(|(name, h, since)| {
+            let mut b = json!({ "name": name, "healthy": h });
+            if let Some(s) = since.and_then(rfc3339) {
+                b["unhealthy_since"] = json!(s);
+            }
+            b
+        }).collect::<Vec<_>>(),
+    });
+    if !healthy && let Some(s) = since.and_then(rfc3339) {
+        body["unhealthy_since"] = json!(s);
+    }
+    axum::Json(body).into_response()
+}
+
+/// `GET /v1/sys/sealwrap/rewrap`: the last rewrap-style operation (rewrap, rotate-root, catch-up).
+pub async fn sealwrap_rewrap_handler(State(core): State<Arc<Core>>) -> Response {
+    let r = core.rewrap_report().unwrap_or_default();
+    axum::Json(json!({
+        "data": {
+            "is_running": r.is_running,
+            "entries": { "processed": r.processed, "succeeded": r.succeeded, "failed": r.failed },
+            "last_operation": if r.operation.is_empty() { Value::Null } else { json!(r) },
+        }
+    }))
+    .into_response()
 }
 
 pub async fn hsm_status_handler(State(core): State<Arc<Core>>) -> Response {
@@ -212,6 +259,11 @@ pub fn public_router(
         .route("/v1/sys/health", get(health_handler).head(health_handler))
         .route("/v1/sys/seal-status", get(seal_status_handler))
         .route("/v1/sys/hsm-status", get(hsm_status_handler))
+        .route(
+            "/v1/sys/seal-backend-status",
+            get(seal_backend_status_handler),
+        )
+        .route("/v1/sys/sealwrap/rewrap", get(sealwrap_rewrap_handler))
         .route("/v1/sys/init", get(init_status_handler))
         .with_state(core)
         .merge(transit::public_routes(

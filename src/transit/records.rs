@@ -23,16 +23,11 @@ impl RecordCipher {
         RecordCipher { keys }
     }
 
-    fn latest(&self) -> Result<(u32, &LockedBytes)> {
-        self.keys
-            .keyring
-            .iter()
-            .max_by_key(|(t, _)| *t)
-            .map(|(t, k)| (*t, k))
-            .ok_or_else(|| TransitError::Record {
-                path: "core/keyring".into(),
-                reason: "the keyring is empty".into(),
-            })
+    fn latest(&self) -> Result<(u32, Arc<LockedBytes>)> {
+        self.keys.latest_term().ok_or_else(|| TransitError::Record {
+            path: "core/keyring".into(),
+            reason: "the keyring is empty".into(),
+        })
     }
 
     pub fn seal(&self, path: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
@@ -55,10 +50,7 @@ impl RecordCipher {
         let term = u32::from_be_bytes(t);
         let key = self
             .keys
-            .keyring
-            .iter()
-            .find(|(n, _)| *n == term)
-            .map(|(_, k)| k)
+            .term(term)
             .ok_or_else(|| invalid(format!("keyring term {term} is unknown")))?;
         crypto::open(key.as_slice(), &aad(path, term), body)
             .map(zeroize::Zeroizing::new)
@@ -67,16 +59,10 @@ impl RecordCipher {
 
     /// A key derived from the first keyring term (HKDF-SHA-256), for a fixed purpose.
     pub fn derive_key(&self, info: &[u8], memory: MemoryPolicy) -> Result<LockedBytes> {
-        let first = self
-            .keys
-            .keyring
-            .iter()
-            .min_by_key(|(t, _)| *t)
-            .map(|(_, k)| k)
-            .ok_or_else(|| TransitError::Record {
-                path: "core/keyring".into(),
-                reason: "the keyring is empty".into(),
-            })?;
+        let first = self.keys.first_term().ok_or_else(|| TransitError::Record {
+            path: "core/keyring".into(),
+            reason: "the keyring is empty".into(),
+        })?;
         let mut out = LockedBytes::zeroed(KEY_LEN, memory)?;
         crypto::hkdf_sha256(b"sealkeeper", first.as_slice(), info, out.as_mut_slice())?;
         Ok(out)

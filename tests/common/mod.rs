@@ -157,8 +157,24 @@ impl Fixture {
         std::fs::rename(parked, to).unwrap();
     }
 
-    pub fn blob_path(&self) -> PathBuf {
-        self.path("data/data/core/seal/hsm-pair/root")
+    /// The stored seal state (every wrapping of the root key, the keyring, the shares' verifier).
+    pub fn state_path(&self) -> PathBuf {
+        self.path("data/data/core/seal/state")
+    }
+
+    /// The stored seal state as JSON, and its 12-byte record header.
+    pub fn read_state(&self) -> (Vec<u8>, Value) {
+        let raw = std::fs::read(self.state_path()).unwrap();
+        (
+            raw[..12].to_vec(),
+            serde_json::from_slice(&raw[12..]).unwrap(),
+        )
+    }
+
+    pub fn write_state(&self, header: &[u8], state: &Value) {
+        let mut raw = header.to_vec();
+        raw.extend_from_slice(&serde_json::to_vec(state).unwrap());
+        std::fs::write(self.state_path(), raw).unwrap();
     }
 
     pub fn command(&self) -> Command {
@@ -487,4 +503,140 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+impl Fixture {
+    fn run_tool(&self, program: &str, args: &[&str]) {
+        let out = Command::new(program)
+            .args(args)
+            .env("SOFTHSM2_CONF", self.softhsm_conf())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}",
+            stderr(&out)
+        );
+    }
+
+    /// Imports one new random AES-256 key (sensitive, non-extractable) into each of `tokens`, as
+    /// an HA pair holds it.
+    pub fn add_key(&self, tokens: &[&str], key_label: &str, key_id: &str) {
+        let keyfile = self.path(&format!(".key-{key_label}"));
+        let mut key = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut key)
+            .unwrap();
+        std::fs::write(&keyfile, key).unwrap();
+        for t in tokens {
+            let member = t.trim_start_matches("sealkeeper-");
+            let pin = self.pin(member);
+            self.run_tool(
+                "pkcs11-tool",
+                &[
+                    "--module",
+                    &module(),
+                    "--token-label",
+                    t,
+                    "--login",
+                    "--pin",
+                    &pin,
+                    "--write-object",
+                    keyfile.to_str().unwrap(),
+                    "--type",
+                    "secrkey",
+                    "--key-type",
+                    "AES:32",
+                    "--label",
+                    key_label,
+                    "--id",
+                    key_id,
+                    "--sensitive",
+                    "--usage-decrypt",
+                ],
+            );
+        }
+        std::fs::remove_file(keyfile).unwrap();
+    }
+
+    /// Deletes a key from each of `tokens`.
+    pub fn delete_key(&self, tokens: &[&str], key_label: &str) {
+        for t in tokens {
+            let member = t.trim_start_matches("sealkeeper-");
+            let pin = self.pin(member);
+            self.run_tool(
+                "pkcs11-tool",
+                &[
+                    "--module",
+                    &module(),
+                    "--token-label",
+                    t,
+                    "--login",
+                    "--pin",
+                    &pin,
+                    "--delete-object",
+                    "--type",
+                    "secrkey",
+                    "--label",
+                    key_label,
+                ],
+            );
+        }
+    }
+
+    /// A second HA pair: tokens sealkeeper-c and sealkeeper-d (PINs in hsm-c.pin, hsm-d.pin)
+    /// holding their own AES-256 key `key_label` (id 01), different from the first pair's.
+    pub fn add_second_pair(&self, key_label: &str) {
+        let so = std::fs::read_to_string(self.path("so.pin")).unwrap();
+        for m in ["c", "d"] {
+            let pin_path = self.path(&format!("hsm-{m}.pin"));
+            std::fs::write(&pin_path, format!("{m}1234567890")).unwrap();
+            std::fs::set_permissions(
+                &pin_path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+            let label = format!("sealkeeper-{m}");
+            let pin = self.pin(m);
+            self.run_tool(
+                "softhsm2-util",
+                &[
+                    "--init-token",
+                    "--free",
+                    "--label",
+                    &label,
+                    "--so-pin",
+                    so.trim(),
+                    "--pin",
+                    &pin,
+                ],
+            );
+        }
+        self.add_key(&["sealkeeper-c", "sealkeeper-d"], key_label, "01");
+    }
+
+    /// A `[[seal]]` pkcs11 block for `tokens` (member name = token label without the prefix).
+    pub fn pkcs11_seal(&self, name: &str, tokens: &[&str], key_label: &str, extra: &str) -> String {
+        let mut s = format!(
+            "[[seal]]\ntype = \"pkcs11\"\nname = \"{name}\"\nkey_label = \"{key_label}\"\nmechanism = \"CKM_AES_GCM\"\n{extra}\n"
+        );
+        for t in tokens {
+            let m = t.trim_start_matches("sealkeeper-");
+            s.push_str(&format!(
+                "  [[seal.hsm]]\n  name = \"hsm-{m}\"\n  lib = \"{}\"\n  token_label = \"{t}\"\n  pin_file = \"{}\"\n\n",
+                module(),
+                self.path(&format!("hsm-{m}.pin")).display()
+            ));
+        }
+        s
+    }
+
+    /// Replaces every `[[seal]]` entry of the config with `seals`.
+    pub fn set_seals(&self, seals: &str) {
+        self.edit_config(|c| {
+            let head = c.split("[[seal]]").next().unwrap().to_string();
+            format!("{head}{seals}")
+        });
+    }
 }

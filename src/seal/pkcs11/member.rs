@@ -287,6 +287,9 @@ pub struct Worker {
     latch: Option<PinLatch>,
     /// Whether the current call may try a PIN that was rejected before (an operator's request).
     pub override_latch: bool,
+    /// The key (label, id) of the current call when it is not the configured one: a blob wrapped
+    /// by a key the configuration no longer names is unwrapped with the key it records.
+    pub key_override: Option<(String, Option<Vec<u8>>)>,
 }
 
 impl Worker {
@@ -297,6 +300,7 @@ impl Worker {
             open: None,
             latch: None,
             override_latch: false,
+            key_override: None,
         }
     }
 
@@ -422,10 +426,18 @@ impl Worker {
         mut op: impl FnMut(&Session, &MemberSpec) -> Result<R, HsmError>,
     ) -> Result<R, HsmError> {
         let mut recoveries = 0;
+        let spec: Arc<MemberSpec> = match &self.key_override {
+            Some((label, id)) => Arc::new(MemberSpec {
+                key_label: label.clone(),
+                key_id: id.clone(),
+                ..(*self.spec).clone()
+            }),
+            None => self.spec.clone(),
+        };
         loop {
             let generation = self.module.generation();
             let result = match (self.ensure(), &self.open) {
-                (Ok(()), Some(o)) => op(&o.session, &self.spec),
+                (Ok(()), Some(o)) => op(&o.session, &spec),
                 (Ok(()), None) => Err(HsmError::new(ErrorKind::Other, "session unavailable")),
                 (Err(e), _) => Err(e),
             };

@@ -90,11 +90,15 @@ impl Pkcs11Seal {
         let iv = B64.decode(&blob.iv).unwrap_or_default();
         let ct = B64.decode(&blob.ciphertext).unwrap_or_default();
         let override_latch = attempt == Attempt::Operator;
+        let key = self.recorded_key(blob);
+        let key2 = key.clone();
         match self.mechanism {
             Mechanism::AesGcm => m.call(move |w| {
                 w.override_latch = override_latch;
+                w.key_override = key;
                 let r = w.gcm_decrypt(&iv, &ct, &aad);
                 w.override_latch = false;
+                w.key_override = None;
                 r
             }),
             Mechanism::RsaOaep(hash) => {
@@ -103,8 +107,10 @@ impl Pkcs11Seal {
                     .unwrap_or_default();
                 let kek = m.call(move |w| {
                     w.override_latch = override_latch;
+                    w.key_override = key2;
                     let r = w.rsa_decrypt(&wrapped, hash);
                     w.override_latch = false;
+                    w.key_override = None;
                     r
                 })?;
                 let mut sealed = iv;
@@ -126,6 +132,21 @@ impl Pkcs11Seal {
         }
     }
 
+    /// The key a blob records, when it is not the configured key (after a `key_label` change, until
+    /// `operator rewrap`).
+    fn recorded_key(&self, blob: &WrappedBlob) -> Option<(String, Option<Vec<u8>>)> {
+        if self.wraps_with_configured_key(blob) {
+            return None;
+        }
+        let id = blob.key_id.as_deref().and_then(|i| hex::decode(i).ok());
+        Some((blob.key_label.clone(), id))
+    }
+
+    /// Whether `blob` was wrapped by the key the configuration names.
+    pub fn wraps_with_configured_key(&self, blob: &WrappedBlob) -> bool {
+        blob.key_label == self.key_label && blob.key_id == self.key_id.as_ref().map(hex::encode)
+    }
+
     fn check_blob_shape(&self, blob: &WrappedBlob) -> Result<(), SealError> {
         let invalid = |m: String| SealError::Invalid {
             seal: self.name.clone(),
@@ -138,16 +159,10 @@ impl Pkcs11Seal {
                 self.mechanism.name()
             )));
         }
-        if blob.key_label != self.key_label || blob.key_id != self.key_id.as_ref().map(hex::encode)
+        if let Some(id) = &blob.key_id
+            && hex::decode(id).is_err()
         {
-            return Err(invalid(format!(
-                "stored blob was wrapped by key {}:{}, but the seal is configured with key {}:{} \
-                 (a change of HSM key needs a rewrap with the old key still present)",
-                blob.key_label,
-                blob.key_id.as_deref().unwrap_or(""),
-                self.key_label,
-                self.key_id.as_ref().map(hex::encode).unwrap_or_default()
-            )));
+            return Err(invalid("stored blob's key_id is not hex".into()));
         }
         for (field, value) in [
             ("iv", Some(&blob.iv)),
@@ -337,6 +352,10 @@ impl Seal for Pkcs11Seal {
         }
         let _ = ctx;
         Ok(unreachable)
+    }
+
+    fn key_matches(&self, blob: &WrappedBlob) -> bool {
+        self.wraps_with_configured_key(blob)
     }
 
     fn self_test(&self) -> Vec<super::MemberSelfTest> {
