@@ -135,6 +135,10 @@ fn every_command_has_help() {
         vec!["operator", "status", "--help"],
         vec!["operator", "seal", "--help"],
         vec!["operator", "unseal", "--help"],
+        vec!["operator", "rotate", "--help"],
+        vec!["operator", "rotate-root", "--help"],
+        vec!["operator", "rewrap", "--help"],
+        vec!["operator", "rekey", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

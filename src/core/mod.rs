@@ -1782,7 +1782,6 @@ impl Core {
         }
         let wrapped: Vec<String> = done.keys().cloned().collect();
         next.wrappings.extend(done.clone());
-        fault::point("catch-up:before-commit");
         self.commit(&next, rev)?;
         self.record_rewrap("catch-up", &done, &failed);
         for n in &wrapped {
