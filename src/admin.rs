@@ -327,6 +327,17 @@ struct RekeyUpdateRequest {
     nonce: String,
 }
 
+async fn rekey_verify(State(core): State<Arc<Core>>, body: Bytes) -> Response {
+    let req: RekeyUpdateRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match core.rekey_verify(&req.key, &req.nonce).await {
+        Ok(st) => axum::Json(st).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
 async fn rekey_update(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     let req: RekeyUpdateRequest = match parse_body(&body) {
         Ok(r) => r,
@@ -379,6 +390,20 @@ pub fn router(
         .route(
             "/v1/sys/rekey-recovery-key/update",
             put(rekey_update).post(rekey_update),
+        )
+        .route(
+            "/v1/sys/rekey-recovery-key/verify",
+            get(rekey_status)
+                .put(rekey_verify)
+                .post(rekey_verify)
+                .delete(rekey_cancel),
+        )
+        .route(
+            "/v1/sys/rekey/verify",
+            get(rekey_status)
+                .put(rekey_verify)
+                .post(rekey_verify)
+                .delete(rekey_cancel),
         )
         .route(
             "/v1/sys/rekey/init",

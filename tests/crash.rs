@@ -293,13 +293,55 @@ fn rekey_killed_at_each_step_leaves_the_old_or_the_new_keys() {
     drop(d);
 
     kill_at(&f, "rekey:after-commit", true, rekey);
-    assert_ne!(
-        f.read_state().1["shares"]["verifier"],
-        verifier,
-        "the new keys were committed"
+    let stored = f.read_state().1;
+    assert_eq!(
+        stored["shares"]["verifier"], verifier,
+        "the current keys stand until the new ones are verified"
     );
+    assert!(stored["shares"]["pending"].is_object(), "the new keys wait");
     let d = f.start();
     d.wait_health(200, Duration::from_secs(10));
     t.check(&d, "rekey:after-commit");
+    assert_eq!(d.status_json()["recovery_shares"], 3);
+    // The new keys were never printed: discard them; the old ones still authorize a rekey.
+    d.operator_ok(&["rekey", "--cancel"]);
+    let v: Value = serde_json::from_str(&d.operator_ok(&[
+        "rekey",
+        "--key-shares",
+        "2",
+        "--key-threshold",
+        "2",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let nonce = v["nonce"].as_str().unwrap().to_string();
+    d.operator_ok(&["rekey", "--nonce", &nonce, "--key", &old[1]]);
+    let v: Value = serde_json::from_str(&d.operator_ok(&[
+        "rekey", "--nonce", &nonce, "--key", &old[2], "--format", "json",
+    ]))
+    .unwrap();
+    let new: Vec<String> = v["keys_base64"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    drop(d);
+
+    // Verification killed before and after its commit: the old or the new keys, never neither.
+    let verify = |d: &Daemon| {
+        d.operator_ok(&["rekey", "--verify", "--nonce", &nonce, "--key", &new[0]]);
+        args(&["rekey", "--verify", "--nonce", &nonce, "--key", &new[1]])
+    };
+    kill_at(&f, "rekey-verify:before-commit", true, verify);
+    assert_eq!(f.read_state().1["shares"]["shares"], 3, "the old keys");
+    kill_at(&f, "rekey-verify:after-commit", true, verify);
+    let stored = f.read_state().1;
+    assert_eq!(stored["shares"]["shares"], 2, "the new keys");
+    assert!(stored["shares"]["pending"].is_null());
+    let d = f.start();
+    d.wait_health(200, Duration::from_secs(10));
+    t.check(&d, "rekey-verify");
     assert_eq!(d.status_json()["recovery_shares"], 2);
 }

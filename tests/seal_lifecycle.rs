@@ -538,8 +538,33 @@ fn rekey_of_recovery_keys_needs_a_quorum_of_the_current_ones() {
     ]))
     .unwrap();
     assert_eq!(v["complete"], true, "{v}");
+    assert_eq!(v["verification_required"], true, "{v}");
     let new = strings(&v["keys_base64"]);
     assert_eq!(new.len(), 5);
+    // Until a quorum of the new shares comes back, the old ones stand.
+    assert_eq!(d.status_json()["recovery_threshold"], 2);
+    let out = d.operator(&["rekey", "--key-shares", "2", "--key-threshold", "2"]);
+    assert!(
+        stderr(&out).contains("wait for verification"),
+        "{}",
+        stderr(&out)
+    );
+    let vnonce = v["verification_nonce"].as_str().unwrap().to_string();
+    let out = d.operator(&["rekey", "--verify", "--nonce", &vnonce, "--key", &old[0]]);
+    assert!(
+        stderr(&out).contains("threshold"),
+        "an old share is not a new one: {}",
+        stderr(&out)
+    );
+    for k in &new[..2] {
+        let v: Value = serde_json::from_str(&d.operator_ok(&[
+            "rekey", "--verify", "--nonce", &vnonce, "--key", k, "--format", "json",
+        ]))
+        .unwrap();
+        assert_eq!(v["verified"], false);
+    }
+    let out = d.operator_ok(&["rekey", "--verify", "--nonce", &vnonce, "--key", &new[3]]);
+    assert!(out.contains("Rekey verified"), "{out}");
     assert_eq!(d.status_json()["recovery_threshold"], 3);
 
     // The old keys no longer authorize anything; three new ones do.
@@ -582,6 +607,10 @@ fn rekey_of_recovery_keys_needs_a_quorum_of_the_current_ones() {
     ]))
     .unwrap();
     assert_eq!(v["complete"], true, "{v}");
+    // Cancelling discards the unverified shares; the current ones stand.
+    d.operator_ok(&["rekey", "--cancel"]);
+    assert_eq!(d.operator_ok(&["rekey"]).trim(), "No rekey in progress.");
+    assert_eq!(d.status_json()["recovery_threshold"], 3);
     let audit = std::fs::read_to_string(f.path("audit.log")).unwrap();
     assert!(audit.contains("\"rekey\""), "rekeys are audited");
 }

@@ -75,7 +75,9 @@ pub enum OperatorCommand {
     },
     /// Replace the recovery keys (or a shamir seal's unseal keys), authorized by a quorum of the
     /// current ones. Start with --key-shares/--key-threshold (prints a nonce), then submit each
-    /// current key with --nonce and --key; the last one prints the new shares, once.
+    /// current key with --nonce and --key; the last one prints the new shares, once. They take
+    /// effect when a quorum of them was submitted back with --verify --nonce --key; until then the
+    /// current shares stand.
     Rekey {
         /// "recovery" (HSM seals) or "unseal" (shamir seal).
         #[arg(long, default_value = "recovery")]
@@ -92,7 +94,10 @@ pub enum OperatorCommand {
         /// One current share (hex or base64); without a value, or "-", read without echo.
         #[arg(long, value_name = "SHARE", num_args = 0..=1, default_missing_value = "-", requires = "nonce")]
         key: Option<String>,
-        /// Cancel the rekey in progress.
+        /// Submit one of the new shares (with --nonce and --key) to verify them.
+        #[arg(long, requires = "key")]
+        verify: bool,
+        /// Cancel the rekey in progress, or discard new shares waiting for verification.
         #[arg(long, conflicts_with_all = ["key_shares", "key"])]
         cancel: bool,
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -446,6 +451,7 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
             key_threshold,
             nonce,
             key,
+            verify,
             cancel,
             format,
         } => {
@@ -456,6 +462,7 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
                 key_threshold,
                 nonce,
                 key,
+                verify,
                 cancel,
                 format,
             )
@@ -588,6 +595,7 @@ async fn rekey_command(
     key_threshold: Option<u32>,
     nonce: Option<String>,
     key: Option<String>,
+    verify: bool,
     cancel: bool,
     format: Format,
 ) -> Result<i32, String> {
@@ -615,11 +623,18 @@ async fn rekey_command(
         )
         .await?
     } else if let (Some(nonce), Some(key)) = (nonce, key) {
-        let key = read_share(&key, "Current key (will be hidden): ")?;
+        let key = read_share(
+            &key,
+            if verify {
+                "New key (will be hidden): "
+            } else {
+                "Current key (will be hidden): "
+            },
+        )?;
         call(
             socket,
             Method::PUT,
-            &format!("{base}/update"),
+            &format!("{base}/{}", if verify { "verify" } else { "update" }),
             Some(serde_json::json!({ "key": key.as_str(), "nonce": nonce })),
         )
         .await?
@@ -647,9 +662,24 @@ async fn rekey_command(
         }
         println!();
         println!(
-            "Rekeyed: {} new shares, threshold {}. The old shares no longer work. Store the new ones \
-             safely: they are shown only now.",
-            v["n"], v["t"]
+            "New shares: {} keys, threshold {}. They are shown only now. They take effect once {} of \
+             them were submitted back with `sealkeeper operator rekey --verify --nonce {} --key`; until \
+             then the current shares stand.",
+            v["new_shares"],
+            v["new_threshold"],
+            v["new_threshold"],
+            v["verification_nonce"].as_str().unwrap_or("")
+        );
+    } else if v["verified"] == true {
+        println!(
+            "Rekey verified: the new shares ({} of {}) replace the old ones, which no longer work.",
+            v["t"], v["n"]
+        );
+    } else if v["verification_required"] == true {
+        println!(
+            "New shares wait for verification: nonce {}, {} submitted.",
+            v["verification_nonce"].as_str().unwrap_or(""),
+            v["verification_progress"]
         );
     } else if v["started"] == true {
         println!(

@@ -372,6 +372,12 @@ pub struct RekeyStatus {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keys_base64: Vec<String>,
     pub target: String,
+    /// New shares were handed out and take effect once a quorum of them is submitted back.
+    pub verification_required: bool,
+    pub verification_nonce: String,
+    pub verification_progress: usize,
+    /// The new shares were verified and are now the installation's shares.
+    pub verified: bool,
 }
 
 /// The last rewrap-style operation (rewrap, rotate-root, catch-up), for `sys/sealwrap/rewrap`.
@@ -408,6 +414,7 @@ pub struct Core {
     memory_locked: RwLock<bool>,
     unseal_progress: Mutex<Option<Progress<Purpose>>>,
     rekey_progress: Mutex<Option<Progress<RekeyTarget>>>,
+    verify_progress: Mutex<Vec<Share>>,
     rewrap: RwLock<Option<RewrapReport>>,
     audit: Audit,
 }
@@ -495,6 +502,7 @@ impl Core {
             memory_locked: RwLock::new(false),
             unseal_progress: Mutex::new(None),
             rekey_progress: Mutex::new(None),
+            verify_progress: Mutex::new(Vec::new()),
             rewrap: RwLock::new(None),
             audit,
         })
@@ -1104,6 +1112,7 @@ impl Core {
                 verifier: recovery::verifier(&split_key, &installation_id),
                 shamir_seal: shamir.clone(),
                 wrapping: shares_wrapping,
+                pending: None,
             },
             wrappings,
         };
@@ -1994,6 +2003,17 @@ impl Core {
             keys: vec![],
             keys_base64: vec![],
             target: self.rekey_target_name().into(),
+            verification_required: stored.as_ref().is_some_and(|s| s.shares.pending.is_some()),
+            verification_nonce: stored
+                .as_ref()
+                .and_then(|s| s.shares.pending.as_ref().map(|p| p.nonce.clone()))
+                .unwrap_or_default(),
+            verification_progress: self
+                .verify_progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            verified: false,
         }
     }
 
@@ -2019,6 +2039,13 @@ impl Core {
         }
         recovery::check_parameters(shares, threshold)
             .map_err(|e| CoreError::BadRequest(e.to_string()))?;
+        if self.root_state()?.0.shares.pending.is_some() {
+            return Err(CoreError::BadRequest(
+                "new shares from an earlier rekey wait for verification (`operator rekey --verify`); \
+                 verify them or cancel (`operator rekey --cancel`) first"
+                    .into(),
+            ));
+        }
         {
             let mut p = self
                 .rekey_progress
@@ -2045,12 +2072,26 @@ impl Core {
         Ok(self.rekey_status())
     }
 
+    /// Cancels the rekey in progress, and discards new shares that wait for verification (the
+    /// current shares stand).
     pub async fn rekey_cancel(&self) -> Result<(), CoreError> {
         let _op = self.ops.lock().await;
         *self
             .rekey_progress
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
+        self.verify_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        if self.is_initialized() {
+            let (st, rev) = self.root_state()?;
+            if st.shares.pending.is_some() {
+                let mut next = st.clone();
+                next.shares.pending = None;
+                self.commit(&next, rev)?;
+            }
+        }
         self.audit
             .record_detached(Event::new("core", "rekey-cancel", "ok"));
         Ok(())
@@ -2121,10 +2162,116 @@ impl Core {
         let new_key = Zeroizing::new(crypto::random_vec(KEY_LEN)?);
         let split = recovery::split(&new_key, target.shares, target.threshold, &id)
             .map_err(|e| CoreError::BadRequest(e.to_string()))?;
+        let _ = keys;
         let mut next = st.clone();
-        next.shares.shares = target.shares;
-        next.shares.threshold = target.threshold;
-        next.shares.verifier = recovery::verifier(&new_key, &id);
+        next.shares.pending = Some(state::PendingShares {
+            nonce: nonce.to_string(),
+            shares: target.shares,
+            threshold: target.threshold,
+            verifier: recovery::verifier(&new_key, &id),
+        });
+        fault::point("rekey:before-commit");
+        self.commit(&next, rev)
+            .inspect_err(|e| self.audit_error("rekey", e))?;
+        fault::point("rekey:after-commit");
+        *self
+            .rekey_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        self.verify_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.audit.record_detached(
+            Event::new("core", "rekey", "ok")
+                .field("target", self.rekey_target_name())
+                .field("shares", target.shares)
+                .field("threshold", target.threshold)
+                .field("verification", "required"),
+        );
+        tracing::info!(
+            shares = target.shares,
+            threshold = target.threshold,
+            "rekey: new shares handed out; they take effect once a quorum of them is verified"
+        );
+        Ok(RekeyStatus {
+            started: false,
+            nonce: nonce.to_string(),
+            t: st.shares.threshold,
+            n: st.shares.shares,
+            progress: 0,
+            required: target.threshold,
+            new_shares: target.shares,
+            new_threshold: target.threshold,
+            complete: true,
+            keys: split.iter().map(|s| s.to_hex()).collect(),
+            keys_base64: split.iter().map(|s| s.to_base64()).collect(),
+            target: self.rekey_target_name().into(),
+            verification_required: true,
+            verification_nonce: nonce.to_string(),
+            verification_progress: 0,
+            verified: false,
+        })
+    }
+
+    /// Takes one of the new shares of a rekey; once a quorum of them reconstructs the new key, the
+    /// new shares replace the current ones.
+    pub async fn rekey_verify(&self, key: &str, nonce: &str) -> Result<RekeyStatus, CoreError> {
+        let _op = self.ops.lock().await;
+        let (init, keys) = self.unsealed()?;
+        let (st, rev) = self.root_state()?;
+        let id = init.installation_id.clone();
+        let Some(pending) = st.shares.pending.clone() else {
+            return Err(CoreError::BadRequest(
+                "no new shares wait for verification".into(),
+            ));
+        };
+        if pending.nonce != nonce {
+            return Err(CoreError::BadRequest(format!(
+                "nonce {nonce:?} does not match the rekey waiting for verification"
+            )));
+        }
+        let share = Share::parse(key, &id)
+            .map_err(|e| CoreError::BadRequest(format!("key rejected (it does not count): {e}")))?;
+        if u32::from(share.threshold()) != pending.threshold {
+            return Err(CoreError::BadRequest(format!(
+                "key rejected (it does not count): it belongs to a split with threshold {}, but the new \
+                 shares have threshold {}",
+                share.threshold(),
+                pending.threshold
+            )));
+        }
+        let ready = {
+            let mut p = self
+                .verify_progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if p.iter().any(|s| s.index() == share.index()) {
+                return Err(CoreError::BadRequest(
+                    "this key was already submitted; it does not count twice".into(),
+                ));
+            }
+            p.push(share);
+            if p.len() < pending.threshold as usize {
+                drop(p);
+                return Ok(self.rekey_status());
+            }
+            std::mem::take(&mut *p)
+        };
+        let new_key = recovery::combine(&ready).map_err(|e| {
+            CoreError::BadRequest(format!("{e}; the submitted keys were discarded"))
+        })?;
+        if recovery::verify(&new_key, &id, &pending.verifier).is_err() {
+            return Err(CoreError::BadRequest(
+                "the submitted keys are not the new shares of this rekey; they were discarded"
+                    .into(),
+            ));
+        }
+        let mut next = st.clone();
+        next.shares.shares = pending.shares;
+        next.shares.threshold = pending.threshold;
+        next.shares.verifier = pending.verifier.clone();
+        next.shares.pending = None;
         if st.shares.wrapping.is_some() {
             let root = keys.root();
             next.shares.wrapping = Some(state::wrap_with_shares_key(
@@ -2134,39 +2281,21 @@ impl Core {
                 st.generation,
             )?);
         }
-        fault::point("rekey:before-commit");
+        fault::point("rekey-verify:before-commit");
         self.commit(&next, rev)
-            .inspect_err(|e| self.audit_error("rekey", e))?;
-        fault::point("rekey:after-commit");
-        *self
-            .rekey_progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
+            .inspect_err(|e| self.audit_error("rekey-verify", e))?;
+        fault::point("rekey-verify:after-commit");
         self.audit.record_detached(
-            Event::new("core", "rekey", "ok")
-                .field("target", self.rekey_target_name())
-                .field("shares", target.shares)
-                .field("threshold", target.threshold),
+            Event::new("core", "rekey-verify", "ok")
+                .field("shares", pending.shares)
+                .field("threshold", pending.threshold),
         );
-        tracing::info!(
-            shares = target.shares,
-            threshold = target.threshold,
-            "rekeyed; the new shares were handed out"
-        );
-        Ok(RekeyStatus {
-            started: false,
-            nonce: nonce.to_string(),
-            t: target.threshold,
-            n: target.shares,
-            progress: 0,
-            required: target.threshold,
-            new_shares: target.shares,
-            new_threshold: target.threshold,
-            complete: true,
-            keys: split.iter().map(|s| s.to_hex()).collect(),
-            keys_base64: split.iter().map(|s| s.to_base64()).collect(),
-            target: self.rekey_target_name().into(),
-        })
+        tracing::info!("rekey verified: the new shares replace the old ones");
+        let mut status = self.rekey_status();
+        status.verified = true;
+        status.t = pending.threshold;
+        status.n = pending.shares;
+        Ok(status)
     }
 
     /// Waits for the start-up known-answer tests; nothing is unsealed or initialized before they

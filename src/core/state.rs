@@ -66,6 +66,20 @@ pub struct SharesState {
     /// `recovery_keys_fallback` wrapping. Absent for plain recovery keys, which never unseal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wrapping: Option<SharesWrapping>,
+    /// New shares handed out by a rekey, that take effect once a quorum of them was submitted
+    /// back (`operator rekey --verify`). Until then the current shares stand, so a crash or a lost
+    /// printout between the two never leaves an installation without working shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingShares>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingShares {
+    pub nonce: String,
+    pub shares: u32,
+    pub threshold: u32,
+    pub verifier: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
