@@ -111,3 +111,53 @@ fn inline_pin_warns_at_start_and_world_readable_inline_pin_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn bad_seal_lists_are_refused_with_the_seal_named() {
+    let f = Fixture::new();
+    let original = f.config();
+    let pair = original[original.find("[[seal]]").unwrap()..].to_string();
+
+    // The same seal name twice.
+    f.edit_config(|c| format!("{c}\n{}", pair.replace("priority", "")));
+    let e = start_fails(&f);
+    assert!(
+        e.contains("seal[1].name") && e.contains("duplicate seal name \"hsm-pair\""),
+        "{e}"
+    );
+
+    // A shamir seal with HSM settings, or enabled next to an HSM seal.
+    std::fs::write(f.config_path(), &original).unwrap();
+    f.edit_config(|c| {
+        format!(
+            "{}\n[[seal]]\ntype = \"shamir\"\nname = \"keys\"\nkey_label = \"x\"\n",
+            c.replace(
+                "name = \"hsm-pair\"",
+                "name = \"hsm-pair\"\ndisabled = true"
+            )
+        )
+    });
+    let e = start_fails(&f);
+    assert!(
+        e.contains("seal[1].key_label") && e.contains("does not apply to a shamir seal"),
+        "{e}"
+    );
+    std::fs::write(f.config_path(), &original).unwrap();
+    f.edit_config(|c| format!("{c}\n[[seal]]\ntype = \"shamir\"\nname = \"keys\"\n"));
+    let e = start_fails(&f);
+    assert!(
+        e.contains("cannot be combined with other enabled seals"),
+        "{e}"
+    );
+
+    // Every seal disabled.
+    std::fs::write(f.config_path(), &original).unwrap();
+    f.edit_config(|c| {
+        c.replace(
+            "name = \"hsm-pair\"",
+            "name = \"hsm-pair\"\ndisabled = true",
+        )
+    });
+    let e = start_fails(&f);
+    assert!(e.contains("every [[seal]] is disabled"), "{e}");
+}

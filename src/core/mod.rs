@@ -542,7 +542,8 @@ impl Core {
         self.storage.kind()
     }
 
-    fn installation_id(&self) -> Option<String> {
+    /// The installation id (reported as `cluster_id`), when initialized; no storage access.
+    pub fn installation_id(&self) -> Option<String> {
         match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
             State::Unsealed { init, .. }
             | State::Sealed {
@@ -588,13 +589,6 @@ impl Core {
         self.storage
             .put(ROOT_STATE_KEY, &st.to_json(), Expect::Revision(rev))?;
         Ok(())
-    }
-
-    /// (shares, threshold, installation id) when initialized.
-    pub fn recovery_config(&self) -> Option<(u32, u32, String)> {
-        let id = self.installation_id()?;
-        let (st, _) = self.root_state().ok()?;
-        Some((st.shares.shares, st.shares.threshold, id))
     }
 
     /// The keys, when unsealed. Request handlers clone the Arc and never hold the state lock.

@@ -139,7 +139,7 @@ pub fn health(core: &Core, q: &HashMap<String, String>) -> Result<(StatusCode, V
     });
     if initialized
         && !sealed
-        && let Some((_, _, id)) = core.recovery_config()
+        && let Some(id) = core.installation_id()
     {
         body["cluster_name"] = json!(core.cluster_name());
         body["cluster_id"] = json!(id);
@@ -182,7 +182,7 @@ pub fn seal_status_body(core: &Core) -> Value {
     }
     if initialized
         && !sealed
-        && let Some((_, _, id)) = core.recovery_config()
+        && let Some(id) = core.installation_id()
     {
         body["cluster_name"] = json!(core.cluster_name());
         body["cluster_id"] = json!(id);
