@@ -10,8 +10,6 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
 use serde_json::{Value, json};
 
@@ -53,69 +51,6 @@ fn kill_at(f: &Fixture, step: &str, unsealed: bool, trigger: impl FnOnce(&Daemon
     std::fs::remove_file(marker).unwrap();
 }
 
-struct Transit {
-    token: String,
-    made: Vec<(String, String)>,
-}
-
-impl Transit {
-    fn new(d: &Daemon) -> Transit {
-        d.operator_ok(&["key", "create", "k"]);
-        d.operator_ok(&[
-            "policy",
-            "write",
-            "p",
-            "--key",
-            "k",
-            "--capabilities",
-            "encrypt,decrypt",
-        ]);
-        let mut t = Transit {
-            token: d.token("p", &[]),
-            made: vec![],
-        };
-        t.encrypt(d, "initial");
-        t
-    }
-
-    fn encrypt(&mut self, d: &Daemon, plaintext: &str) {
-        let r = http_with(
-            d.port,
-            "PUT",
-            "/v1/transit/encrypt/k",
-            Some(&self.token),
-            json!({ "plaintext": B64.encode(plaintext) })
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-        let ct = r.json()["data"]["ciphertext"].as_str().unwrap().to_string();
-        self.made.push((ct, plaintext.to_string()));
-    }
-
-    /// Every ciphertext made so far decrypts; then one more is made.
-    fn check(&mut self, d: &Daemon, step: &str) {
-        for (ct, pt) in &self.made {
-            let r = http_with(
-                d.port,
-                "PUT",
-                "/v1/transit/decrypt/k",
-                Some(&self.token),
-                json!({ "ciphertext": ct }).to_string().as_bytes(),
-            )
-            .unwrap();
-            assert_eq!(r.status, 200, "after {step}: {ct}: {}", r.body);
-            assert_eq!(
-                r.json()["data"]["plaintext"],
-                B64.encode(pt),
-                "after {step}"
-            );
-        }
-        self.encrypt(d, &format!("after {step}"));
-    }
-}
-
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
@@ -147,7 +82,8 @@ fn init_killed_at_each_step_leaves_old_or_new_state() {
     kill_at(&f, "init:after-init-record", false, |_| init.clone());
     let d = f.start();
     d.wait_health(200, Duration::from_secs(10));
-    let mut t = Transit::new(&d);
+    let mut t = TransitProbe::new(&d);
+    t.encrypt(&d, "initial");
     t.check(&d, "init");
     let e = d.init_fails();
     assert!(e.contains("already initialized"), "{e}");
@@ -158,7 +94,8 @@ fn rotate_rotate_root_and_rewrap_killed_at_each_step_keep_every_ciphertext() {
     let f = Fixture::new();
     let d = f.start();
     d.init();
-    let mut t = Transit::new(&d);
+    let mut t = TransitProbe::new(&d);
+    t.encrypt(&d, "initial");
     drop(d);
     let state = |f: &Fixture| {
         let s = f.read_state().1;
@@ -217,23 +154,9 @@ fn migration_killed_at_each_step_leaves_old_or_new_seal() {
     let shamir = "[[seal]]\ntype = \"shamir\"\nname = \"keys\"\n";
     f.set_seals(shamir);
     let d = f.start();
-    let v: Value = serde_json::from_str(&d.operator_ok(&[
-        "init",
-        "--key-shares",
-        "3",
-        "--key-threshold",
-        "2",
-        "--format",
-        "json",
-    ]))
-    .unwrap();
-    let keys: Vec<String> = v["keys_base64"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k.as_str().unwrap().to_string())
-        .collect();
-    let mut t = Transit::new(&d);
+    let keys = d.init_shamir();
+    let mut t = TransitProbe::new(&d);
+    t.encrypt(&d, "initial");
     drop(d);
     f.set_seals(&format!("{shamir}disabled = true\n\n{hsm}"));
 
@@ -261,25 +184,12 @@ fn migration_killed_at_each_step_leaves_old_or_new_seal() {
 fn rekey_killed_at_each_step_leaves_the_old_or_the_new_keys() {
     let f = Fixture::new();
     let d = f.start();
-    let old: Vec<String> = d.init()["recovery_keys_base64"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k.as_str().unwrap().to_string())
-        .collect();
-    let mut t = Transit::new(&d);
+    let old: Vec<String> = strings(&d.init()["recovery_keys_base64"]);
+    let mut t = TransitProbe::new(&d);
+    t.encrypt(&d, "initial");
     drop(d);
     let rekey = |d: &Daemon| {
-        let v: Value = serde_json::from_str(&d.operator_ok(&[
-            "rekey",
-            "--key-shares",
-            "2",
-            "--key-threshold",
-            "2",
-            "--format",
-            "json",
-        ]))
-        .unwrap();
+        let v: Value = d.operator_json(&["rekey", "--key-shares", "2", "--key-threshold", "2"]);
         let nonce = v["nonce"].as_str().unwrap().to_string();
         d.operator_ok(&["rekey", "--nonce", &nonce, "--key", &old[0]]);
         args(&["rekey", "--nonce", &nonce, "--key", &old[1]])
@@ -305,28 +215,11 @@ fn rekey_killed_at_each_step_leaves_the_old_or_the_new_keys() {
     assert_eq!(d.status_json()["recovery_shares"], 3);
     // The new keys were never printed: discard them; the old ones still authorize a rekey.
     d.operator_ok(&["rekey", "--cancel"]);
-    let v: Value = serde_json::from_str(&d.operator_ok(&[
-        "rekey",
-        "--key-shares",
-        "2",
-        "--key-threshold",
-        "2",
-        "--format",
-        "json",
-    ]))
-    .unwrap();
+    let v: Value = d.operator_json(&["rekey", "--key-shares", "2", "--key-threshold", "2"]);
     let nonce = v["nonce"].as_str().unwrap().to_string();
     d.operator_ok(&["rekey", "--nonce", &nonce, "--key", &old[1]]);
-    let v: Value = serde_json::from_str(&d.operator_ok(&[
-        "rekey", "--nonce", &nonce, "--key", &old[2], "--format", "json",
-    ]))
-    .unwrap();
-    let new: Vec<String> = v["keys_base64"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k.as_str().unwrap().to_string())
-        .collect();
+    let v: Value = d.operator_json(&["rekey", "--nonce", &nonce, "--key", &old[2]]);
+    let new: Vec<String> = strings(&v["keys_base64"]);
     drop(d);
 
     // Verification killed before and after its commit: the old or the new keys, never neither.

@@ -17,61 +17,6 @@ use serde_json::{Value, json};
 
 const SHAMIR: &str = "[[seal]]\ntype = \"shamir\"\nname = \"keys\"\n";
 
-/// A transit key `k`, a policy and a token for it.
-fn transit_token(d: &Daemon) -> String {
-    d.operator_ok(&["key", "create", "k"]);
-    d.operator_ok(&[
-        "policy",
-        "write",
-        "p",
-        "--key",
-        "k",
-        "--capabilities",
-        "encrypt,decrypt",
-    ]);
-    d.token("p", &[])
-}
-
-fn encrypt(d: &Daemon, token: &str, plaintext: &str) -> String {
-    let r = http_with(
-        d.port,
-        "PUT",
-        "/v1/transit/encrypt/k",
-        Some(token),
-        json!({ "plaintext": B64.encode(plaintext) })
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()["data"]["ciphertext"].as_str().unwrap().to_string()
-}
-
-fn assert_decrypts(d: &Daemon, token: &str, ct: &str, plaintext: &str) {
-    let r = http_with(
-        d.port,
-        "PUT",
-        "/v1/transit/decrypt/k",
-        Some(token),
-        json!({ "ciphertext": ct }).to_string().as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{ct}: {}", r.body);
-    assert_eq!(
-        r.json()["data"]["plaintext"],
-        B64.encode(plaintext),
-        "{ct} decrypted to something else"
-    );
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
 fn seal_info<'a>(status: &'a Value, name: &str) -> &'a Value {
     status["seals"]
         .as_array()
@@ -89,34 +34,16 @@ fn unseal_key(d: &Daemon, key: &str, migrate: bool) -> Value {
     serde_json::from_str(&d.operator_ok(&args)).unwrap()
 }
 
-fn init_shamir(d: &Daemon) -> Vec<String> {
-    let v: Value = serde_json::from_str(&d.operator_ok(&[
-        "init",
-        "--key-shares",
-        "3",
-        "--key-threshold",
-        "2",
-        "--format",
-        "json",
-    ]))
-    .unwrap();
-    assert!(
-        v["recovery_keys"].as_array().unwrap().is_empty(),
-        "a shamir seal hands out unseal keys, not recovery keys: {v}"
-    );
-    strings(&v["keys_base64"])
-}
-
 #[test]
 fn shamir_seal_needs_a_quorum_of_unseal_keys_at_every_start() {
     let f = Fixture::new();
     f.set_seals(SHAMIR);
     let mut d = f.start();
-    let keys = init_shamir(&d);
+    let keys = d.init_shamir();
     assert_eq!(keys.len(), 3);
     assert_eq!(d.health("").status, 200, "init leaves the node unsealed");
-    let token = transit_token(&d);
-    let ct = encrypt(&d, &token, "before restart");
+    let mut tp = TransitProbe::new(&d);
+    let ct = tp.encrypt(&d, "before restart");
     d.stop();
 
     let d = f.start();
@@ -184,7 +111,7 @@ fn shamir_seal_needs_a_quorum_of_unseal_keys_at_every_start() {
     let v = unseal_key(&d, &keys[1], false);
     assert_eq!(v["sealed"], false, "{v}");
     assert_eq!(d.health("").status, 200);
-    assert_decrypts(&d, &token, &ct, "before restart");
+    tp.assert_decrypts(&d, &ct, "before restart");
     let st = d.status_json();
     assert_eq!(st["unsealed_by_seal"], "keys");
     // Unseal keys are not recovery keys: the HSM-only operations do not apply, sealing does.
@@ -225,8 +152,8 @@ fn several_seals_fall_through_by_priority_and_a_returning_seal_is_wrapped() {
         assert_eq!(seal_info(&st, s)["wrapping_current"], true, "{st:#}");
     }
     assert_eq!(st["unsealed_by_seal"], "primary");
-    let token = transit_token(&d);
-    let ct1 = encrypt(&d, &token, "one");
+    let mut tp = TransitProbe::new(&d);
+    let ct1 = tp.encrypt(&d, "one");
     d.stop();
 
     // The first seal is down at unseal: the second one unseals.
@@ -260,7 +187,7 @@ fn several_seals_fall_through_by_priority_and_a_returning_seal_is_wrapped() {
     assert_eq!(st["root_generation"], 2);
     assert_eq!(strings(&st["seals_missing_wrapping"]), vec!["primary"]);
     assert_eq!(seal_info(&st, "primary")["wrapping_current"], false);
-    let ct2 = encrypt(&d, &token, "two");
+    let ct2 = tp.encrypt(&d, "two");
 
     // The first seal comes back: it is wrapped without an operator.
     f.restore_token(&a);
@@ -288,8 +215,8 @@ fn several_seals_fall_through_by_priority_and_a_returning_seal_is_wrapped() {
     let d = f.start();
     d.wait_health(200, Duration::from_secs(20));
     assert_eq!(d.status_json()["unsealed_by_seal"], "primary");
-    assert_decrypts(&d, &token, &ct1, "one");
-    assert_decrypts(&d, &token, &ct2, "two");
+    tp.assert_decrypts(&d, &ct1, "one");
+    tp.assert_decrypts(&d, &ct2, "two");
 }
 
 #[test]
@@ -297,14 +224,14 @@ fn rotate_and_rotate_root_keep_every_ciphertext() {
     let f = Fixture::new();
     let mut d = f.start();
     d.init();
-    let token = transit_token(&d);
-    let ct1 = encrypt(&d, &token, "before rotate");
+    let mut tp = TransitProbe::new(&d);
+    let ct1 = tp.encrypt(&d, "before rotate");
     let out = d.operator_ok(&["rotate"]);
     assert!(out.contains("term 2"), "{out}");
     assert_eq!(d.status_json()["keyring_terms"], json!([1, 2]));
     // A record written now uses term 2 (a new transit key), and a record of term 1 still opens.
     d.operator_ok(&["key", "create", "k2"]);
-    let ct2 = encrypt(&d, &token, "after rotate");
+    let ct2 = tp.encrypt(&d, "after rotate");
     let before = f.read_state().1;
     d.operator_ok(&["rotate-root"]);
     let after = f.read_state().1;
@@ -314,7 +241,7 @@ fn rotate_and_rotate_root_keep_every_ciphertext() {
         before["keyring"], after["keyring"],
         "the keyring re-encrypted"
     );
-    let ct3 = encrypt(&d, &token, "after rotate-root");
+    let ct3 = tp.encrypt(&d, "after rotate-root");
     d.stop();
 
     let d = f.start();
@@ -322,9 +249,9 @@ fn rotate_and_rotate_root_keep_every_ciphertext() {
     let st = d.status_json();
     assert_eq!(st["keyring_terms"], json!([1, 2]));
     assert_eq!(st["root_generation"], 2);
-    assert_decrypts(&d, &token, &ct1, "before rotate");
-    assert_decrypts(&d, &token, &ct2, "after rotate");
-    assert_decrypts(&d, &token, &ct3, "after rotate-root");
+    tp.assert_decrypts(&d, &ct1, "before rotate");
+    tp.assert_decrypts(&d, &ct2, "after rotate");
+    tp.assert_decrypts(&d, &ct3, "after rotate-root");
     let keys = d.operator_ok(&["key", "list", "--format", "json"]);
     assert!(keys.contains("k2"), "{keys}");
 }
@@ -334,8 +261,8 @@ fn rewrap_moves_the_root_key_to_a_new_hsm_key() {
     let f = Fixture::new();
     let mut d = f.start();
     d.init();
-    let token = transit_token(&d);
-    let ct = encrypt(&d, &token, "secret");
+    let mut tp = TransitProbe::new(&d);
+    let ct = tp.encrypt(&d, "secret");
     d.stop();
 
     f.add_key(
@@ -374,7 +301,7 @@ fn rewrap_moves_the_root_key_to_a_new_hsm_key() {
     f.delete_key(&["sealkeeper-a", "sealkeeper-b"], "sealkeeper-root");
     let d = f.start();
     d.wait_health(200, Duration::from_secs(10));
-    assert_decrypts(&d, &token, &ct, "secret");
+    tp.assert_decrypts(&d, &ct, "secret");
 }
 
 #[test]
@@ -388,9 +315,9 @@ fn migration_from_shamir_to_pkcs11_and_back() {
     );
     f.set_seals(SHAMIR);
     let mut d = f.start();
-    let keys = init_shamir(&d);
-    let token = transit_token(&d);
-    let ct = encrypt(&d, &token, "migrated");
+    let keys = d.init_shamir();
+    let mut tp = TransitProbe::new(&d);
+    let ct = tp.encrypt(&d, "migrated");
     d.stop();
 
     // Shamir -> pkcs11: the old seal stays, disabled.
@@ -407,7 +334,7 @@ fn migration_from_shamir_to_pkcs11_and_back() {
     let v = unseal_key(&d, &keys[1], true);
     assert_eq!(v["sealed"], false, "{v}");
     assert_eq!(d.status_json()["recovery_threshold"], 2);
-    assert_decrypts(&d, &token, &ct, "migrated");
+    tp.assert_decrypts(&d, &ct, "migrated");
     d.stop();
 
     // A restart needs only the HSM; the unseal keys are recovery keys now and never unseal.
@@ -423,7 +350,7 @@ fn migration_from_shamir_to_pkcs11_and_back() {
     f.set_seals(&hsm);
     let mut d = f.start();
     d.wait_health(200, Duration::from_secs(10));
-    assert_decrypts(&d, &token, &ct, "migrated");
+    tp.assert_decrypts(&d, &ct, "migrated");
     d.stop();
 
     // pkcs11 -> Shamir: the recovery keys become unseal keys again.
@@ -444,7 +371,7 @@ fn migration_from_shamir_to_pkcs11_and_back() {
     unseal_key(&d, &keys[1], false);
     unseal_key(&d, &keys[2], false);
     assert_eq!(d.health("").status, 200);
-    assert_decrypts(&d, &token, &ct, "migrated");
+    tp.assert_decrypts(&d, &ct, "migrated");
 }
 
 #[test]
@@ -461,8 +388,8 @@ fn migration_to_a_new_hsm_pair_needs_both_seals() {
     f.set_seals(&old);
     let mut d = f.start();
     let recovery = strings(&d.init()["recovery_keys_base64"]);
-    let token = transit_token(&d);
-    let ct = encrypt(&d, &token, "hsm swap");
+    let mut tp = TransitProbe::new(&d);
+    let ct = tp.encrypt(&d, "hsm swap");
     d.stop();
 
     f.set_seals(&format!(
@@ -501,7 +428,7 @@ fn migration_to_a_new_hsm_pair_needs_both_seals() {
     let d = f.start();
     d.wait_health(200, Duration::from_secs(10));
     assert_eq!(d.status_json()["unsealed_by_seal"], "new");
-    assert_decrypts(&d, &token, &ct, "hsm swap");
+    tp.assert_decrypts(&d, &ct, "hsm swap");
 }
 
 #[test]
@@ -509,7 +436,7 @@ fn rekey_of_recovery_keys_needs_a_quorum_of_the_current_ones() {
     let f = Fixture::new();
     let d = f.start();
     let old = strings(&d.init()["recovery_keys_base64"]);
-    let started: Value = serde_json::from_str(&d.operator_ok(&[
+    let started: Value = d.operator_json(&[
         "rekey",
         "--target",
         "recovery",
@@ -517,26 +444,17 @@ fn rekey_of_recovery_keys_needs_a_quorum_of_the_current_ones() {
         "5",
         "--key-threshold",
         "3",
-        "--format",
-        "json",
-    ]))
-    .unwrap();
+    ]);
     let nonce = started["nonce"].as_str().unwrap().to_string();
     assert_eq!(started["required"], 2);
     let out = d.operator(&["rekey", "--nonce", "wrong", "--key", &old[0]]);
     assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
-    let v: Value = serde_json::from_str(&d.operator_ok(&[
-        "rekey", "--nonce", &nonce, "--key", &old[0], "--format", "json",
-    ]))
-    .unwrap();
+    let v: Value = d.operator_json(&["rekey", "--nonce", &nonce, "--key", &old[0]]);
     assert_eq!(
         (v["progress"].as_u64(), v["complete"].as_bool()),
         (Some(1), Some(false))
     );
-    let v: Value = serde_json::from_str(&d.operator_ok(&[
-        "rekey", "--nonce", &nonce, "--key", &old[2], "--format", "json",
-    ]))
-    .unwrap();
+    let v: Value = d.operator_json(&["rekey", "--nonce", &nonce, "--key", &old[2]]);
     assert_eq!(v["complete"], true, "{v}");
     assert_eq!(v["verification_required"], true, "{v}");
     let new = strings(&v["keys_base64"]);
@@ -557,10 +475,7 @@ fn rekey_of_recovery_keys_needs_a_quorum_of_the_current_ones() {
         stderr(&out)
     );
     for k in &new[..2] {
-        let v: Value = serde_json::from_str(&d.operator_ok(&[
-            "rekey", "--verify", "--nonce", &vnonce, "--key", k, "--format", "json",
-        ]))
-        .unwrap();
+        let v: Value = d.operator_json(&["rekey", "--verify", "--nonce", &vnonce, "--key", k]);
         assert_eq!(v["verified"], false);
     }
     let out = d.operator_ok(&["rekey", "--verify", "--nonce", &vnonce, "--key", &new[3]]);
@@ -568,16 +483,7 @@ fn rekey_of_recovery_keys_needs_a_quorum_of_the_current_ones() {
     assert_eq!(d.status_json()["recovery_threshold"], 3);
 
     // The old keys no longer authorize anything; three new ones do.
-    let v: Value = serde_json::from_str(&d.operator_ok(&[
-        "rekey",
-        "--key-shares",
-        "3",
-        "--key-threshold",
-        "2",
-        "--format",
-        "json",
-    ]))
-    .unwrap();
+    let v: Value = d.operator_json(&["rekey", "--key-shares", "3", "--key-threshold", "2"]);
     let nonce = v["nonce"].as_str().unwrap().to_string();
     let out = d.operator(&["rekey", "--nonce", &nonce, "--key", &old[0]]);
     assert!(stderr(&out).contains("threshold"), "{}", stderr(&out));
@@ -588,24 +494,12 @@ fn rekey_of_recovery_keys_needs_a_quorum_of_the_current_ones() {
         "{}",
         stderr(&out)
     );
-    let v: Value = serde_json::from_str(&d.operator_ok(&[
-        "rekey",
-        "--key-shares",
-        "3",
-        "--key-threshold",
-        "2",
-        "--format",
-        "json",
-    ]))
-    .unwrap();
+    let v: Value = d.operator_json(&["rekey", "--key-shares", "3", "--key-threshold", "2"]);
     let nonce = v["nonce"].as_str().unwrap().to_string();
     for k in &new[1..3] {
         d.operator_ok(&["rekey", "--nonce", &nonce, "--key", k]);
     }
-    let v: Value = serde_json::from_str(&d.operator_ok(&[
-        "rekey", "--nonce", &nonce, "--key", &new[4], "--format", "json",
-    ]))
-    .unwrap();
+    let v: Value = d.operator_json(&["rekey", "--nonce", &nonce, "--key", &new[4]]);
     assert_eq!(v["complete"], true, "{v}");
     // Cancelling discards the unverified shares; the current ones stand.
     d.operator_ok(&["rekey", "--cancel"]);
@@ -631,8 +525,8 @@ fn recovery_keys_fallback_unseals_only_when_every_hsm_is_away() {
         "{v}"
     );
     let recovery = strings(&v["recovery_keys_base64"]);
-    let token = transit_token(&d);
-    let ct = encrypt(&d, &token, "break glass");
+    let mut tp = TransitProbe::new(&d);
+    let ct = tp.encrypt(&d, "break glass");
     d.stop();
 
     let _a = f.remove_token("sealkeeper-a");
@@ -642,7 +536,7 @@ fn recovery_keys_fallback_unseals_only_when_every_hsm_is_away() {
     assert_eq!(d.health("").status, 503);
     unseal_key(&d, &recovery[1], false);
     assert_eq!(unseal_key(&d, &recovery[0], false)["sealed"], false);
-    assert_decrypts(&d, &token, &ct, "break glass");
+    tp.assert_decrypts(&d, &ct, "break glass");
     assert_eq!(d.status_json()["unsealed_by"], "fallback");
     let audit = std::fs::read_to_string(f.path("audit.log")).unwrap();
     assert!(audit.contains("recovery-keys-fallback"), "audited");

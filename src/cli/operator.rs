@@ -351,15 +351,7 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
             if format == Format::Json {
                 print_json(&v)?;
             } else if shamir {
-                let keys = v
-                    .get("keys_base64")
-                    .and_then(|k| k.as_array())
-                    .cloned()
-                    .unwrap_or_default();
-                for (i, k) in keys.iter().enumerate() {
-                    println!("Unseal Key {}: {}", i + 1, k.as_str().unwrap_or(""));
-                }
-                println!();
+                print_keys(&v, "keys_base64", "Unseal Key");
                 println!(
                     "Sealkeeper initialized with {recovery_shares} unseal key shares and a key threshold of \
                      {recovery_threshold}. With a shamir seal, every start leaves the node sealed until \
@@ -370,15 +362,7 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
                     "Store the unseal keys apart from each other and safely: they are shown only now."
                 );
             } else {
-                let keys = v
-                    .get("recovery_keys_base64")
-                    .and_then(|k| k.as_array())
-                    .cloned()
-                    .unwrap_or_default();
-                for (i, k) in keys.iter().enumerate() {
-                    println!("Recovery Key {}: {}", i + 1, k.as_str().unwrap_or(""));
-                }
-                println!();
+                print_keys(&v, "recovery_keys_base64", "Recovery Key");
                 println!(
                     "Sealkeeper initialized with {recovery_shares} recovery key shares and a recovery key threshold of \
                      {recovery_threshold}. The root key is wrapped by the HSM; this node unseals itself from the HSM \
@@ -563,6 +547,20 @@ fn read_share(given: &str, prompt: &str) -> Result<zeroize::Zeroizing<String>, S
     }
 }
 
+/// Prints the shares of `field` as "NOUN 1: ...", then an empty line.
+fn print_keys(v: &Value, field: &str, noun: &str) {
+    for (i, k) in v[field]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        println!("{noun} {}: {}", i + 1, k.as_str().unwrap_or(""));
+    }
+    println!();
+}
+
 fn print_rewrap(v: &Value) {
     println!(
         "{}: {} seal(s) wrapped, {} failed",
@@ -651,16 +649,7 @@ async fn rekey_command(
         } else {
             "Unseal Key"
         };
-        for (i, k) in v["keys_base64"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            println!("{noun} {}: {}", i + 1, k.as_str().unwrap_or(""));
-        }
-        println!();
+        print_keys(&v, "keys_base64", noun);
         println!(
             "New shares: {} keys, threshold {}. They are shown only now. They take effect once {} of \
              them were submitted back with `sealkeeper operator rekey --verify --nonce {} --key`; until \

@@ -1039,15 +1039,7 @@ impl Core {
         let shamir = self.shamir_enabled().map(|s| s.name.clone());
         let (wrappings, failed) = self.wrap_everywhere(&installation_id, &root, 1, None).await;
         if shamir.is_none() && wrappings.is_empty() {
-            let message = failed
-                .iter()
-                .map(|(n, e)| format!("{n}: {e}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(CoreError::Seals {
-                message: format!("no seal could wrap the root key: {message}"),
-                permanent: false,
-            });
+            return Err(nothing_wrapped("the root key", &failed));
         }
         let mut warnings: Vec<String> = failed
             .iter()
@@ -1524,16 +1516,12 @@ impl Core {
             ));
         };
         let role = st.shares.role.noun();
-        let share = Share::parse(key, &init.installation_id)
-            .map_err(|e| CoreError::BadRequest(format!("key rejected (it does not count): {e}")))?;
-        if u32::from(share.threshold()) != st.shares.threshold {
-            return Err(CoreError::BadRequest(format!(
-                "key rejected (it does not count): it belongs to a split with threshold {}, but this \
-                 installation's {role} have threshold {}",
-                share.threshold(),
-                st.shares.threshold
-            )));
-        }
+        let share = parse_share(
+            key,
+            &init.installation_id,
+            st.shares.threshold,
+            &format!("this installation's {role}"),
+        )?;
         let ready = {
             let mut p = self
                 .unseal_progress
@@ -1547,16 +1535,11 @@ impl Core {
                 nonce: new_nonce(),
                 shares: vec![],
             });
-            if prog.shares.iter().any(|s| s.index() == share.index()) {
-                return Err(CoreError::BadRequest(
-                    "this key was already submitted; it does not count twice".into(),
-                ));
-            }
-            prog.shares.push(share);
-            if prog.shares.len() < st.shares.threshold as usize {
+            let Some(ready) = collect_share(&mut prog.shares, share, st.shares.threshold)? else {
                 return Ok(());
-            }
-            p.take().map(|p| p.shares).unwrap_or_default()
+            };
+            *p = None;
+            ready
         };
         let split_key = recovery::combine(&ready)
             .map_err(|e| CoreError::BadRequest(format!("{e}; progress was reset")))?;
@@ -1852,17 +1835,7 @@ impl Core {
         let (done, failed) = self.wrap_everywhere(&id, &new_root, generation, None).await;
         let has_autos = self.enabled_autos().next().is_some();
         if has_autos && done.is_empty() {
-            let e = CoreError::Seals {
-                message: format!(
-                    "no seal could wrap the new root key; nothing was changed: {}",
-                    failed
-                        .iter()
-                        .map(|(n, e)| format!("[{n}] {e}"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-                permanent: false,
-            };
+            let e = nothing_wrapped("the new root key, so nothing was changed", &failed);
             self.audit_error("rotate-root", &e);
             return Err(e);
         }
@@ -1924,17 +1897,7 @@ impl Core {
             .await;
         self.record_rewrap("rewrap", &done, &failed);
         if done.is_empty() {
-            let e = CoreError::Seals {
-                message: format!(
-                    "no seal could wrap the root key; nothing was changed: {}",
-                    failed
-                        .iter()
-                        .map(|(n, e)| format!("[{n}] {e}"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-                permanent: false,
-            };
+            let e = nothing_wrapped("the root key, so nothing was changed", &failed);
             self.audit_error("rewrap", &e);
             return Err(e);
         }
@@ -2098,8 +2061,12 @@ impl Core {
         let (init, keys) = self.unsealed()?;
         let (st, rev) = self.root_state()?;
         let id = init.installation_id.clone();
-        let share = Share::parse(key, &id)
-            .map_err(|e| CoreError::BadRequest(format!("key rejected (it does not count): {e}")))?;
+        let share = parse_share(
+            key,
+            &id,
+            st.shares.threshold,
+            &format!("the current {}", st.shares.role.noun()),
+        )?;
         let (target, ready) = {
             let mut p = self
                 .rekey_progress
@@ -2115,28 +2082,11 @@ impl Core {
                     "nonce {nonce:?} does not match the rekey in progress"
                 )));
             }
-            if u32::from(share.threshold()) != st.shares.threshold {
-                return Err(CoreError::BadRequest(format!(
-                    "key rejected (it does not count): it belongs to a split with threshold {}, but the current {} \
-                     have threshold {}",
-                    share.threshold(),
-                    st.shares.role.noun(),
-                    st.shares.threshold
-                )));
-            }
-            if prog.shares.iter().any(|s| s.index() == share.index()) {
-                return Err(CoreError::BadRequest(
-                    "this key was already submitted; it does not count twice".into(),
-                ));
-            }
-            prog.shares.push(share);
-            if prog.shares.len() < st.shares.threshold as usize {
+            let Some(ready) = collect_share(&mut prog.shares, share, st.shares.threshold)? else {
                 drop(p);
                 return Ok(self.rekey_status());
-            }
-            let target = prog.purpose;
-            let shares = std::mem::take(&mut prog.shares);
-            (target, shares)
+            };
+            (prog.purpose, ready)
         };
         let old_key = recovery::combine(&ready).map_err(|e| {
             CoreError::BadRequest(format!("{e}; the submitted keys were discarded"))
@@ -2225,32 +2175,17 @@ impl Core {
                 "nonce {nonce:?} does not match the rekey waiting for verification"
             )));
         }
-        let share = Share::parse(key, &id)
-            .map_err(|e| CoreError::BadRequest(format!("key rejected (it does not count): {e}")))?;
-        if u32::from(share.threshold()) != pending.threshold {
-            return Err(CoreError::BadRequest(format!(
-                "key rejected (it does not count): it belongs to a split with threshold {}, but the new \
-                 shares have threshold {}",
-                share.threshold(),
-                pending.threshold
-            )));
-        }
+        let share = parse_share(key, &id, pending.threshold, "the new shares")?;
         let ready = {
             let mut p = self
                 .verify_progress
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if p.iter().any(|s| s.index() == share.index()) {
-                return Err(CoreError::BadRequest(
-                    "this key was already submitted; it does not count twice".into(),
-                ));
-            }
-            p.push(share);
-            if p.len() < pending.threshold as usize {
+            let Some(ready) = collect_share(&mut p, share, pending.threshold)? else {
                 drop(p);
                 return Ok(self.rekey_status());
-            }
-            std::mem::take(&mut *p)
+            };
+            ready
         };
         let new_key = recovery::combine(&ready).map_err(|e| {
             CoreError::BadRequest(format!("{e}; the submitted keys were discarded"))
@@ -2445,6 +2380,60 @@ impl Core {
                 tracing::warn!(error = %e, "could not wrap the root key with a returning seal");
             }
         }
+    }
+}
+
+/// Parses a submitted share and checks that it belongs to a split with `threshold` (`what` names
+/// those shares in the error).
+fn parse_share(
+    key: &str,
+    installation_id: &str,
+    threshold: u32,
+    what: &str,
+) -> Result<Share, CoreError> {
+    let share = Share::parse(key, installation_id)
+        .map_err(|e| CoreError::BadRequest(format!("key rejected (it does not count): {e}")))?;
+    if u32::from(share.threshold()) != threshold {
+        return Err(CoreError::BadRequest(format!(
+            "key rejected (it does not count): it belongs to a split with threshold {}, but {what} \
+             have threshold {threshold}",
+            share.threshold()
+        )));
+    }
+    Ok(share)
+}
+
+/// Adds `share` to `collected` (a share given twice does not count twice); returns the shares,
+/// leaving `collected` empty, once `threshold` of them are in.
+fn collect_share(
+    collected: &mut Vec<Share>,
+    share: Share,
+    threshold: u32,
+) -> Result<Option<Vec<Share>>, CoreError> {
+    if collected.iter().any(|s| s.index() == share.index()) {
+        return Err(CoreError::BadRequest(
+            "this key was already submitted; it does not count twice".into(),
+        ));
+    }
+    collected.push(share);
+    if collected.len() < threshold as usize {
+        return Ok(None);
+    }
+    Ok(Some(std::mem::take(collected)))
+}
+
+/// The error of an operation that no seal could wrap for.
+fn nothing_wrapped(what: &str, failed: &[(String, String)]) -> CoreError {
+    CoreError::Seals {
+        message: format!(
+            "no seal could wrap {what}: {}",
+            failed
+                .iter()
+                .map(|(n, e)| format!("[{n}] {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        permanent: false,
     }
 }
 

@@ -380,6 +380,24 @@ impl Daemon {
         }
     }
 
+    /// `operator ARGS --format json`, which must succeed, as JSON.
+    pub fn operator_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["--format", "json"]);
+        let out = self.operator_ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
+    }
+
+    /// `operator init` of a shamir seal (3 unseal keys, threshold 2); returns the keys (base64).
+    pub fn init_shamir(&self) -> Vec<String> {
+        let v = self.operator_json(&["init", "--key-shares", "3", "--key-threshold", "2"]);
+        assert!(
+            v["recovery_keys"].as_array().unwrap().is_empty(),
+            "a shamir seal hands out unseal keys, not recovery keys: {v}"
+        );
+        strings(&v["keys_base64"])
+    }
+
     pub fn status_json(&self) -> Value {
         let out = self.operator_ok(&["status", "--format", "json"]);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out:?}"))
@@ -519,6 +537,24 @@ impl Fixture {
         );
     }
 
+    /// `pkcs11-tool --module M --token-label TOKEN --login --pin PIN ARGS` (the PIN of the member
+    /// the token is named after).
+    fn pkcs11_tool(&self, token: &str, args: &[&str]) {
+        let pin = self.pin(token.trim_start_matches("sealkeeper-"));
+        let module = module();
+        let mut all = vec![
+            "--module",
+            &module,
+            "--token-label",
+            token,
+            "--login",
+            "--pin",
+            &pin,
+        ];
+        all.extend_from_slice(args);
+        self.run_tool("pkcs11-tool", &all);
+    }
+
     /// Imports one new random AES-256 key (sensitive, non-extractable) into each of `tokens`, as
     /// an HA pair holds it.
     pub fn add_key(&self, tokens: &[&str], key_label: &str, key_id: &str) {
@@ -530,18 +566,9 @@ impl Fixture {
             .unwrap();
         std::fs::write(&keyfile, key).unwrap();
         for t in tokens {
-            let member = t.trim_start_matches("sealkeeper-");
-            let pin = self.pin(member);
-            self.run_tool(
-                "pkcs11-tool",
+            self.pkcs11_tool(
+                t,
                 &[
-                    "--module",
-                    &module(),
-                    "--token-label",
-                    t,
-                    "--login",
-                    "--pin",
-                    &pin,
                     "--write-object",
                     keyfile.to_str().unwrap(),
                     "--type",
@@ -563,24 +590,9 @@ impl Fixture {
     /// Deletes a key from each of `tokens`.
     pub fn delete_key(&self, tokens: &[&str], key_label: &str) {
         for t in tokens {
-            let member = t.trim_start_matches("sealkeeper-");
-            let pin = self.pin(member);
-            self.run_tool(
-                "pkcs11-tool",
-                &[
-                    "--module",
-                    &module(),
-                    "--token-label",
-                    t,
-                    "--login",
-                    "--pin",
-                    &pin,
-                    "--delete-object",
-                    "--type",
-                    "secrkey",
-                    "--label",
-                    key_label,
-                ],
+            self.pkcs11_tool(
+                t,
+                &["--delete-object", "--type", "secrkey", "--label", key_label],
             );
         }
     }
@@ -639,4 +651,80 @@ impl Fixture {
             format!("{head}{seals}")
         });
     }
+}
+
+/// A transit key `k`, a policy for it and a token: the seal tests use it to show that nothing
+/// encrypted before an operation is lost after it.
+pub struct TransitProbe {
+    pub token: String,
+    /// (ciphertext, plaintext) of every encryption so far.
+    pub made: Vec<(String, String)>,
+}
+
+impl TransitProbe {
+    pub fn new(d: &Daemon) -> TransitProbe {
+        d.operator_ok(&["key", "create", "k"]);
+        d.operator_ok(&[
+            "policy",
+            "write",
+            "p",
+            "--key",
+            "k",
+            "--capabilities",
+            "encrypt,decrypt",
+        ]);
+        TransitProbe {
+            token: d.token("p", &[]),
+            made: vec![],
+        }
+    }
+
+    fn call(&self, d: &Daemon, op: &str, body: Value) -> Value {
+        let r = http_with(
+            d.port,
+            "PUT",
+            &format!("/v1/transit/{op}/k"),
+            Some(&self.token),
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{op}: {}", r.body);
+        r.json()
+    }
+
+    pub fn encrypt(&mut self, d: &Daemon, plaintext: &str) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(plaintext);
+        let v = self.call(d, "encrypt", serde_json::json!({ "plaintext": b64 }));
+        let ct = v["data"]["ciphertext"].as_str().unwrap().to_string();
+        self.made.push((ct.clone(), plaintext.to_string()));
+        ct
+    }
+
+    pub fn assert_decrypts(&self, d: &Daemon, ct: &str, plaintext: &str) {
+        use base64::Engine;
+        let v = self.call(d, "decrypt", serde_json::json!({ "ciphertext": ct }));
+        assert_eq!(
+            v["data"]["plaintext"],
+            base64::engine::general_purpose::STANDARD.encode(plaintext),
+            "{ct} decrypted to something else"
+        );
+    }
+
+    /// Every ciphertext made so far decrypts; then one more is made.
+    pub fn check(&mut self, d: &Daemon, step: &str) {
+        for (ct, pt) in &self.made {
+            self.assert_decrypts(d, ct, pt);
+        }
+        self.encrypt(d, &format!("after {step}"));
+    }
+}
+
+/// A JSON array of strings.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
 }
