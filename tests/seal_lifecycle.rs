@@ -243,6 +243,10 @@ fn rotate_and_rotate_root_keep_every_ciphertext() {
     );
     let ct3 = tp.encrypt(&d, "after rotate-root");
     d.stop();
+    let audit = std::fs::read_to_string(f.path("audit.log")).unwrap();
+    for op in ["\"rotate\"", "\"rotate-root\""] {
+        assert!(audit.contains(op), "{op} is audited");
+    }
 
     let d = f.start();
     d.wait_health(200, Duration::from_secs(10));
@@ -415,10 +419,32 @@ fn migration_to_a_new_hsm_pair_needs_both_seals() {
     f.restore_token(&c);
     f.restore_token(&dd);
     drop(d);
+
+    // The old seal away: the error names it.
+    let a = f.remove_token("sealkeeper-a");
+    let b = f.remove_token("sealkeeper-b");
+    let d = f.start();
+    std::thread::sleep(Duration::from_millis(300));
+    unseal_key(&d, &recovery[1], true);
+    let out = d.operator(&["unseal", "--migrate", "--key", &recovery[2]]);
+    let e = stderr(&out);
+    assert!(
+        !out.status.success() && e.contains("the old seal old could not unwrap the root key"),
+        "{e}"
+    );
+    drop(d);
+    f.restore_token(&a);
+    f.restore_token(&b);
+
     let d = f.start();
     std::thread::sleep(Duration::from_millis(300));
     unseal_key(&d, &recovery[1], true);
     assert_eq!(unseal_key(&d, &recovery[2], true)["sealed"], false);
+    let audit = std::fs::read_to_string(f.path("audit.log")).unwrap();
+    assert!(
+        audit.contains("\"seal-migrate\"") && audit.contains("\"to\":\"new\""),
+        "the migration and its failures are audited"
+    );
     drop(d);
 
     // After migration only the new pair is needed, and the old entry can go.
