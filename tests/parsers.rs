@@ -9,6 +9,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use sealkeeper::config::Config;
 use sealkeeper::core::UnsealedKeys;
+use sealkeeper::core::state::{RootState, open_keyring};
 use sealkeeper::recovery::Share;
 use sealkeeper::seal::{BlobContext, WrappedBlob};
 use sealkeeper::secret::{LockedBytes, MemoryPolicy};
@@ -94,6 +95,36 @@ proptest! {
         let blob = WrappedBlob::from_json(text.as_bytes()).unwrap();
         let ctx = BlobContext { installation_id: "x".into(), purpose: "root-key".into() };
         prop_assert!(blob.check(&ctx, "pkcs11", "hsm-pair").is_err(), "the aad never matches");
+    }
+
+    #[test]
+    fn seal_state_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..800)) {
+        if let Ok(st) = RootState::from_json(&bytes) {
+            let _ = st.is_current("hsm-pair");
+            if let Some(w) = &st.shares.wrapping {
+                let _ = w.root_from_split_key(&[0u8; 32], "x");
+                let _ = w.split_key_from_root(&[0u8; 32], "x");
+            }
+            let _ = open_keyring(&[0u8; 32], "x", &st.keyring);
+        }
+    }
+
+    #[test]
+    fn seal_state_with_arbitrary_fields_is_refused_or_fails_closed(
+        generation in any::<u64>(), keyring in ".{0,60}", root in ".{0,60}", key in ".{0,60}",
+        format in 0u32..3, role in "(recovery|unseal|other)",
+    ) {
+        let text = serde_json::json!({
+            "format": format, "generation": generation, "root_check": "00", "keyring": keyring,
+            "shares": { "role": role, "shares": 3, "threshold": 2, "verifier": "00",
+                        "wrapping": { "generation": generation, "root": root, "key": key } },
+        }).to_string();
+        if let Ok(st) = RootState::from_json(text.as_bytes()) {
+            prop_assert_eq!(st.format, 1);
+            let w = st.shares.wrapping.as_ref().unwrap();
+            prop_assert!(w.root_from_split_key(&[7u8; 32], "x").is_err(), "no key opens random bytes");
+            prop_assert!(open_keyring(&[7u8; 32], "x", &st.keyring).is_err());
+        }
     }
 
     #[test]

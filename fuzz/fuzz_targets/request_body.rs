@@ -12,7 +12,7 @@ fn transit() -> &'static Transit {
         let dir = std::env::temp_dir().join(format!("sk-fuzz-transit-{}", std::process::id()));
         let storage = Arc::new(FileStorage::open(&dir).expect("storage"));
         let key = |b| LockedBytes::from_slice(&[b; 32], MemoryPolicy::AllowUnlocked).expect("memory");
-        let keys = Arc::new(UnsealedKeys { root: key(1), keyring: vec![(1, key(2))] });
+        let keys = Arc::new(UnsealedKeys::new(key(1), vec![(1, key(2))]));
         let t = Transit::load(storage, keys, MemoryPolicy::AllowUnlocked).expect("transit");
         let _ = t.create_key("k");
         t
