@@ -114,9 +114,24 @@ fn shamir_seal_needs_a_quorum_of_unseal_keys_at_every_start() {
     tp.assert_decrypts(&d, &ct, "before restart");
     let st = d.status_json();
     assert_eq!(st["unsealed_by_seal"], "keys");
-    // Unseal keys are not recovery keys: the HSM-only operations do not apply, sealing does.
     d.operator_ok(&["seal"]);
     assert_eq!(d.health("").status, 503);
+    // No unseal key reaches a log, the audit trail or the stored state, in any encoding.
+    let audit = std::fs::read_to_string(f.path("audit.log")).unwrap();
+    let state = String::from_utf8_lossy(&std::fs::read(f.state_path()).unwrap()).into_owned();
+    for k in &keys {
+        let hex = hex_of(&B64.decode(k).unwrap());
+        for text in [&audit, &state, &d.log()] {
+            assert!(
+                !text.contains(k.as_str()) && !text.contains(&hex),
+                "an unseal key leaked"
+            );
+        }
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Two pkcs11 seals: `primary` on tokens a/b (priority 1), `secondary` on tokens c/d (priority 2).
