@@ -42,16 +42,7 @@ fn with_transit(f: &Fixture) -> (Daemon, String) {
     let d = f.start();
     d.init();
     d.operator_ok(&["key", "create", "vault-prod"]);
-    d.operator_ok(&[
-        "policy",
-        "write",
-        "prod",
-        "--key",
-        "vault-prod",
-        "--capabilities",
-        "encrypt,decrypt",
-    ]);
-    let token = d.token("prod", &[]);
+    let token = d.policy_and_token("prod", "vault-prod", "encrypt,decrypt");
     (d, token)
 }
 

@@ -18,16 +18,7 @@ fn prepare(d: &Daemon) -> String {
     d.init();
     d.operator_ok(&["key", "create", "vault-prod"]);
     d.operator_ok(&["key", "create", "vault-staging"]);
-    d.operator_ok(&[
-        "policy",
-        "write",
-        "prod",
-        "--key",
-        "vault-prod",
-        "--capabilities",
-        "encrypt,decrypt,read",
-    ]);
-    d.token("prod", &[])
+    d.policy_and_token("prod", "vault-prod", "encrypt,decrypt,read")
 }
 
 fn hvac(

@@ -20,16 +20,7 @@ fn no_secret_leaves_the_process() {
     let mut d = f.start();
     let init = d.init();
     d.operator_ok(&["key", "create", "vault-prod"]);
-    d.operator_ok(&[
-        "policy",
-        "write",
-        "prod",
-        "--key",
-        "vault-prod",
-        "--capabilities",
-        "encrypt,decrypt,datakey",
-    ]);
-    let token = d.token("prod", &[]);
+    let token = d.policy_and_token("prod", "vault-prod", "encrypt,decrypt,datakey");
 
     let plaintext = b"plaintext-canary-4711 do not leak";
     let body = json!({ "plaintext": B64.encode(plaintext) }).to_string();

@@ -27,15 +27,7 @@ fn env() -> Env {
     for k in ["vault-prod", "vault-staging"] {
         d.operator_ok(&["key", "create", k]);
     }
-    d.operator_ok(&[
-        "policy",
-        "write",
-        "prod",
-        "--key",
-        "vault-prod",
-        "--capabilities",
-        "encrypt,decrypt,rewrap,datakey,read",
-    ]);
+    let token = d.policy_and_token("prod", "vault-prod", "encrypt,decrypt,rewrap,datakey,read");
     d.operator_ok(&[
         "policy",
         "write",
@@ -45,7 +37,6 @@ fn env() -> Env {
         "--capabilities",
         "encrypt,decrypt",
     ]);
-    let token = d.token("prod", &[]);
     Env { f, d, token }
 }
 
@@ -518,16 +509,7 @@ fn bad_input_gets_a_precise_400() {
         );
     }
     // Unknown key: the policy check comes first (403); a token allowed every key gets 400.
-    e.d.operator_ok(&[
-        "policy",
-        "write",
-        "all",
-        "--key",
-        "*",
-        "--capabilities",
-        "encrypt",
-    ]);
-    let all = e.d.token("all", &[]);
+    let all = e.d.policy_and_token("all", "*", "encrypt");
     let r = e.call(
         "PUT",
         "/v1/transit/encrypt/nope",
@@ -662,16 +644,7 @@ fn mount_path_is_configurable() {
     let d = f.start();
     d.init();
     d.operator_ok(&["key", "create", "--mount", "seal/transit", "k"]);
-    d.operator_ok(&[
-        "policy",
-        "write",
-        "p",
-        "--key",
-        "k",
-        "--capabilities",
-        "encrypt",
-    ]);
-    let token = d.token("p", &[]);
+    let token = d.policy_and_token("p", "k", "encrypt");
     let r = http_with(
         d.port,
         "PUT",

@@ -437,6 +437,20 @@ impl Daemon {
         out["client_token"].as_str().unwrap().to_string()
     }
 
+    /// A policy `policy` allowing `capabilities` (comma-separated) on `key`, and a token for it.
+    pub fn policy_and_token(&self, policy: &str, key: &str, capabilities: &str) -> String {
+        self.operator_ok(&[
+            "policy",
+            "write",
+            policy,
+            "--key",
+            key,
+            "--capabilities",
+            capabilities,
+        ]);
+        self.token(policy, &[])
+    }
+
     /// Waits until `pred` holds for `operator status --format json`.
     pub fn wait_status(
         &self,
@@ -664,17 +678,8 @@ pub struct TransitProbe {
 impl TransitProbe {
     pub fn new(d: &Daemon) -> TransitProbe {
         d.operator_ok(&["key", "create", "k"]);
-        d.operator_ok(&[
-            "policy",
-            "write",
-            "p",
-            "--key",
-            "k",
-            "--capabilities",
-            "encrypt,decrypt",
-        ]);
         TransitProbe {
-            token: d.token("p", &[]),
+            token: d.policy_and_token("p", "k", "encrypt,decrypt"),
             made: vec![],
         }
     }
