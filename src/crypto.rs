@@ -39,6 +39,22 @@ pub fn warm_up_in_background() {
         });
 }
 
+/// A random identifier in the UUID text layout (8-4-4-4-12 hex digits), for request ids and
+/// nonces that tie share submissions together. Not a key: a generator failure gives zeros.
+pub fn random_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = fill_random(&mut b);
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 pub fn random_vec(len: usize) -> Result<Vec<u8>, CryptoError> {
     let mut v = vec![0u8; len];
     fill_random(&mut v)?;

@@ -426,20 +426,6 @@ fn key_name(blob: &WrappedBlob) -> String {
     }
 }
 
-fn new_nonce() -> String {
-    let mut b = [0u8; 16];
-    let _ = crypto::fill_random(&mut b);
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 impl Core {
     /// Reads the stored state. A corrupt init record leaves the node sealed with the error shown in
     /// its status; it never stops the daemon. `seals` need not be sorted.
@@ -1532,7 +1518,7 @@ impl Core {
             }
             let prog = p.get_or_insert_with(|| Progress {
                 purpose,
-                nonce: new_nonce(),
+                nonce: crypto::random_id(),
                 shares: vec![],
             });
             let Some(ready) = collect_share(&mut prog.shares, share, st.shares.threshold)? else {
@@ -2016,7 +2002,7 @@ impl Core {
             }
             *p = Some(Progress {
                 purpose: RekeyTarget { shares, threshold },
-                nonce: new_nonce(),
+                nonce: crypto::random_id(),
                 shares: vec![],
             });
         }

@@ -54,23 +54,10 @@ fn transit(st: &TransitState) -> Result<Arc<Transit>, ApiError> {
     })
 }
 
-fn request_id() -> String {
-    let b = crate::crypto::random_vec(16).unwrap_or_default();
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 /// Vault's response envelope.
 fn envelope(data: Value, auth: Value) -> Response {
     axum::Json(json!({
-        "request_id": request_id(),
+        "request_id": crate::crypto::random_id(),
         "lease_id": "",
         "renewable": false,
         "lease_duration": 0,
