@@ -714,18 +714,7 @@ impl Core {
         let mut seals = Vec::new();
         let mut missing = Vec::new();
         for s in &self.seals {
-            let (healthy, since) = match &s.kind {
-                SealKind::Auto(a) => {
-                    let st = a.status();
-                    let since = st
-                        .members
-                        .iter()
-                        .filter_map(|m| m.unhealthy_since_unix)
-                        .max();
-                    (st.healthy, if st.healthy { None } else { since })
-                }
-                SealKind::Shamir => (true, None),
-            };
+            let (healthy, since) = seal_health(s);
             let mut info = SealInfo {
                 name: s.name.clone(),
                 seal_type: s.seal_type().to_string(),
@@ -876,13 +865,16 @@ impl Core {
         }
     }
 
-    /// Health of every enabled seal, for `/v1/sys/seal-backend-status`.
+    /// Health of every enabled seal, for `/v1/sys/seal-backend-status` (no storage access: load
+    /// balancers may poll it).
     pub fn seal_backend_status(&self) -> Vec<(String, bool, Option<u64>)> {
-        self.status()
-            .seals
-            .into_iter()
+        self.seals
+            .iter()
             .filter(|s| !s.disabled)
-            .map(|s| (s.name, s.healthy, s.unhealthy_since_unix))
+            .map(|s| {
+                let (healthy, since) = seal_health(s);
+                (s.name.clone(), healthy, since)
+            })
             .collect()
     }
 
@@ -1325,9 +1317,6 @@ impl Core {
                     }
                     let by = format!("{}/{}", entry.name, u.member);
                     self.activate(init.clone(), &st, root, by.clone())?;
-                    if errors.is_empty() {
-                        return Ok(by);
-                    }
                     for (n, e) in &errors {
                         tracing::warn!(seal = %n, error = %e, "a higher-priority seal could not unseal; the next one did");
                     }
@@ -1454,7 +1443,7 @@ impl Core {
         if !self.is_initialized() {
             return Err(CoreError::NotInitialized);
         }
-        let (st, _) = self.root_state()?;
+        let (st, rev) = self.root_state()?;
         let purpose = if migrate {
             if self.migration(&st).is_none() {
                 return Err(CoreError::BadRequest(
@@ -1575,7 +1564,7 @@ impl Core {
                 );
                 Ok(())
             }
-            Purpose::Migrate => self.migrate(init, st, &split_key).await,
+            Purpose::Migrate => self.migrate(init, st, rev, &split_key).await,
         }
     }
 
@@ -1583,9 +1572,9 @@ impl Core {
         &self,
         init: InitRecord,
         st: RootState,
+        rev: Revision,
         split_key: &[u8],
     ) -> Result<(), CoreError> {
-        let rev = self.root_state()?.1;
         let Some((old, new)) = self.migration(&st) else {
             return Err(CoreError::BadRequest("no seal migration is pending".into()));
         };
@@ -2044,7 +2033,7 @@ impl Core {
     /// the quorum is complete.
     pub async fn rekey_update(&self, key: &str, nonce: &str) -> Result<RekeyStatus, CoreError> {
         let _op = self.ops.lock().await;
-        let (init, keys) = self.unsealed()?;
+        let (init, _) = self.unsealed()?;
         let (st, rev) = self.root_state()?;
         let id = init.installation_id.clone();
         let share = parse_share(
@@ -2092,7 +2081,6 @@ impl Core {
         let new_key = Zeroizing::new(crypto::random_vec(KEY_LEN)?);
         let split = recovery::split(&new_key, target.shares, target.threshold, &id)
             .map_err(|e| CoreError::BadRequest(e.to_string()))?;
-        let _ = keys;
         let mut next = st.clone();
         next.shares.pending = Some(state::PendingShares {
             nonce: nonce.to_string(),
@@ -2330,12 +2318,6 @@ impl Core {
         }
     }
 
-    fn is_current(&self, seal: &str) -> bool {
-        self.root_state()
-            .map(|(st, _)| st.is_current(seal))
-            .unwrap_or(true)
-    }
-
     /// Probes each HSM member at the configured interval, so status stays current while unsealed.
     pub async fn run_probe(self: Arc<Self>) {
         // The first probe runs a moment after start, so that it does not compete with the unseal
@@ -2358,14 +2340,32 @@ impl Core {
             }
             // A seal that was down when the root key was (re)wrapped is wrapped once it answers.
             if !self.is_sealed()
+                && let Ok((st, _)) = self.root_state()
                 && self
                     .enabled_autos()
-                    .any(|(e, s)| s.status().healthy && !self.is_current(&e.name))
+                    .any(|(e, s)| s.status().healthy && !st.is_current(&e.name))
                 && let Err(e) = self.catch_up().await
             {
                 tracing::warn!(error = %e, "could not wrap the root key with a returning seal");
             }
         }
+    }
+}
+
+/// A seal's health, and since when it is unhealthy (the latest member to go down): a Shamir seal
+/// is always available.
+fn seal_health(s: &SealEntry) -> (bool, Option<u64>) {
+    match &s.kind {
+        SealKind::Auto(a) => {
+            let st = a.status();
+            let since = st
+                .members
+                .iter()
+                .filter_map(|m| m.unhealthy_since_unix)
+                .max();
+            (st.healthy, if st.healthy { None } else { since })
+        }
+        SealKind::Shamir => (true, None),
     }
 }
 

@@ -130,15 +130,23 @@ fn shares_key_aad(installation_id: &str, generation: u64) -> String {
     format!("sealkeeper/v1/shares-key/installation={installation_id}/generation={generation}")
 }
 
-pub fn root_check(root: &[u8], installation_id: &str) -> String {
-    let msg = format!("sealkeeper/v1/root-check/installation={installation_id}");
-    hex::encode(crypto::hmac_sha256(root, msg.as_bytes()))
+fn root_check_message(installation_id: &str) -> String {
+    format!("sealkeeper/v1/root-check/installation={installation_id}")
 }
 
+pub fn root_check(root: &[u8], installation_id: &str) -> String {
+    hex::encode(crypto::hmac_sha256(
+        root,
+        root_check_message(installation_id).as_bytes(),
+    ))
+}
+
+/// Whether `root` is the key `stored` (a [`root_check`]) was made with (constant time).
 pub fn root_matches(root: &[u8], installation_id: &str, stored: &str) -> bool {
-    let msg = format!("sealkeeper/v1/root-check/installation={installation_id}");
     hex::decode(stored)
-        .map(|tag| crypto::hmac_sha256_verify(root, msg.as_bytes(), &tag))
+        .map(|tag| {
+            crypto::hmac_sha256_verify(root, root_check_message(installation_id).as_bytes(), &tag)
+        })
         .unwrap_or(false)
 }
 
