@@ -93,10 +93,7 @@ fn rsa_oaep_init_restart_and_tamper() {
     let d = f.start();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(d.health("").status, 503);
-    let err = d.status_json()["last_unseal_error"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let err = d.last_unseal_error();
     assert!(err.contains("envelope: authentication failed"), "{err}");
 }
 

@@ -120,10 +120,7 @@ fn missing_blob_is_named() {
     let d = f.start();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(d.health("").status, 503);
-    let err = d.status_json()["last_unseal_error"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let err = d.last_unseal_error();
     assert!(
         err.contains("the seal state core/seal/state is missing"),
         "{err}"

@@ -625,10 +625,7 @@ fn a_tampered_transit_record_keeps_the_node_sealed_with_its_name() {
     e.d = e.f.start();
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(e.d.health("").status, 503);
-    let err = e.d.status_json()["last_unseal_error"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let err = e.d.last_unseal_error();
     assert!(
         err.contains("transit/keys/vault-prod") && err.contains("authentication failed"),
         "{err}"

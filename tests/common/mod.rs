@@ -380,6 +380,14 @@ impl Daemon {
         }
     }
 
+    /// The status's `last_unseal_error` ("" when there is none).
+    pub fn last_unseal_error(&self) -> String {
+        self.status_json()["last_unseal_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
     /// `operator ARGS --format json`, which must succeed, as JSON.
     pub fn operator_json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
