@@ -117,6 +117,14 @@ fn core_error(e: CoreError) -> Response {
     error_response(status, e.to_string())
 }
 
+/// The operation's answer as JSON, or its error with the matching status.
+fn json_or_error<T: serde::Serialize>(result: Result<T, CoreError>) -> Response {
+    match result {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => core_error(e),
+    }
+}
+
 fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
@@ -191,10 +199,7 @@ async fn init(State(core): State<Arc<Core>>, body: Bytes) -> Response {
             }
         }
     };
-    match core.init(n, t).await {
-        Ok(resp) => axum::Json(resp).into_response(),
-        Err(e) => core_error(e),
-    }
+    json_or_error(core.init(n, t).await)
 }
 
 async fn seal(State(core): State<Arc<Core>>) -> Response {
@@ -259,17 +264,11 @@ async fn rotate(State(core): State<Arc<Core>>) -> Response {
 }
 
 async fn rotate_root(State(core): State<Arc<Core>>) -> Response {
-    match core.rotate_root().await {
-        Ok(r) => axum::Json(r).into_response(),
-        Err(e) => core_error(e),
-    }
+    json_or_error(core.rotate_root().await)
 }
 
 async fn rewrap(State(core): State<Arc<Core>>) -> Response {
-    match core.rewrap().await {
-        Ok(r) => axum::Json(r).into_response(),
-        Err(e) => core_error(e),
-    }
+    json_or_error(core.rewrap().await)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,13 +299,10 @@ async fn rekey_init(State(core): State<Arc<Core>>, body: Bytes) -> Response {
         );
     }
     let target = req.target.unwrap_or_else(|| "recovery".into());
-    match core
-        .rekey_init(&target, req.secret_shares, req.secret_threshold)
-        .await
-    {
-        Ok(st) => axum::Json(st).into_response(),
-        Err(e) => core_error(e),
-    }
+    json_or_error(
+        core.rekey_init(&target, req.secret_shares, req.secret_threshold)
+            .await,
+    )
 }
 
 async fn rekey_status(State(core): State<Arc<Core>>) -> Response {
@@ -332,10 +328,7 @@ async fn rekey_verify(State(core): State<Arc<Core>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match core.rekey_verify(&req.key, &req.nonce).await {
-        Ok(st) => axum::Json(st).into_response(),
-        Err(e) => core_error(e),
-    }
+    json_or_error(core.rekey_verify(&req.key, &req.nonce).await)
 }
 
 async fn rekey_update(State(core): State<Arc<Core>>, body: Bytes) -> Response {
@@ -343,10 +336,7 @@ async fn rekey_update(State(core): State<Arc<Core>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match core.rekey_update(&req.key, &req.nonce).await {
-        Ok(st) => axum::Json(st).into_response(),
-        Err(e) => core_error(e),
-    }
+    json_or_error(core.rekey_update(&req.key, &req.nonce).await)
 }
 
 pub fn router(
