@@ -23,7 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::error::{ErrorKind, HsmError, MemberError};
-use super::module::{Module, ModuleRegistry};
+use super::module::{CallGuard, Module, ModuleRegistry};
 use crate::config::{Mechanism, OaepHash, PinSource, TokenSelector};
 use crate::seal::MemberStatus;
 
@@ -357,9 +357,10 @@ impl Worker {
         ))
     }
 
-    /// An open, logged-in session of the current module generation.
-    fn ensure(&mut self) -> Result<(), HsmError> {
-        let (ctx, generation) = self.module.context()?;
+    /// An open, logged-in session of the current module generation. The caller holds the
+    /// module's call gate.
+    fn ensure(&mut self, guard: &CallGuard<'_>) -> Result<(), HsmError> {
+        let (ctx, generation) = self.module.context(guard)?;
         if self
             .open
             .as_ref()
@@ -412,10 +413,13 @@ impl Worker {
     fn drop_session(&mut self, close: bool) {
         if let Some(o) = self.open.take()
             && close
-            && o.generation == self.module.generation()
         {
-            let _ = o.session.logout();
-            let _ = o.session.close();
+            let module = self.module.clone();
+            let _guard = module.enter();
+            if o.generation == module.generation() {
+                let _ = o.session.logout();
+                let _ = o.session.close();
+            }
         }
     }
 
@@ -435,12 +439,17 @@ impl Worker {
             None => self.spec.clone(),
         };
         loop {
-            let generation = self.module.generation();
-            let result = match (self.ensure(), &self.open) {
+            // Every call into the module holds its call gate, so no other member can finalize it
+            // meanwhile; the guard is released before a re-initialisation below.
+            let module = self.module.clone();
+            let guard = module.enter();
+            let generation = module.generation();
+            let result = match (self.ensure(&guard), &self.open) {
                 (Ok(()), Some(o)) => op(&o.session, &spec),
                 (Ok(()), None) => Err(HsmError::new(ErrorKind::Other, "session unavailable")),
                 (Err(e), _) => Err(e),
             };
+            drop(guard);
             match result {
                 Ok(r) => return Ok(r),
                 Err(e) if e.recoverable() && recoveries < 2 => {
@@ -448,7 +457,7 @@ impl Worker {
                     tracing::info!(member = %self.spec.name, error = %e, attempt = recoveries, "recovering PKCS#11 session");
                     self.drop_session(!e.needs_reinit());
                     if e.needs_reinit() || recoveries == 2 {
-                        self.module.reinit(generation);
+                        self.module.reinit(generation, self.spec.timeout / 2);
                     }
                 }
                 Err(e) => return Err(e),

@@ -5,15 +5,26 @@
 //! member finds the module's state gone (CKR_CRYPTOKI_NOT_INITIALIZED, CKR_DEVICE_REMOVED, a token
 //! that vanished), it re-initializes the module: C_Finalize, then C_Initialize on next use. The
 //! generation number tells the other members that their sessions belong to the old state.
+//!
+//! C_Finalize while another thread is inside the module is undefined behaviour (it crashed the
+//! daemon under load), so every call into a module holds the module's **call gate** shared
+//! ([`Module::enter`]), and re-initialisation and shutdown take it exclusively, waiting at most a
+//! bound for the calls in flight to return. A call stuck in the module therefore never lets the
+//! module be finalized under it: the re-initialisation is skipped (and retried by the next
+//! recovery), and the stuck member is marked `hung` by its own timeout.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 
 use super::error::HsmError;
+
+/// How long shutdown waits for calls in flight before finalizing anyway is refused.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub struct ModuleRegistry {
@@ -32,6 +43,7 @@ impl ModuleRegistry {
                 Arc::new(Module {
                     path: path.to_path_buf(),
                     state: Mutex::new(State::default()),
+                    gate: Gate::default(),
                 })
             })
             .clone()
@@ -52,14 +64,112 @@ struct State {
     generation: u64,
 }
 
+/// A shared/exclusive gate with a bounded exclusive wait. A waiting exclusive holder stops new
+/// shared entries (so a busy module cannot starve a recovery), and gives up after its timeout.
+#[derive(Default)]
+struct Gate {
+    inner: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Calls now inside the module.
+    calls: usize,
+    /// An exclusive holder is waiting or holds the gate.
+    exclusive: bool,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self) {
+        let mut g = self.lock();
+        while g.exclusive {
+            g = self.changed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.calls += 1;
+    }
+
+    fn leave(&self) {
+        let mut g = self.lock();
+        g.calls = g.calls.saturating_sub(1);
+        drop(g);
+        self.changed.notify_all();
+    }
+
+    /// Takes the gate exclusively once no call is inside, waiting at most `within`; false when
+    /// calls were still inside at the deadline (the gate is then left as it was).
+    fn exclusive(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut g = self.lock();
+        // Only one exclusive holder at a time; the second one waits its turn within the same bound.
+        while g.exclusive {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        g.exclusive = true;
+        while g.calls > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                g.exclusive = false;
+                drop(g);
+                self.changed.notify_all();
+                return false;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    fn release_exclusive(&self) {
+        let mut g = self.lock();
+        g.exclusive = false;
+        drop(g);
+        self.changed.notify_all();
+    }
+}
+
+/// Held for the duration of a call into the module; the module cannot be finalized meanwhile.
+pub struct CallGuard<'a> {
+    gate: &'a Gate,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.gate.leave();
+    }
+}
+
 pub struct Module {
     path: PathBuf,
     state: Mutex<State>,
+    gate: Gate,
 }
 
 impl Module {
+    /// Enters the call gate: hold the guard while using any context or session of this module.
+    pub fn enter(&self) -> CallGuard<'_> {
+        self.gate.enter();
+        CallGuard { gate: &self.gate }
+    }
+
     /// The initialized context and its generation, loading and initializing the module if needed.
-    pub fn context(&self) -> Result<(Pkcs11, u64), HsmError> {
+    /// The caller holds a [`CallGuard`] (the context is only valid while it does).
+    pub fn context(&self, _guard: &CallGuard<'_>) -> Result<(Pkcs11, u64), HsmError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ctx) = &st.ctx {
             return Ok((ctx.clone(), st.generation));
@@ -79,18 +189,32 @@ impl Module {
         Ok((ctx, st.generation))
     }
 
-    /// Finalizes the module if it is still at generation `seen`; the next `context()` initializes it
-    /// again. Sessions of older generations must be forgotten, not closed.
-    pub fn reinit(&self, seen: u64) {
+    /// Finalizes the module if it is still at generation `seen`, once no other call is inside it
+    /// (waiting at most `within`); the next `context()` initializes it again. Sessions of older
+    /// generations must be forgotten, not closed. Returns false when the module was left alone
+    /// because a call stayed inside it. The caller must not hold a [`CallGuard`].
+    pub fn reinit(&self, seen: u64, within: Duration) -> bool {
+        if self.generation() != seen {
+            return true; // somebody else already did it
+        }
+        if !self.gate.exclusive(within) {
+            tracing::warn!(
+                module = %self.path.display(),
+                "PKCS#11 module not re-initialized: another member's call is still inside it"
+            );
+            return false;
+        }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.generation != seen {
-            return; // somebody else already did it
+        if st.generation == seen {
+            if let Some(ctx) = st.ctx.take() {
+                let _ = ctx.finalize();
+            }
+            st.generation += 1;
+            tracing::info!(module = %self.path.display(), generation = st.generation, "PKCS#11 module re-initialized");
         }
-        if let Some(ctx) = st.ctx.take() {
-            let _ = ctx.finalize();
-        }
-        st.generation += 1;
-        tracing::info!(module = %self.path.display(), generation = st.generation, "PKCS#11 module re-initialized");
+        drop(st);
+        self.gate.release_exclusive();
+        true
     }
 
     pub fn generation(&self) -> u64 {
@@ -101,10 +225,53 @@ impl Module {
     }
 
     fn finalize(&self) {
+        if !self.gate.exclusive(SHUTDOWN_WAIT) {
+            tracing::warn!(module = %self.path.display(), "PKCS#11 module not finalized at shutdown: a call is still inside it");
+            return;
+        }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ctx) = st.ctx.take() {
             let _ = ctx.finalize();
             st.generation += 1;
         }
+        drop(st);
+        self.gate.release_exclusive();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_waits_for_calls_and_gives_up_at_its_deadline() {
+        let gate = Arc::new(Gate::default());
+        gate.enter();
+        // A call is inside: the exclusive wait gives up, and leaves the gate usable.
+        assert!(!gate.exclusive(Duration::from_millis(30)));
+        gate.enter();
+        gate.leave();
+        // Once the call leaves (on another thread), the exclusive holder gets in.
+        let g2 = gate.clone();
+        let t = std::thread::spawn(move || g2.exclusive(Duration::from_secs(10)));
+        while !gate.lock().exclusive {
+            std::thread::yield_now();
+        }
+        gate.leave();
+        assert!(t.join().unwrap_or(false));
+        gate.release_exclusive();
+        // While held exclusively, a new call waits until it is released.
+        assert!(gate.exclusive(Duration::from_secs(10)));
+        let g3 = gate.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            g3.enter();
+            let _ = tx.send(());
+            g3.leave();
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        gate.release_exclusive();
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
+        let _ = t.join();
     }
 }
