@@ -345,6 +345,7 @@ pub fn router(
     audit: crate::http::audit_layer::AuditCtx,
 ) -> Router {
     let state = crate::http::transit::TransitState {
+        max_batch_items: transit.max_batch_items,
         core: core.clone(),
         max_body: transit.max_request_bytes,
     };
@@ -410,6 +411,7 @@ pub fn router(
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::http::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             audit,
             crate::http::audit_layer::audit_requests,

@@ -99,6 +99,47 @@ pub struct ListenerConfig {
     /// Refuse connections without a client certificate signed by `tls_client_ca_file`.
     #[serde(default)]
     pub tls_require_and_verify_client_cert: bool,
+    /// A connection that has not completed its TLS handshake within this time is closed.
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// A connection that has not sent its first request's headers within this time is closed
+    /// (Vault's name; also bounds each later request's headers on HTTP/1.1).
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub http_read_header_timeout: Duration,
+    /// A request whose body has not arrived within this time is refused with 408 (Vault's name).
+    #[serde(default = "d_30s", with = "humantime_serde")]
+    pub http_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed (Vault's name).
+    #[serde(default = "d_60s", with = "humantime_serde")]
+    pub http_idle_timeout: Duration,
+    /// Concurrent connections on the public listener; further connections wait in the kernel's
+    /// backlog until one closes. Lowered at start to fit the descriptor limit (RLIMIT_NOFILE).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Request bodies held in memory at once, across all connections; a request whose body does
+    /// not fit waits (at most `http_read_timeout`, then 503). At least `transit.max_request_bytes`.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight_request_bytes: usize,
+    /// Peers (addresses or CIDR ranges, e.g. a load balancer) whose `X-Forwarded-For` names the
+    /// client for throttling and the audit trail (Vault's name). Others' header is ignored.
+    #[serde(default)]
+    pub x_forwarded_for_authorized_addrs: Vec<String>,
+    /// Failed authentications (an unknown, expired or revoked token) one client address may make
+    /// per `auth_failure_window` before it is answered 429 until the window ends.
+    #[serde(default = "default_auth_failure_limit")]
+    pub auth_failure_limit: u32,
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub auth_failure_window: Duration,
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_inflight() -> usize {
+    64 * 1024 * 1024
+}
+fn default_auth_failure_limit() -> u32 {
+    20
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +152,10 @@ pub struct AuditConfig {
     /// Also record `/v1/sys/health` probes (off: load balancers probe every few seconds).
     #[serde(default)]
     pub log_health: bool,
+    /// Denials that never reach a key (failed authentication, throttling, refused client
+    /// certificates) are recorded once per client address per interval, with a count.
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub denial_summary_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +167,13 @@ pub struct TransitConfig {
     /// Largest request body accepted on the Transit API, in bytes.
     #[serde(default = "default_max_request")]
     pub max_request_bytes: usize,
+    /// Most items one `batch_input` may hold; a larger batch is refused with 400.
+    #[serde(default = "default_max_batch_items")]
+    pub max_batch_items: usize,
+}
+
+fn default_max_batch_items() -> usize {
+    1024
 }
 
 fn default_mount() -> String {
@@ -136,6 +188,7 @@ impl Default for TransitConfig {
         TransitConfig {
             mount: default_mount(),
             max_request_bytes: default_max_request(),
+            max_batch_items: default_max_batch_items(),
         }
     }
 }
@@ -187,6 +240,9 @@ fn d_1s() -> Duration {
 }
 fn d_5s() -> Duration {
     Duration::from_secs(5)
+}
+fn d_10s() -> Duration {
+    Duration::from_secs(10)
 }
 fn d_30s() -> Duration {
     Duration::from_secs(30)
@@ -524,6 +580,44 @@ impl Config {
                 ));
             }
         }
+        for (name, d) in [
+            ("tls_handshake_timeout", l.tls_handshake_timeout),
+            ("http_read_header_timeout", l.http_read_header_timeout),
+            ("http_read_timeout", l.http_read_timeout),
+            ("http_idle_timeout", l.http_idle_timeout),
+            ("auth_failure_window", l.auth_failure_window),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                out.push(problem(
+                    vec![Key("listener"), Key(name)],
+                    "must be greater than zero and at most 1h",
+                ));
+            }
+        }
+        if l.max_connections == 0 {
+            out.push(problem(
+                vec![Key("listener"), Key("max_connections")],
+                "must be at least 1",
+            ));
+        }
+        if l.auth_failure_limit == 0 {
+            out.push(problem(
+                vec![Key("listener"), Key("auth_failure_limit")],
+                "must be at least 1",
+            ));
+        }
+        for (i, a) in l.x_forwarded_for_authorized_addrs.iter().enumerate() {
+            if let Err(e) = crate::http::client::Cidr::parse(a) {
+                out.push(problem(
+                    vec![
+                        Key("listener"),
+                        Key("x_forwarded_for_authorized_addrs"),
+                        Index(i),
+                    ],
+                    &e,
+                ));
+            }
+        }
         if l.tls_require_and_verify_client_cert && l.tls_client_ca_file.is_none() {
             out.push(problem(
                 vec![Key("listener"), Key("tls_require_and_verify_client_cert")],
@@ -557,6 +651,29 @@ impl Config {
             out.push(problem(
                 vec![Key("audit"), Key("path")],
                 "must be an absolute path",
+            ));
+        }
+        if self.transit.max_batch_items == 0 || self.transit.max_batch_items > 1_000_000 {
+            out.push(problem(
+                vec![Key("transit"), Key("max_batch_items")],
+                "must be 1 to 1000000",
+            ));
+        }
+        if let Some(a) = &self.audit
+            && (a.denial_summary_interval < Duration::from_secs(1)
+                || a.denial_summary_interval > Duration::from_secs(3600))
+        {
+            out.push(problem(
+                vec![Key("audit"), Key("denial_summary_interval")],
+                "must be 1s to 1h",
+            ));
+        }
+        if self.listener.max_inflight_request_bytes < self.transit.max_request_bytes
+            || u32::try_from(self.listener.max_inflight_request_bytes).is_err()
+        {
+            out.push(problem(
+                vec![Key("listener"), Key("max_inflight_request_bytes")],
+                "must be at least transit.max_request_bytes and below 4 GiB",
             ));
         }
         if self.transit.max_request_bytes < 1024 {

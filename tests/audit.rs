@@ -203,6 +203,10 @@ fn an_unwritable_audit_log_refuses_requests_and_recovers() {
     assert_eq!(r.status, 503, "{}", r.body);
     let err = r.json()["errors"][0].as_str().unwrap().to_string();
     assert!(err.contains("the audit log is unavailable"), "{err}");
+    // The answer says what failed, not where: the local path is in the log only.
+    let dir = f.path("audit").display().to_string();
+    assert!(!r.body.contains(&dir), "{}", r.body);
+    assert!(d.log().contains(&dir), "the log names the audit path");
     assert!(
         !r.body.contains("vault:v1:"),
         "no result leaves without its audit record"
@@ -358,6 +362,7 @@ fn a_full_filesystem_refuses_requests_and_recovers_when_space_returns() {
         "{}",
         r.body
     );
+    assert!(!r.body.contains(&dir.display().to_string()), "{}", r.body);
     assert_eq!(d.health("").status, 200);
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(encrypt(&d, &token, b"x").status, 200);

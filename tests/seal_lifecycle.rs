@@ -216,7 +216,7 @@ fn several_seals_fall_through_by_priority_and_a_returning_seal_is_wrapped() {
                 .is_some_and(|m| m.is_empty())
         },
     );
-    let rewrap = d.get("/v1/sys/sealwrap/rewrap").json();
+    let rewrap = d.admin_curl("GET", "/v1/sys/sealwrap/rewrap", None).json();
     assert_eq!(rewrap["data"]["is_running"], false);
     assert_eq!(
         rewrap["data"]["last_operation"]["operation"], "catch-up",
@@ -312,7 +312,7 @@ fn rewrap_moves_the_root_key_to_a_new_hsm_key() {
     let s = seal_info(&st, "hsm-pair");
     assert_eq!(s["wrapped_by_key"], "sealkeeper-root-2026:02");
     assert_eq!(s["wrapped_by_configured_key"], true);
-    let progress = d.get("/v1/sys/sealwrap/rewrap").json();
+    let progress = d.admin_curl("GET", "/v1/sys/sealwrap/rewrap", None).json();
     assert_eq!(progress["data"]["entries"]["succeeded"], 1, "{progress}");
     drop(d);
 

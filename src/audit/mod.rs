@@ -9,6 +9,7 @@
 //! an external rotation); `max_file_bytes` rotates it by renaming. Either way the chain continues
 //! into the next file.
 
+pub mod denials;
 pub mod verify;
 
 use std::fs::{File, OpenOptions};
@@ -31,6 +32,16 @@ pub enum AuditError {
     Stopped,
 }
 
+impl AuditError {
+    /// What failed, without the local path: for answers to clients.
+    pub fn reason(&self) -> &str {
+        match self {
+            AuditError::Io { message, .. } => message,
+            AuditError::Stopped => "the audit writer is not running",
+        }
+    }
+}
+
 /// Who caused an event.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Peer {
@@ -44,6 +55,9 @@ pub struct Peer {
     pub address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client: Option<String>,
+    /// The client address a trusted proxy named in `X-Forwarded-For`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_for: Option<String>,
 }
 
 /// One event. `fields` are added to the record as they are (never secrets: callers pass accessors,
@@ -91,7 +105,7 @@ impl Event {
 }
 
 enum Msg {
-    Append(Event, oneshot::Sender<Result<(), AuditError>>),
+    Append(Box<Event>, oneshot::Sender<Result<(), AuditError>>),
     Reopen,
 }
 
@@ -138,7 +152,7 @@ impl Audit {
     pub async fn record(&self, event: Event) -> Result<(), AuditError> {
         let Some(tx) = &self.tx else { return Ok(()) };
         let (ack, done) = oneshot::channel();
-        tx.send(Msg::Append(event, ack))
+        tx.send(Msg::Append(Box::new(event), ack))
             .map_err(|_| AuditError::Stopped)?;
         done.await.map_err(|_| AuditError::Stopped)?
     }

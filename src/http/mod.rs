@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::core::Core;
 
 pub mod audit_layer;
+pub mod client;
 pub mod tls;
 pub mod transit;
 
@@ -147,13 +148,57 @@ pub fn health(core: &Core, q: &HashMap<String, String>) -> Result<(StatusCode, V
     Ok((code, body))
 }
 
+/// Whether a response with this status may carry a body (RFC 9110: not 1xx, 204, 304).
+pub fn status_has_body(code: StatusCode) -> bool {
+    !(code.is_informational() || code == StatusCode::NO_CONTENT || code == StatusCode::NOT_MODIFIED)
+}
+
+/// Every error answer in Vault's `{"errors": [...]}` envelope: an extractor's rejection (a path
+/// that is not UTF-8, a bad query string) is plain text otherwise.
+pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_string()
+    } else {
+        text
+    };
+    let mut fresh = error_response(status, message);
+    // Keep what the handler or a layer attached (e.g. Retry-After, audit fields).
+    for (k, v) in parts.headers.iter() {
+        if k != axum::http::header::CONTENT_TYPE && k != axum::http::header::CONTENT_LENGTH {
+            fresh.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    fresh.extensions_mut().extend(parts.extensions);
+    fresh
+}
+
 pub async fn health_handler(
     State(core): State<Arc<Core>>,
     method: Method,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     match health(&core, &q) {
-        Ok((code, _)) if method == Method::HEAD => code.into_response(),
+        // HEAD, and a status that cannot carry a body (1xx, 204, 304), are answered without one
+        // (a body there is an HTTP/2 protocol error).
+        Ok((code, _)) if method == Method::HEAD || !status_has_body(code) => code.into_response(),
         Ok((code, body)) => (code, axum::Json(body)).into_response(),
         Err(e) => e.into_response(),
     }
@@ -245,25 +290,112 @@ pub async fn hsm_status_handler(State(core): State<Arc<Core>>) -> Response {
     axum::Json(core.status()).into_response()
 }
 
+/// Limits of request bodies on the public listener.
+#[derive(Clone, Debug)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub read_timeout: std::time::Duration,
+    /// Bytes of request bodies that may be held at once (`listener.max_inflight_request_bytes`).
+    pub budget: Arc<tokio::sync::Semaphore>,
+}
+
+/// Reads every request body (within the limit and the read timeout) before the handler runs, so
+/// that an early answer (503 while sealed, 403, 404, 405, 429) never leaves a client's body unread:
+/// over HTTP/2 an answer sent before the body reset the stream for some clients (curl 7.88).
+pub async fn buffer_body(
+    State(limits): State<BodyLimits>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    // The body's share of the memory budget: its declared length, or the limit when it has none.
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let share = u32::try_from(declared.unwrap_or(limits.max_bytes).min(limits.max_bytes))
+        .unwrap_or(u32::MAX);
+    let _held = match tokio::time::timeout(
+        limits.read_timeout,
+        limits.budget.clone().acquire_many_owned(share),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        _ => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many large requests at once; try again",
+            );
+        }
+    };
+    let limited = http_body_util::Limited::new(body, limits.max_bytes);
+    let bytes = match tokio::time::timeout(limits.read_timeout, limited.collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "request body is larger than the limit of {} bytes",
+                    limits.max_bytes
+                ),
+            );
+        }
+        Ok(Err(_)) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
+        Err(_) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(limits.read_timeout)
+                ),
+            );
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+/// What the public router needs besides the core: client addresses, throttling and body limits.
+pub struct PublicOptions {
+    pub trusted_proxies: Vec<client::Cidr>,
+    pub throttle: Arc<client::AuthThrottle>,
+    pub body: BodyLimits,
+}
+
 /// The router of the public listener.
 pub fn public_router(
     core: Arc<Core>,
     transit: &crate::config::TransitConfig,
     audit: audit_layer::AuditCtx,
+    opts: PublicOptions,
 ) -> Router {
     let state = transit::TransitState {
         core: core.clone(),
         max_body: transit.max_request_bytes,
+        max_batch_items: transit.max_batch_items,
     };
+    // Layers run outermost first: client address, audit, body, throttle, then the handler.
     Router::new()
         .route("/v1/sys/health", get(health_handler).head(health_handler))
         .route("/v1/sys/seal-status", get(seal_status_handler))
-        .route("/v1/sys/hsm-status", get(hsm_status_handler))
         .route(
             "/v1/sys/seal-backend-status",
             get(seal_backend_status_handler),
         )
-        .route("/v1/sys/sealwrap/rewrap", get(sealwrap_rewrap_handler))
         .route("/v1/sys/init", get(init_status_handler))
         .with_state(core)
         .merge(transit::public_routes(
@@ -272,8 +404,18 @@ pub fn public_router(
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            opts.throttle,
+            client::throttle_requests,
+        ))
+        .layer(axum::middleware::from_fn_with_state(opts.body, buffer_body))
         .layer(axum::middleware::from_fn_with_state(
             audit,
             audit_layer::audit_requests,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(opts.trusted_proxies),
+            client::resolve_client,
         ))
 }

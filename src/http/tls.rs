@@ -91,3 +91,12 @@ pub fn server_config(
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// Whether a failed handshake was the client's certificate being missing or refused (worth a
+/// warning and an audit record), rather than a client that does not speak TLS or went away.
+pub fn is_client_certificate_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
+    )
+}

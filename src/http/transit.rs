@@ -29,17 +29,45 @@ use crate::transit::{
 pub struct TransitState {
     pub core: Arc<Core>,
     pub max_body: usize,
+    pub max_batch_items: usize,
 }
 
 impl From<TransitError> for ApiError {
+    /// Client errors are answered as they are; an internal failure is answered by what failed,
+    /// without local paths or record names, and logged in full.
     fn from(e: TransitError) -> ApiError {
-        let status = match &e {
-            TransitError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            TransitError::Forbidden(_) => StatusCode::FORBIDDEN,
-            TransitError::NotFound(_) => StatusCode::NOT_FOUND,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        let (status, public) = match &e {
+            TransitError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),
+            TransitError::Forbidden(_) | TransitError::PolicyDenied { .. } => {
+                (StatusCode::FORBIDDEN, None)
+            }
+            TransitError::NotFound(_) => (StatusCode::NOT_FOUND, None),
+            TransitError::Storage(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some("internal error: storage I/O failed (details in the server log)"),
+            ),
+            TransitError::Record { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some("internal error: a stored record is invalid (details in the server log)"),
+            ),
+            TransitError::Memory(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(
+                    "internal error: memory for key material could not be locked (details in the server log)",
+                ),
+            ),
+            _ => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some("internal error (details in the server log)"),
+            ),
         };
-        ApiError(status, e.to_string())
+        match public {
+            Some(m) => {
+                tracing::error!(error = %e, "request failed");
+                ApiError(status, m.into())
+            }
+            None => ApiError(status, e.to_string()),
+        }
     }
 }
 
@@ -56,6 +84,10 @@ fn transit(st: &TransitState) -> Result<Arc<Transit>, ApiError> {
 
 /// Vault's response envelope.
 fn envelope(data: Value, auth: Value) -> Response {
+    envelope_with(data, auth, Value::Null)
+}
+
+fn envelope_with(data: Value, auth: Value, warnings: Value) -> Response {
     axum::Json(json!({
         "request_id": crate::crypto::random_id(),
         "lease_id": "",
@@ -63,13 +95,51 @@ fn envelope(data: Value, auth: Value) -> Response {
         "lease_duration": 0,
         "data": data,
         "wrap_info": null,
-        "warnings": null,
+        "warnings": warnings,
         "auth": auth,
     }))
     .into_response()
 }
 
-fn token_of(headers: &HeaderMap) -> Option<String> {
+/// The request's token record if it may do `cap` on `key`, else the answer to send: a failed
+/// authentication is marked for the throttle and the denial summary; a policy denial names the
+/// token's accessor and the key in the audit record and in an `info` log line.
+fn authorized(
+    t: &Transit,
+    headers: &HeaderMap,
+    key: &str,
+    cap: Capability,
+) -> Result<TokenRecord, Box<Response>> {
+    t.authorize(token_of(headers).as_deref(), key, cap)
+        .map_err(|e| Box::new(denial(e, Some((key, cap)))))
+}
+
+fn denial(e: TransitError, target: Option<(&str, Capability)>) -> Response {
+    match e {
+        TransitError::PolicyDenied { accessor } => {
+            let (key, cap) = target.unzip();
+            tracing::info!(%accessor, key = key.unwrap_or(""), capability = ?cap, "request denied by policy");
+            let mut fields = AuditFields::with("accessor", accessor);
+            if let Some(k) = key {
+                fields.0.insert("key".into(), json!(k));
+            }
+            annotate(
+                ApiError(StatusCode::FORBIDDEN, "permission denied".into()).into_response(),
+                fields,
+            )
+        }
+        TransitError::Forbidden(_) => {
+            let mut resp = ApiError::from(e).into_response();
+            resp.extensions_mut().insert(super::client::Denied(
+                crate::audit::denials::DenialKind::Authentication,
+            ));
+            resp
+        }
+        other => ApiError::from(other).into_response(),
+    }
+}
+
+pub fn token_of(headers: &HeaderMap) -> Option<String> {
     if let Some(t) = headers.get("x-vault-token").and_then(|v| v.to_str().ok()) {
         return Some(t.trim().to_string());
     }
@@ -80,21 +150,30 @@ fn token_of(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_string())
 }
 
-/// Reads a JSON body of at most `max` bytes; an empty body is `{}`.
-async fn json_body<T: for<'de> Deserialize<'de>>(body: Body, max: usize) -> Result<T, ApiError> {
-    let bytes: Bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+/// Reads a body of at most `max` bytes.
+async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, max).await.map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
             format!("request body is larger than the limit of {max} bytes"),
         )
-    })?;
+    })
+}
+
+/// Parses a JSON body; an empty body is `{}`.
+fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes: &[u8] = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         b"{}"
     } else {
-        &bytes
+        bytes
     };
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+/// Reads and parses a JSON body of at most `max` bytes.
+async fn json_body<T: for<'de> Deserialize<'de>>(body: Body, max: usize) -> Result<T, ApiError> {
+    parse_json(&read_body(body, max).await?)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,17 +188,121 @@ struct Item {
     reference: Option<String>,
 }
 
+/// A Transit operation's body. The single item's fields are spelled out rather than flattened, so
+/// that serde parses straight into the struct (a flattened struct is first buffered whole).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OpRequest {
-    #[serde(flatten)]
-    item: Item,
+    plaintext: Option<String>,
+    ciphertext: Option<String>,
+    associated_data: Option<String>,
+    context: Option<String>,
+    nonce: Option<String>,
+    key_version: Option<u32>,
+    reference: Option<String>,
     batch_input: Option<Vec<Item>>,
-    partial_failure_response_code: Option<u16>,
+    partial_failure_response_code: Option<i64>,
     #[serde(rename = "type")]
     key_type: Option<String>,
     convergent_encryption: Option<bool>,
     bits: Option<u32>,
+}
+
+impl OpRequest {
+    /// The request's own item (when it has no `batch_input`).
+    fn item(&mut self) -> Item {
+        Item {
+            plaintext: self.plaintext.take(),
+            ciphertext: self.ciphertext.take(),
+            associated_data: self.associated_data.take(),
+            context: self.context.take(),
+            nonce: self.nonce.take(),
+            key_version: self.key_version,
+            reference: self.reference.take(),
+        }
+    }
+}
+
+/// Counts `batch_input`'s items without building them (`serde::de::IgnoredAny`), so that an
+/// oversized batch is refused before it takes any memory.
+fn batch_len(body: &[u8]) -> Result<usize, ApiError> {
+    struct Count(usize);
+    impl<'de> Deserialize<'de> for Count {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Count;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a list of batch items")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Count, A::Error> {
+                    let mut n = 0;
+                    while a.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                        n += 1;
+                    }
+                    Ok(Count(n))
+                }
+                fn visit_unit<E>(self) -> Result<Count, E> {
+                    Ok(Count(0))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    #[derive(Deserialize)]
+    struct Outer {
+        batch_input: Option<Count>,
+    }
+    // Only a body that names the field is scanned; the real parse reports any other error.
+    if !body.windows(11).any(|w| w == b"batch_input") {
+        return Ok(0);
+    }
+    Ok(serde_json::from_slice::<Outer>(body)
+        .ok()
+        .and_then(|o| o.batch_input)
+        .map_or(0, |c| c.0))
+}
+
+/// The status of a batch in which some items failed, as Vault decides it: 400 when every item
+/// failed on its input (500 when one failed inside), else `partial_failure_response_code` when it
+/// is a status that can carry the answer, else 400 with a warning.
+fn batch_status(
+    requested: Option<i64>,
+    succeeded: usize,
+    internal_error: bool,
+) -> (StatusCode, Option<String>) {
+    if succeeded == 0 {
+        let code = if internal_error {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return (code, None);
+    }
+    match requested {
+        None => (StatusCode::BAD_REQUEST, None),
+        Some(c) => match u16::try_from(c)
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(code)
+                if (200..=599).contains(&code.as_u16())
+                    && ![204, 205, 304].contains(&code.as_u16()) =>
+            {
+                (code, None)
+            }
+            _ => (
+                StatusCode::BAD_REQUEST,
+                Some(format!(
+                    "partial_failure_response_code {c} is not a status that can carry the batch results \
+                     (200-599 but 204, 205, 304); answered 400"
+                )),
+            ),
+        },
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -199,7 +382,10 @@ async fn operation(
     body: Body,
 ) -> ApiResult {
     let t = transit(&st)?;
-    let rec = t.authorize(token_of(&headers).as_deref(), &key, op.capability())?;
+    let rec = match authorized(&t, &headers, &key, op.capability()) {
+        Ok(r) => r,
+        Err(resp) => return Ok(*resp),
+    };
     let fields = accessor_and_key(&rec, &key);
     let result = operation_inner(&st, &t, op, &key, body).await;
     Ok(annotate(
@@ -215,7 +401,19 @@ async fn operation_inner(
     key: &str,
     body: Body,
 ) -> ApiResult {
-    let req: OpRequest = json_body(body, st.max_body).await?;
+    let bytes = read_body(body, st.max_body).await?;
+    let n = batch_len(&bytes)?;
+    if n > st.max_batch_items {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "batch_input has {n} items; the limit is {} (transit.max_batch_items)",
+                st.max_batch_items
+            ),
+        ));
+    }
+    let mut req: OpRequest = parse_json(&bytes)?;
+    drop(bytes);
     if req
         .key_type
         .as_deref()
@@ -227,8 +425,8 @@ async fn operation_inner(
             "only aes256-gcm96 keys without convergent encryption exist here".into(),
         ));
     }
-    let Some(batch) = req.batch_input else {
-        let data = one(t, op, key, &req.item)?;
+    let Some(batch) = req.batch_input.take() else {
+        let data = one(t, op, key, &req.item())?;
         let version = data.get("key_version").cloned();
         let resp = envelope(data, Value::Null);
         return Ok(match version {
@@ -242,14 +440,17 @@ async fn operation_inner(
             "batch_input is empty".into(),
         ));
     }
-    let mut any_error = false;
+    let mut failed = 0usize;
+    let mut internal_error = false;
     let results: Vec<Value> = batch
         .iter()
         .map(|item| match one(t, op, key, item) {
             Ok(v) => v,
             Err(e) => {
-                any_error = true;
-                let mut v = json!({ "error": e.to_string() });
+                failed += 1;
+                internal_error |=
+                    !matches!(e, TransitError::BadRequest(_) | TransitError::NotFound(_));
+                let mut v = json!({ "error": ApiError::from(e).1 });
                 if let Some(r) = &item.reference {
                     v["reference"] = json!(r);
                 }
@@ -257,17 +458,27 @@ async fn operation_inner(
             }
         })
         .collect();
-    let mut resp = envelope(json!({ "batch_results": results }), Value::Null);
-    if any_error {
-        // As Vault: 400 when an item failed, unless the caller asked for another code. Each item's
-        // result stands on its own either way.
-        let code = req
-            .partial_failure_response_code
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .unwrap_or(StatusCode::BAD_REQUEST);
-        *resp.status_mut() = code;
+    let total = batch.len();
+    drop(batch);
+    let mut fields = AuditFields::with("batch_items", total);
+    let mut warnings = Value::Null;
+    let mut status = StatusCode::OK;
+    if failed > 0 {
+        // Each item's result stands on its own either way.
+        let (code, warning) = batch_status(
+            req.partial_failure_response_code,
+            total - failed,
+            internal_error,
+        );
+        status = code;
+        if let Some(w) = warning {
+            warnings = json!([w]);
+        }
+        fields.0.insert("batch_failed".into(), json!(failed));
     }
-    Ok(resp)
+    let mut resp = envelope_with(json!({ "batch_results": results }), Value::Null, warnings);
+    *resp.status_mut() = status;
+    Ok(annotate(resp, fields))
 }
 
 async fn encrypt(
@@ -304,8 +515,11 @@ async fn datakey(
     body: Body,
 ) -> ApiResult {
     let t = transit(&st)?;
-    let rec = t.authorize(token_of(&headers).as_deref(), &key, Capability::Datakey)?;
-    let req: OpRequest = json_body(body, st.max_body).await?;
+    let rec = match authorized(&t, &headers, &key, Capability::Datakey) {
+        Ok(r) => r,
+        Err(resp) => return Ok(*resp),
+    };
+    let mut req: OpRequest = json_body(body, st.max_body).await?;
     let with_plaintext = match kind.as_str() {
         "plaintext" => true,
         "wrapped" => false,
@@ -316,7 +530,7 @@ async fn datakey(
             ));
         }
     };
-    let aad = aad_of(&req.item)?;
+    let aad = aad_of(&req.item())?;
     let (dk, ct, v) = t.datakey(&key, req.bits.unwrap_or(256), &aad)?;
     let mut data = json!({ "ciphertext": ct, "key_version": v });
     if with_plaintext {
@@ -334,7 +548,10 @@ async fn read_key(
     headers: HeaderMap,
 ) -> ApiResult {
     let t = transit(&st)?;
-    let rec = t.authorize(token_of(&headers).as_deref(), &key, Capability::Read)?;
+    let rec = match authorized(&t, &headers, &key, Capability::Read) {
+        Ok(r) => r,
+        Err(resp) => return Ok(*resp),
+    };
     Ok(annotate(
         envelope(t.key_metadata(&key)?, Value::Null),
         accessor_and_key(&rec, &key),
@@ -409,7 +626,9 @@ struct RenewRequest {
 async fn renew_self(State(st): State<TransitState>, headers: HeaderMap, body: Body) -> ApiResult {
     let t = transit(&st)?;
     let token = token_of(&headers);
-    t.authenticate(token.as_deref())?;
+    if let Err(e) = t.authenticate(token.as_deref()) {
+        return Ok(denial(e, None));
+    }
     let req: RenewRequest = json_body(body, st.max_body).await?;
     let rec = t.renew(token.as_deref(), req.increment)?;
     Ok(annotate(
@@ -421,7 +640,10 @@ async fn renew_self(State(st): State<TransitState>, headers: HeaderMap, body: Bo
 async fn lookup_self(State(st): State<TransitState>, headers: HeaderMap) -> ApiResult {
     let t = transit(&st)?;
     let token = token_of(&headers);
-    let rec = t.authenticate(token.as_deref())?;
+    let rec = match t.authenticate(token.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return Ok(denial(e, None)),
+    };
     Ok(annotate(
         envelope(lookup_data(&rec, token.as_deref()), Value::Null),
         AuditFields::with("accessor", rec.accessor.clone()),
@@ -664,10 +886,10 @@ pub fn process_body(t: &Transit, op: &str, key: &str, body: &[u8]) -> Result<Val
         "decrypt" => Op::Decrypt,
         _ => Op::Rewrap,
     };
-    let req: OpRequest =
+    let mut req: OpRequest =
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
-    match req.batch_input {
-        None => one(t, op, key, &req.item).map_err(|e| e.to_string()),
+    match req.batch_input.take() {
+        None => one(t, op, key, &req.item()).map_err(|e| e.to_string()),
         Some(items) => Ok(Value::Array(
             items
                 .iter()

@@ -40,9 +40,12 @@ pub enum TransitError {
     /// Bad input: answered 400.
     #[error("{0}")]
     BadRequest(String),
-    /// Missing, invalid, expired or revoked token, or a policy that does not allow it: 403.
+    /// Missing, invalid, expired or revoked token: 403 (and counted by the throttle).
     #[error("permission denied{}", if .0.is_empty() { String::new() } else { format!(": {}", .0) })]
     Forbidden(String),
+    /// A valid token whose policies do not allow the operation on the key: 403.
+    #[error("permission denied")]
+    PolicyDenied { accessor: String },
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -126,10 +129,11 @@ pub fn parse_ciphertext(ct: &str) -> Result<(u32, Vec<u8>)> {
     if *prefix != "vault" {
         return Err(bad("invalid ciphertext: it does not start with \"vault:\""));
     }
+    // Canonical decimal only: no sign, no leading zero (what this server writes, and nothing else).
     let v: u32 = version
         .strip_prefix('v')
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'))
         .and_then(|n| n.parse().ok())
-        .filter(|n| *n > 0)
         .ok_or_else(|| bad(format!("invalid ciphertext: bad version {version:?}")))?;
     let bytes = B64
         .decode(body)
@@ -672,7 +676,9 @@ impl Transit {
         if allowed {
             Ok(rec)
         } else {
-            Err(TransitError::Forbidden(String::new()))
+            Err(TransitError::PolicyDenied {
+                accessor: rec.accessor.clone(),
+            })
         }
     }
 
@@ -736,6 +742,10 @@ mod tests {
             "vault:1:AAAA",
             "vault:v0:AAAA",
             "vault:vx:AAAA",
+            "vault:v01:AAAA",
+            "vault:v+1:AAAA",
+            "vault:v:AAAA",
+            "vault:v4294967296:AAAA",
             "vault:v1:***",
         ] {
             assert!(parse_ciphertext(bad).is_err(), "{bad}");

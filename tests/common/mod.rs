@@ -298,7 +298,11 @@ impl Daemon {
     fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.socket.exists() {
+            // bind(2) creates the socket file before listen(2): readiness is a connection that is
+            // accepted, on both listeners.
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

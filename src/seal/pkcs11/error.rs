@@ -33,6 +33,9 @@ pub enum ErrorKind {
     Timeout,
     /// An earlier call is still stuck inside the module.
     Hung,
+    /// This host ran out of something (descriptors, memory): says nothing about the HSM, so the
+    /// member's health is left as it was.
+    LocalResource,
     Other,
 }
 
@@ -77,6 +80,7 @@ fn kind_of(rv: &RvError) -> ErrorKind {
         | SlotIdInvalid
         | DeviceMemory => ErrorKind::Device,
         EncryptedDataInvalid | EncryptedDataLenRange => ErrorKind::Authentication,
+        HostMemory => ErrorKind::LocalResource,
         MechanismInvalid
         | MechanismParamInvalid
         | KeyTypeInconsistent

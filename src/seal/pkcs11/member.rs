@@ -205,6 +205,13 @@ impl Member {
 
     fn record<R>(&self, result: &Result<R, HsmError>) {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = result
+            && e.kind == ErrorKind::LocalResource
+        {
+            // Out of descriptors or memory here: the HSM was not asked, so its health stands.
+            tracing::warn!(member = %st.name, error = %e, "HSM member not checked: this host is out of resources");
+            return;
+        }
         st.last_checked_unix = Some(now_unix());
         let (state, healthy, err) = match result {
             Ok(_) => ("healthy", true, None),
@@ -313,14 +320,14 @@ impl Worker {
                     "PIN environment variable {var} is not set or not UTF-8"
                 ))
             })?,
-            PinSource::File(path) => read_secret_file(path).map_err(bad)?,
+            PinSource::File(path) => read_secret_file(path)?,
             PinSource::Credential(name) => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
                     bad(format!(
                         "pin_credential {name:?} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
                     ))
                 })?;
-                read_secret_file(&PathBuf::from(dir).join(name)).map_err(bad)?
+                read_secret_file(&PathBuf::from(dir).join(name))?
             }
         };
         let trimmed = raw.trim_end_matches(['\r', '\n']).to_string();
@@ -712,23 +719,79 @@ fn id_note(id: &Option<Vec<u8>>) -> String {
         .unwrap_or_default()
 }
 
-/// Reads a PIN file, refusing one that group or others can read.
-fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| format!("cannot open PIN file {}: {e}", path.display()))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| format!("cannot stat PIN file {}: {e}", path.display()))?;
+/// Reads a PIN file, refusing one that group or others can read. Running out of descriptors or
+/// memory is a local condition ([`ErrorKind::LocalResource`]), not a bad PIN source.
+fn read_secret_file(path: &std::path::Path) -> Result<String, HsmError> {
+    let fail = |what: &str, e: std::io::Error| {
+        HsmError::new(
+            io_error_kind(&e),
+            format!("cannot {what} PIN file {}: {e}", path.display()),
+        )
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| fail("open", e))?;
+    let meta = f.metadata().map_err(|e| fail("stat", e))?;
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "PIN file {} is accessible by group or others (mode {:o}); chmod 0600 it",
-            path.display(),
-            mode & 0o777
+        return Err(HsmError::new(
+            ErrorKind::PinSource,
+            format!(
+                "PIN file {} is accessible by group or others (mode {:o}); chmod 0600 it",
+                path.display(),
+                mode & 0o777
+            ),
         ));
     }
     let mut s = String::new();
-    f.read_to_string(&mut s)
-        .map_err(|e| format!("cannot read PIN file {}: {e}", path.display()))?;
+    f.read_to_string(&mut s).map_err(|e| fail("read", e))?;
     Ok(s)
+}
+
+/// What an I/O failure reading a PIN source means for the member.
+fn io_error_kind(e: &std::io::Error) -> ErrorKind {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => ErrorKind::LocalResource,
+        _ => ErrorKind::PinSource,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_is_not_an_hsm_failure() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+            assert_eq!(
+                io_error_kind(&std::io::Error::from_raw_os_error(errno)),
+                ErrorKind::LocalResource
+            );
+        }
+        assert_eq!(
+            io_error_kind(&std::io::Error::from_raw_os_error(libc::ENOENT)),
+            ErrorKind::PinSource
+        );
+        let m = Member::start(
+            MemberSpec {
+                name: "m".into(),
+                lib: PathBuf::from("/nonexistent/libpkcs11.so"),
+                selector: TokenSelector::Slot(0),
+                pin: PinSource::Env("SK_TEST_UNSET_PIN".into()),
+                rw_session: false,
+                timeout: Duration::from_secs(5),
+                key_label: "k".into(),
+                key_id: None,
+                mechanism: Mechanism::AesGcm,
+                fips_mode: false,
+            },
+            ModuleRegistry::new(),
+        );
+        m.record(&Ok(()));
+        assert_eq!(m.status().state, "healthy");
+        m.record::<()>(&Err(HsmError::new(ErrorKind::LocalResource, "os error 24")));
+        let st = m.status();
+        assert!(st.healthy && st.state == "healthy" && st.last_error.is_none());
+        m.record::<()>(&Err(HsmError::new(ErrorKind::PinSource, "gone")));
+        assert_eq!(m.status().state, "down");
+        m.shutdown();
+    }
 }

@@ -1,0 +1,348 @@
+//! Who the client is, and how often it failed to authenticate.
+//!
+//! The client address is the TCP peer's, unless the peer is a trusted proxy
+//! (`listener.x_forwarded_for_authorized_addrs`, as Vault's option of that name): then it is the
+//! last address the proxy appended to `X-Forwarded-For`. A header from any other peer is ignored,
+//! so a client cannot choose whose failures it is counted against.
+//!
+//! [`AuthThrottle`] counts failed authentications per client address (an IPv6 client per /64, since
+//! one host holds a whole /64) in fixed windows; an address over the limit is answered 429 with
+//! `Retry-After` until its window ends. Other addresses are never slowed by it. Memory is bounded:
+//! at most [`MAX_TRACKED`] addresses are tracked; past that, expired windows are dropped, and when
+//! every tracked address is still in its window, new addresses share one overflow bucket.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+
+/// Addresses tracked by the throttle at the most.
+pub const MAX_TRACKED: usize = 65_536;
+
+/// An address or an address range (`10.0.0.0/8`, `::1`, `fd00::/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => match b.trim().parse::<u8>() {
+                Ok(n) if n <= max && !b.trim().starts_with('+') => n,
+                _ => return Err(format!("{s:?}: the prefix length must be 0 to {max}")),
+            },
+        };
+        Ok(Cidr { net, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.bits),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.bits),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let full = usize::from(bits / 8);
+    let rest = bits % 8;
+    if a.get(..full) != b.get(..full) {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    match (a.get(full), b.get(full)) {
+        (Some(x), Some(y)) => x & mask == y & mask,
+        _ => false,
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// The client's address for throttling and the audit trail, and whether it came from
+/// `X-Forwarded-For`.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> (IpAddr, bool) {
+    let peer = canonical(peer);
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return (peer, false);
+    }
+    // The proxy appends the address it saw to the right; anything to its left came from the client.
+    let last = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .rfind(|a| !a.trim().is_empty())
+        .and_then(|a| a.trim().parse::<IpAddr>().ok());
+    match last {
+        Some(ip) => (canonical(ip), true),
+        None => (peer, false),
+    }
+}
+
+/// What the throttle counts an address as: IPv6 clients by their /64.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// The bucket shared by new addresses while the table is full of live windows.
+const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+struct Window {
+    started: Instant,
+    failures: u32,
+}
+
+pub struct AuthThrottle {
+    limit: u32,
+    window: Duration,
+    table: Mutex<HashMap<IpAddr, Window>>,
+}
+
+impl AuthThrottle {
+    pub fn new(limit: u32, window: Duration) -> AuthThrottle {
+        AuthThrottle {
+            limit,
+            window,
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(retry_after)` when `ip` has used up its failures in the current window.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let key = bucket(ip);
+        let w = table
+            .get(&key)
+            .or_else(|| table.get(&OVERFLOW).filter(|_| table.len() >= MAX_TRACKED));
+        match w {
+            Some(w) if w.failures >= self.limit => {
+                let left = self.window.saturating_sub(now.duration_since(w.started));
+                if left.is_zero() { Ok(()) } else { Err(left) }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one failed authentication of `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut key = bucket(ip);
+        if !table.contains_key(&key) && table.len() >= MAX_TRACKED {
+            let window = self.window;
+            table.retain(|_, w| now.duration_since(w.started) < window);
+            if table.len() >= MAX_TRACKED {
+                key = OVERFLOW;
+            }
+        }
+        let w = table.entry(key).or_insert(Window {
+            started: now,
+            failures: 0,
+        });
+        if now.duration_since(w.started) >= self.window {
+            w.started = now;
+            w.failures = 0;
+        }
+        w.failures = w.failures.saturating_add(1);
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse()
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    #[test]
+    fn cidr_parse_and_contains() {
+        let c = Cidr::parse("10.1.0.0/16").unwrap_or(Cidr {
+            net: ip("255.255.255.255"),
+            bits: 32,
+        });
+        assert!(c.contains(ip("10.1.200.3")));
+        assert!(!c.contains(ip("10.2.0.1")));
+        assert!(c.contains(ip("::ffff:10.1.0.9")));
+        assert!(Cidr::parse("127.0.0.1").is_ok_and(|c| c.contains(ip("127.0.0.1"))));
+        assert!(Cidr::parse("fd00::/8").is_ok_and(|c| c.contains(ip("fd12::1"))));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("10.0.0.0/+8").is_err());
+        assert!(Cidr::parse("lb.example").is_err());
+        assert!(Cidr::parse("0.0.0.0/0").is_ok_and(|c| c.contains(ip("203.0.113.9"))));
+        assert!(
+            Cidr::parse("10.0.0.0/12")
+                .is_ok_and(|c| c.contains(ip("10.15.0.1")) && !c.contains(ip("10.16.0.1")))
+        );
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_peers_and_only_the_last_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 192.0.2.7"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        let lb = [Cidr::parse("127.0.0.0/8").unwrap_or_else(|_| unreachable!())];
+        assert_eq!(
+            client_address(ip("127.0.0.1"), &h, &lb),
+            (ip("192.0.2.7"), true)
+        );
+        assert_eq!(
+            client_address(ip("198.51.100.1"), &h, &lb),
+            (ip("198.51.100.1"), false)
+        );
+        assert_eq!(
+            client_address(ip("127.0.0.1"), &HeaderMap::new(), &lb),
+            (ip("127.0.0.1"), false)
+        );
+        assert_eq!(
+            client_address(ip("127.0.0.1"), &h, &[]),
+            (ip("127.0.0.1"), false)
+        );
+    }
+
+    #[test]
+    fn throttle_counts_per_address_and_ipv6_per_64() {
+        let t = AuthThrottle::new(3, Duration::from_secs(60));
+        for _ in 0..3 {
+            assert!(t.check(ip("192.0.2.1")).is_ok());
+            t.failed(ip("192.0.2.1"));
+        }
+        let wait = t.check(ip("192.0.2.1"));
+        assert!(wait.is_err_and(|d| d > Duration::from_secs(50)));
+        // Another address is not slowed.
+        assert!(t.check(ip("192.0.2.2")).is_ok());
+        for i in 0..3 {
+            t.failed(ip(&format!("2001:db8::{i}")));
+        }
+        assert!(t.check(ip("2001:db8::ffff")).is_err());
+        assert!(t.check(ip("2001:db8:0:1::1")).is_ok());
+    }
+
+    #[test]
+    fn throttle_window_ends_and_memory_is_bounded() {
+        let t = AuthThrottle::new(1, Duration::from_millis(1));
+        t.failed(ip("192.0.2.1"));
+        let start = Instant::now();
+        while t.check(ip("192.0.2.1")).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(5));
+            std::thread::yield_now();
+        }
+        let t = AuthThrottle::new(1, Duration::from_secs(60));
+        for i in 0..(MAX_TRACKED as u32 + 10) {
+            t.failed(IpAddr::V4(std::net::Ipv4Addr::from(i + 1)));
+        }
+        assert!(t.tracked() <= MAX_TRACKED + 1);
+        // Addresses beyond the table share the overflow bucket, which is throttled too.
+        assert!(t.check(ip("203.0.113.200")).is_err());
+    }
+}
+
+/// The client of a request, as [`client_address`] found it (a request extension).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr {
+    pub ip: IpAddr,
+    pub forwarded: bool,
+}
+
+/// A response extension: the request was denied before reaching a key (the throttle counts it, the
+/// audit trail summarizes it).
+#[derive(Clone, Copy, Debug)]
+pub struct Denied(pub crate::audit::denials::DenialKind);
+
+/// Resolves the client address of every request (outermost layer of the public router).
+pub async fn resolve_client(
+    axum::extract::State(trusted): axum::extract::State<std::sync::Arc<Vec<Cidr>>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(peer) = req
+        .extensions()
+        .get::<super::audit_layer::PeerIp>()
+        .map(|p| p.0)
+    {
+        let (ip, forwarded) = client_address(peer, req.headers(), &trusted);
+        req.extensions_mut().insert(ClientAddr { ip, forwarded });
+    }
+    next.run(req).await
+}
+
+/// Answers 429 to an address over its failed-authentication limit on every route that takes a
+/// token, and counts the failed authentications the handlers report.
+pub async fn throttle_requests(
+    axum::extract::State(throttle): axum::extract::State<std::sync::Arc<AuthThrottle>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(client) = req.extensions().get::<ClientAddr>().copied() else {
+        return next.run(req).await;
+    };
+    if !req.uri().path().starts_with("/v1/sys/")
+        && let Err(wait) = throttle.check(client.ip)
+    {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut resp = super::ApiError(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed authentications from this address; retry in {secs}s"),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, secs.into());
+        resp.extensions_mut()
+            .insert(Denied(crate::audit::denials::DenialKind::Throttled));
+        return resp;
+    }
+    let resp = next.run(req).await;
+    if resp
+        .extensions()
+        .get::<Denied>()
+        .is_some_and(|d| d.0 == crate::audit::denials::DenialKind::Authentication)
+    {
+        throttle.failed(client.ip);
+    }
+    resp
+}
