@@ -243,6 +243,52 @@ struct AuditHashRequest {
     input: String,
 }
 
+/// Where the audit trail is and who writes it (for `sys/audit/verify`).
+#[derive(Clone)]
+pub struct AuditTrail {
+    pub audit: crate::audit::Audit,
+    pub path: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditVerifyRequest {
+    #[serde(default)]
+    files: Vec<std::path::PathBuf>,
+}
+
+/// `PUT /v1/sys/audit/verify`: the unsealed daemon checks the trail's MACs (keyed chain) and its
+/// anchor, which `sealkeeper audit verify` cannot do without the key.
+async fn audit_verify(
+    State(core): State<Arc<Core>>,
+    axum::Extension(trail): axum::Extension<AuditTrail>,
+    body: Bytes,
+) -> Response {
+    let req: AuditVerifyRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let Some(log) = trail.path.clone() else {
+        return error_response(StatusCode::BAD_REQUEST, "no [audit] trail is configured");
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        crate::audit::anchor::check(&core, &trail.audit, &log, &req.files)
+    })
+    .await;
+    use crate::audit::anchor::CheckError;
+    match result {
+        Ok(Ok(report)) => axum::Json(report).into_response(),
+        Ok(Err(e @ CheckError::Sealed)) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Ok(Err(e @ CheckError::Refused(_))) => {
+            error_response(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Ok(Err(e)) => error_response(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 /// `PUT /v1/sys/audit-hash`: the audit trail's HMAC of a value, to find it in the trail.
 async fn audit_hash(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     let req: AuditHashRequest = match parse_body(&body) {
@@ -343,6 +389,7 @@ pub fn router(
     core: Arc<Core>,
     transit: &crate::config::TransitConfig,
     audit: crate::http::audit_layer::AuditCtx,
+    trail: AuditTrail,
 ) -> Router {
     let state = crate::http::transit::TransitState {
         max_batch_items: transit.max_batch_items,
@@ -359,6 +406,7 @@ pub fn router(
         .route("/v1/sys/seal-status", get(seal_status_handler))
         .route("/v1/sys/hsm-status", get(hsm_status_handler))
         .route("/v1/sys/audit-hash", post(audit_hash).put(audit_hash))
+        .route("/v1/sys/audit/verify", post(audit_verify).put(audit_verify))
         .route(
             "/v1/sys/seal-backend-status",
             get(crate::http::seal_backend_status_handler),
@@ -411,6 +459,7 @@ pub fn router(
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(trail))
         .layer(axum::middleware::from_fn(crate::http::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             audit,

@@ -156,6 +156,10 @@ pub struct AuditConfig {
     /// certificates) are recorded once per client address per interval, with a count.
     #[serde(default = "d_10s", with = "humantime_serde")]
     pub denial_summary_interval: Duration,
+    /// How often the newest keyed record is anchored in the sealed state (also at every rotation
+    /// and at shutdown): truncation and edits up to the anchor are detected.
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub anchor_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -665,6 +669,15 @@ impl Config {
         {
             out.push(problem(
                 vec![Key("audit"), Key("denial_summary_interval")],
+                "must be 1s to 1h",
+            ));
+        }
+        if let Some(a) = &self.audit
+            && (a.anchor_interval < Duration::from_secs(1)
+                || a.anchor_interval > Duration::from_secs(3600))
+        {
+            out.push(problem(
+                vec![Key("audit"), Key("anchor_interval")],
                 "must be 1s to 1h",
             ));
         }

@@ -249,6 +249,13 @@ pub async fn run(
     tasks.spawn(core.clone().run_auto_unseal());
     tasks.spawn(core.clone().run_probe());
     tasks.spawn(denials.clone().run());
+    if let Some(a) = &cfg.audit {
+        tasks.spawn(crate::audit::anchor::run(
+            core.clone(),
+            audit.clone(),
+            a.anchor_interval,
+        ));
+    }
     tasks.spawn(serve_public(
         listeners.public,
         tls,
@@ -293,6 +300,10 @@ pub async fn run(
                 log_health: true,
                 denials: None,
             },
+            admin::AuditTrail {
+                audit: audit.clone(),
+                path: cfg.audit.as_ref().map(|a| a.path.clone()),
+            },
         ),
         audit.clone(),
         cfg.listener.http_read_header_timeout,
@@ -311,6 +322,8 @@ pub async fn run(
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     denials.flush();
+    // The last anchor, while the keys are still here.
+    crate::audit::anchor::anchor_once(&core, &audit, &mut None).await;
     core.zeroize();
     let _ = tokio::task::spawn_blocking(move || {
         for seal in autos {

@@ -9,6 +9,7 @@
 //! an external rotation); `max_file_bytes` rotates it by renaming. Either way the chain continues
 //! into the next file.
 
+pub mod anchor;
 pub mod denials;
 pub mod verify;
 
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -107,18 +109,38 @@ impl Event {
 enum Msg {
     Append(Box<Event>, oneshot::Sender<Result<(), AuditError>>),
     Reopen,
+    /// The chain key (while unsealed) or None (sealed): records are MACed while it is held.
+    SetKey(Option<Zeroizing<Vec<u8>>>),
+}
+
+/// The newest durable record: what the daemon anchors in its sealed state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Anchor {
+    pub seq: u64,
+    /// SHA-256 (hex) of the record's line.
+    pub line_hash: String,
+    /// The record's `mac`: only a keyed record can be an anchor.
+    pub mac: String,
 }
 
 /// A handle to the audit writer. Cloning is cheap; all clones feed one writer.
 #[derive(Clone)]
 pub struct Audit {
     tx: Option<mpsc::UnboundedSender<Msg>>,
+    /// The newest keyed durable record, for the anchor.
+    head: std::sync::Arc<std::sync::Mutex<Option<Anchor>>>,
+    /// Signalled when the writer rotated the file (the anchor is then written at once).
+    rotated: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Audit {
     /// No audit trail configured: events are dropped (the daemon warns at every start).
     pub fn disabled() -> Audit {
-        Audit { tx: None }
+        Audit {
+            tx: None,
+            head: Default::default(),
+            rotated: Default::default(),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -129,6 +151,8 @@ impl Audit {
     /// starts the writer on a blocking thread.
     pub fn open(path: &Path, max_file_bytes: Option<u64>) -> Result<Audit, AuditError> {
         let mut w = Writer::open(path, max_file_bytes)?;
+        let head = w.head.clone();
+        let rotated = w.rotated.clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -145,7 +169,29 @@ impl Audit {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?;
-        Ok(Audit { tx: Some(tx) })
+        Ok(Audit {
+            tx: Some(tx),
+            head,
+            rotated,
+        })
+    }
+
+    /// Gives the writer the chain key (at unseal) or takes it away (at seal). Records sent before
+    /// this call are written before the change.
+    pub fn set_chain_key(&self, key: Option<Zeroizing<Vec<u8>>>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::SetKey(key));
+        }
+    }
+
+    /// Completes when the writer has rotated the file.
+    pub async fn rotated(&self) {
+        self.rotated.notified().await;
+    }
+
+    /// The newest keyed record made durable, if any since start.
+    pub fn head(&self) -> Option<Anchor> {
+        self.head.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Appends `event` and waits until it is durable.
@@ -160,13 +206,18 @@ impl Audit {
     /// Records without waiting (background events such as automatic unseal attempts); a failure is
     /// logged.
     pub fn record_detached(&self, event: Event) {
-        let this = self.clone();
-        if this.tx.is_none() {
+        let Some(tx) = &self.tx else { return };
+        // Sent now (so it keeps its place before a later key change); only the wait is detached.
+        let (ack, done) = oneshot::channel();
+        if tx.send(Msg::Append(Box::new(event), ack)).is_err() {
+            tracing::error!("audit record could not be written: the writer is not running");
             return;
         }
         tokio::spawn(async move {
-            if let Err(e) = this.record(event).await {
-                tracing::error!(error = %e, "audit record could not be written");
+            match done.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "audit record could not be written"),
+                Err(_) => tracing::error!("audit record could not be written: the writer stopped"),
             }
         });
     }
@@ -186,6 +237,9 @@ struct Writer {
     prev: String,
     size: u64,
     max_file_bytes: Option<u64>,
+    key: Option<Zeroizing<Vec<u8>>>,
+    head: std::sync::Arc<std::sync::Mutex<Option<Anchor>>>,
+    rotated: std::sync::Arc<tokio::sync::Notify>,
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
@@ -261,6 +315,9 @@ impl Writer {
             prev,
             size,
             max_file_bytes,
+            key: None,
+            head: Default::default(),
+            rotated: Default::default(),
         })
     }
 
@@ -268,13 +325,27 @@ impl Writer {
         let mut acks = Vec::new();
         let mut lines = Vec::new();
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
+        let mut head = None;
         for m in batch {
             match m {
                 Msg::Reopen => self.file = None,
+                // Takes effect for the records after it in this batch.
+                Msg::SetKey(k) => self.key = k,
                 Msg::Append(ev, ack) => {
                     seq += 1;
-                    let line = render(&ev, seq, &prev);
-                    prev = hex::encode(crate::crypto::sha256(line.as_bytes()));
+                    let mut line = render(&ev, seq, &prev);
+                    if let Some(k) = &self.key {
+                        let (keyed, mac) = add_mac(&line, k);
+                        line = keyed;
+                        prev = hex::encode(crate::crypto::sha256(line.as_bytes()));
+                        head = Some(Anchor {
+                            seq,
+                            line_hash: prev.clone(),
+                            mac,
+                        });
+                    } else {
+                        prev = hex::encode(crate::crypto::sha256(line.as_bytes()));
+                    }
                     lines.push(line);
                     acks.push(ack);
                 }
@@ -287,6 +358,9 @@ impl Writer {
         if result.is_ok() {
             self.seq = seq;
             self.prev = prev;
+            if head.is_some() {
+                *self.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+            }
         } else if let Err(e) = &result {
             tracing::error!(error = %e, "audit log write failed: refusing the requests of this batch");
         }
@@ -339,8 +413,39 @@ impl Writer {
         std::fs::rename(&self.path, &target).map_err(|e| io_err(&self.path, e))?;
         self.file = None;
         self.size = 0;
+        self.rotated.notify_one();
         Ok(())
     }
+}
+
+/// Every file of the trail at `path`, oldest first: the rotated files, then the current one.
+pub fn trail_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = rotated(path);
+    if path.exists() {
+        files.push(path.to_path_buf());
+    }
+    files
+}
+
+/// Rotated files are `<path>.<timestamp>`, sorted oldest first.
+fn rotated(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
 }
 
 /// Rotated files are `<path>.<timestamp>`; the newest sorts last.
@@ -382,4 +487,34 @@ fn render(ev: &Event, seq: u64, prev: &str) -> String {
     }
     rec.insert("prev".into(), json!(prev));
     Value::Object(rec).to_string()
+}
+
+/// The suffix a keyed record ends with: `,"mac":"<64 hex>"}`.
+const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
+
+/// Appends `"mac"`, the HMAC-SHA256 under the chain key of the line as rendered without it (which
+/// includes `prev`, the hash of the previous line: so the MAC covers the whole chain before it).
+fn add_mac(line: &str, key: &[u8]) -> (String, String) {
+    let mac = hex::encode(crate::crypto::hmac_sha256(key, line.as_bytes()));
+    let body = line.strip_suffix('}').unwrap_or(line);
+    (format!("{body},\"mac\":\"{mac}\"}}"), mac)
+}
+
+/// A keyed line split into (the line as it was MACed, the mac); None for an unkeyed line.
+pub(crate) fn split_mac(line: &str) -> Option<(String, &str)> {
+    let cut = line.len().checked_sub(MAC_SUFFIX_LEN)?;
+    let suffix = line.get(cut..)?;
+    let mac = suffix.strip_prefix(",\"mac\":\"")?.strip_suffix("\"}")?;
+    if mac.len() != 64 || !mac.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((format!("{}}}", &line[..cut]), mac))
+}
+
+/// Whether `mac` is the chain key's MAC of `content` (constant time).
+pub(crate) fn mac_ok(key: &[u8], content: &str, mac: &str) -> bool {
+    hex::decode(mac)
+        .ok()
+        .and_then(|m| <[u8; 32]>::try_from(m).ok())
+        .is_some_and(|m| crate::crypto::hmac_sha256_verify(key, content.as_bytes(), &m))
 }

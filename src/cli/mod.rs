@@ -82,9 +82,13 @@ pub fn run(cli: Cli) -> i32 {
         Command::Operator(args) => operator::run(args),
         Command::Hsm(cmd) => hsm::run(cmd),
         Command::Audit(AuditCommand::Verify { files }) => {
-            match crate::audit::verify::verify(&files) {
-                Ok(n) => {
-                    println!("ok: {n} records, hash chain intact");
+            match crate::audit::verify::verify_with(&files, &Default::default()) {
+                Ok(r) => {
+                    println!(
+                        "ok: {} records, hash chain intact; {} keyed records whose MACs and the anchor \
+                         only the unsealed daemon can check (`sealkeeper operator audit-verify`)",
+                        r.records, r.keyed
+                    );
                     Ok(0)
                 }
                 Err(e) => Err(e.to_string()),

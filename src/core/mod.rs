@@ -1113,6 +1113,7 @@ impl Core {
             .map(|(n, w)| format!("{n}/{}", w.blob.wrapped_by))
             .or_else(|| shamir.as_ref().map(|s| format!("{s}/unseal-keys")))
             .unwrap_or_default();
+        self.audit.set_chain_key(Some(transit.audit_chain_key()));
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = State::Unsealed {
             init,
             keys,
@@ -1407,6 +1408,7 @@ impl Core {
             keys.clone(),
             self.opts.memory,
         )?);
+        self.audit.set_chain_key(Some(transit.audit_chain_key()));
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = State::Unsealed {
             init,
             keys,
@@ -2252,6 +2254,7 @@ impl Core {
                 };
                 tracing::info!("sealed by operator; keys zeroized");
                 self.audit.record_detached(Event::new("core", "seal", "ok"));
+                self.audit.set_chain_key(None);
                 Ok(())
             }
         }
@@ -2260,6 +2263,7 @@ impl Core {
     /// Drops the keys at shutdown.
     pub fn zeroize(&self) {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        self.audit.set_chain_key(None);
         if let State::Unsealed { init, .. } = &*st {
             *st = State::Sealed {
                 init: Some(init.clone()),

@@ -166,7 +166,12 @@ pub struct Transit {
     write: Mutex<()>,
     /// Key of the `hmac-sha256:` values in the audit trail.
     audit_key: LockedBytes,
+    /// Key of the audit records' `mac` (the keyed chain).
+    audit_chain_key: LockedBytes,
 }
+
+/// Where the audit trail's anchor is kept, encrypted under the keyring like every record.
+const AUDIT_ANCHOR: &str = "audit/anchor";
 
 impl Transit {
     /// Loads every transit record, decrypting with the keyring.
@@ -178,6 +183,7 @@ impl Transit {
         let cipher = RecordCipher::new(keys);
         let token_key = cipher.derive_key(b"sealkeeper token hash v1", memory)?;
         let audit_key = cipher.derive_key(b"sealkeeper audit hmac v1", memory)?;
+        let audit_chain_key = cipher.derive_key(b"sealkeeper audit chain v1", memory)?;
         let t = Transit {
             storage,
             cipher,
@@ -187,6 +193,7 @@ impl Transit {
             policies: RwLock::new(BTreeMap::new()),
             write: Mutex::new(()),
             audit_key,
+            audit_chain_key,
         };
         for path in t.storage.list(KEY_PREFIX)? {
             let stored: StoredKey = t.read_json(&path)?;
@@ -557,6 +564,24 @@ impl Transit {
             "hmac-sha256:{}",
             hex::encode(crypto::hmac_sha256(self.audit_key.as_slice(), value))
         )
+    }
+
+    /// A copy of the audit chain key for the audit writer (which keeps it until seal).
+    pub fn audit_chain_key(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.audit_chain_key.as_slice().to_vec())
+    }
+
+    /// The newest anchor of the audit trail (seq, hash and mac of a keyed record).
+    pub fn audit_anchor(&self) -> Result<Option<crate::audit::Anchor>> {
+        match self.storage.get(AUDIT_ANCHOR)? {
+            None => Ok(None),
+            Some(_) => self.read_json(AUDIT_ANCHOR).map(Some),
+        }
+    }
+
+    /// Records `anchor` as the audit trail's newest anchor.
+    pub fn put_audit_anchor(&self, anchor: &crate::audit::Anchor) -> Result<()> {
+        self.write_json(AUDIT_ANCHOR, anchor, Expect::Any)
     }
 
     // --- policies ---
