@@ -69,6 +69,15 @@ fn every_operation_is_recorded_without_secrets_and_the_chain_verifies() {
     assert_eq!(r.status, 403);
     d.operator_ok(&["seal"]);
     d.operator_ok(&["unseal"]);
+    let dec = http_with(
+        d.port,
+        "PUT",
+        "/v1/transit/decrypt/vault-prod",
+        Some(&token),
+        json!({ "ciphertext": ct }).to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(dec.status, 200, "{}", dec.body);
     let token_hmac = d.operator_ok(&["audit-hash", &token]).trim().to_string();
     let wrong_hmac = d
         .operator_ok(&["audit-hash", "sks.wrong"])
@@ -99,6 +108,14 @@ fn every_operation_is_recorded_without_secrets_and_the_chain_verifies() {
         .filter(|r| r["operation"] == "PUT /v1/transit/encrypt/vault-prod")
         .collect();
     assert_eq!(enc.len(), 2);
+    let dec_rec = recs
+        .iter()
+        .find(|r| r["operation"] == "PUT /v1/transit/decrypt/vault-prod")
+        .unwrap();
+    assert_eq!(
+        dec_rec["key_version"], 1,
+        "decrypt records carry the version: {dec_rec}"
+    );
     assert_eq!(enc[0]["outcome"], "ok");
     assert_eq!(enc[0]["key"], "vault-prod");
     assert_eq!(enc[0]["key_version"], 1);

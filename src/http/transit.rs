@@ -339,9 +339,16 @@ fn aad_of(item: &Item) -> Result<zeroize::Zeroizing<Vec<u8>>, TransitError> {
     }
 }
 
-fn one(t: &Transit, op: Op, key: &str, item: &Item) -> Result<Value, TransitError> {
+/// One item's answer and the key version it used (for the audit record; a decrypt answer does
+/// not carry it, as in Vault).
+fn one_versioned(
+    t: &Transit,
+    op: Op,
+    key: &str,
+    item: &Item,
+) -> Result<(Value, u32), TransitError> {
     let aad = aad_of(item)?;
-    let mut out = match op {
+    let (mut out, version) = match op {
         Op::Encrypt => {
             let p = item
                 .plaintext
@@ -349,15 +356,15 @@ fn one(t: &Transit, op: Op, key: &str, item: &Item) -> Result<Value, TransitErro
                 .ok_or_else(|| TransitError::BadRequest("missing plaintext".into()))?;
             let pt = decode_b64("plaintext", p)?;
             let (ct, v) = t.encrypt(key, &pt, &aad, item.key_version)?;
-            json!({ "ciphertext": ct, "key_version": v })
+            (json!({ "ciphertext": ct, "key_version": v }), v)
         }
         Op::Decrypt => {
             let c = item
                 .ciphertext
                 .as_deref()
                 .ok_or_else(|| TransitError::BadRequest("missing ciphertext".into()))?;
-            let (pt, _) = t.decrypt(key, c, &aad)?;
-            json!({ "plaintext": B64.encode(&*pt) })
+            let (pt, v) = t.decrypt(key, c, &aad)?;
+            (json!({ "plaintext": B64.encode(&*pt) }), v)
         }
         Op::Rewrap => {
             let c = item
@@ -365,13 +372,17 @@ fn one(t: &Transit, op: Op, key: &str, item: &Item) -> Result<Value, TransitErro
                 .as_deref()
                 .ok_or_else(|| TransitError::BadRequest("missing ciphertext".into()))?;
             let (ct, v) = t.rewrap(key, c, &aad, item.key_version)?;
-            json!({ "ciphertext": ct, "key_version": v })
+            (json!({ "ciphertext": ct, "key_version": v }), v)
         }
     };
     if let Some(r) = &item.reference {
         out["reference"] = json!(r);
     }
-    Ok(out)
+    Ok((out, version))
+}
+
+fn one(t: &Transit, op: Op, key: &str, item: &Item) -> Result<Value, TransitError> {
+    one_versioned(t, op, key, item).map(|(v, _)| v)
 }
 
 async fn operation(
@@ -426,13 +437,11 @@ async fn operation_inner(
         ));
     }
     let Some(batch) = req.batch_input.take() else {
-        let data = one(t, op, key, &req.item())?;
-        let version = data.get("key_version").cloned();
-        let resp = envelope(data, Value::Null);
-        return Ok(match version {
-            Some(v) => annotate(resp, AuditFields::with("key_version", v)),
-            None => resp,
-        });
+        let (data, version) = one_versioned(t, op, key, &req.item())?;
+        return Ok(annotate(
+            envelope(data, Value::Null),
+            AuditFields::with("key_version", version),
+        ));
     };
     if batch.is_empty() {
         return Err(ApiError(
