@@ -192,13 +192,65 @@ fn tls_listener_serves_health_over_tls_1_2_and_1_3_only() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "501 0");
     let out = curl(&["--tlsv1.2", "--tls-max", "1.2"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "501 0");
-    let out = curl(&["--tlsv1.1", "--tls-max", "1.1"]);
-    assert!(!out.status.success(), "TLS 1.1 must be refused");
-    // Plain HTTP on the TLS port gets no answer.
+    // TLS 1.1 refused, tested with a client that really speaks it: gnutls-cli completes a TLS
+    // 1.1 handshake with gnutls-serv (the control), and fails against the listener, which the same
+    // client reaches with TLS 1.2.
+    let tls11 = "NORMAL:-VERS-ALL:+VERS-TLS1.1";
+    let control_port = free_port();
+    let mut control = std::process::Command::new("gnutls-serv")
+        .args(["--x509certfile"])
+        .arg(&cacert)
+        .arg("--x509keyfile")
+        .arg(f.path("tls/server.key"))
+        .args(["-p", &control_port.to_string(), "--priority", tls11])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", control_port)).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "gnutls-serv did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let gnutls = |port: u16, priority: &str| {
+        std::process::Command::new("gnutls-cli")
+            .args([
+                "--insecure",
+                "--priority",
+                priority,
+                "-p",
+                &port.to_string(),
+                "127.0.0.1",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ctl = gnutls(control_port, tls11);
+    let _ = control.kill();
+    let _ = control.wait();
     assert!(
-        http(d.port, "GET", "/v1/sys/health")
-            .map(|r| r.status != 200)
-            .unwrap_or(true)
+        String::from_utf8_lossy(&ctl.stdout).contains("Handshake was completed"),
+        "the client cannot speak TLS 1.1, so it cannot test the refusal: {}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    let out = gnutls(d.port, tls11);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("Handshake was completed"),
+        "TLS 1.1 must be refused"
+    );
+    let out = gnutls(d.port, "NORMAL:-VERS-ALL:+VERS-TLS1.2");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Handshake was completed"));
+    // Plain HTTP on the TLS port gets no HTTP answer at all (the node is uninitialized: any answer
+    // would be a 501).
+    let plain = http(d.port, "GET", "/v1/sys/health");
+    assert!(
+        plain.as_ref().map(|r| r.status == 0).unwrap_or(true),
+        "{:?}",
+        plain.map(|r| r.status)
     );
     d.init();
     let out = curl(&[]);
