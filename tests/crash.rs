@@ -72,7 +72,8 @@ fn init_killed_at_each_step_leaves_old_or_new_state() {
     ] {
         kill_at(&f, step, false, |_| init.clone());
         let d = f.start();
-        std::thread::sleep(Duration::from_millis(300));
+        // Uninitialized is decided from storage at start; no background task can change it.
+        assert_eq!(d.status_json()["state"], "uninitialized");
         assert_eq!(
             d.health("").status,
             501,
@@ -167,7 +168,7 @@ fn migration_killed_at_each_step_leaves_old_or_new_seal() {
     kill_at(&f, "migrate:before-commit", false, migrate);
     // The old state: the migration is still pending and completes.
     let d = f.start();
-    std::thread::sleep(Duration::from_millis(300));
+    d.wait_unseal_attempts(1);
     assert_eq!(d.health("").status, 503);
     assert_eq!(d.get("/v1/sys/seal-status").json()["migration"], true);
     drop(d);

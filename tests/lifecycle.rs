@@ -115,8 +115,11 @@ fn operator_seal_gives_503_and_unseal_gives_200() {
     d.init();
     d.operator_ok(&["seal"]);
     assert_eq!(d.health("").status, 503);
-    // An operator seal is not undone by the automatic retry loop.
-    std::thread::sleep(Duration::from_millis(800));
+    // An operator seal is not undone by the automatic retry loop: while the background tasks run
+    // (two probe rounds), no unseal is attempted.
+    let before = d.status_json()["unseal_attempts"].as_u64().unwrap();
+    let after = d.wait_probe_rounds(2);
+    assert_eq!(after["unseal_attempts"].as_u64().unwrap(), before);
     assert_eq!(d.health("").status, 503);
     let st = d.status_json();
     assert_eq!(st["state"], "sealed");

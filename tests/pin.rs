@@ -43,7 +43,8 @@ fn wrong_pin_stays_sealed_with_one_login_per_operator_attempt() {
             .env("PKCS11SPY_OUTPUT", f.path("spy.log"));
     };
     let d = f.start_with(spy_env);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Several automatic attempts pass (with backoff); the rejected PIN is not tried again.
+    d.wait_unseal_attempts(4);
     assert_eq!(d.health("").status, 503);
     let st = d.status_json();
     let a = member(&st, "hsm-a");
@@ -70,7 +71,8 @@ fn wrong_pin_stays_sealed_with_one_login_per_operator_attempt() {
     assert!(e.contains("CKR_PIN_INCORRECT"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");
     assert_eq!(logins(&f), 2);
-    std::thread::sleep(Duration::from_millis(800));
+    let n = d.status_json()["unseal_attempts"].as_u64().unwrap();
+    d.wait_unseal_attempts(n + 2);
     assert_eq!(
         logins(&f),
         2,

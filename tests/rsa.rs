@@ -91,7 +91,7 @@ fn rsa_oaep_init_restart_and_tamper() {
     state["wrappings"]["hsm-pair"]["blob"]["ciphertext"] = base64_encode(&bytes).into();
     f.write_state(&header, &state);
     let d = f.start();
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_unseal_attempts(1);
     assert_eq!(d.health("").status, 503);
     let err = d.last_unseal_error();
     assert!(err.contains("envelope: authentication failed"), "{err}");

@@ -47,7 +47,7 @@ fn shamir_seal_needs_a_quorum_of_unseal_keys_at_every_start() {
     d.stop();
 
     let d = f.start();
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_unseal_attempts(1);
     assert_eq!(
         d.health("").status,
         503,
@@ -342,7 +342,7 @@ fn migration_from_shamir_to_pkcs11_and_back() {
     // Shamir -> pkcs11: the old seal stays, disabled.
     f.set_seals(&format!("{SHAMIR}disabled = true\n\n{hsm}"));
     let mut d = f.start();
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_unseal_attempts(1);
     assert_eq!(d.health("").status, 503);
     let ss = d.get("/v1/sys/seal-status").json();
     assert_eq!(ss["migration"], true, "{ss}");
@@ -378,14 +378,14 @@ fn migration_from_shamir_to_pkcs11_and_back() {
         hsm.replacen("mechanism", "disabled = true\nmechanism", 1)
     ));
     let mut d = f.start();
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_unseal_attempts(1);
     assert_eq!(d.health("").status, 503);
     unseal_key(&d, &keys[2], true);
     assert_eq!(unseal_key(&d, &keys[0], true)["sealed"], false);
     d.stop();
     f.set_seals(SHAMIR);
     let d = f.start();
-    std::thread::sleep(Duration::from_millis(300));
+    d.wait_unseal_attempts(1);
     assert_eq!(d.health("").status, 503);
     unseal_key(&d, &keys[1], false);
     unseal_key(&d, &keys[2], false);
@@ -418,7 +418,7 @@ fn migration_to_a_new_hsm_pair_needs_both_seals() {
     let c = f.remove_token("sealkeeper-c");
     let dd = f.remove_token("sealkeeper-d");
     let d = f.start();
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_unseal_attempts(1);
     assert_eq!(d.health("").status, 503);
     assert_eq!(d.get("/v1/sys/seal-status").json()["migration"], true);
     unseal_key(&d, &recovery[0], true);
@@ -439,7 +439,7 @@ fn migration_to_a_new_hsm_pair_needs_both_seals() {
     let a = f.remove_token("sealkeeper-a");
     let b = f.remove_token("sealkeeper-b");
     let d = f.start();
-    std::thread::sleep(Duration::from_millis(300));
+    d.wait_unseal_attempts(1);
     unseal_key(&d, &recovery[1], true);
     let out = d.operator(&["unseal", "--migrate", "--key", &recovery[2]]);
     let e = stderr(&out);
@@ -452,7 +452,7 @@ fn migration_to_a_new_hsm_pair_needs_both_seals() {
     f.restore_token(&b);
 
     let d = f.start();
-    std::thread::sleep(Duration::from_millis(300));
+    d.wait_unseal_attempts(1);
     unseal_key(&d, &recovery[1], true);
     assert_eq!(unseal_key(&d, &recovery[2], true)["sealed"], false);
     let audit = std::fs::read_to_string(f.path("audit.log")).unwrap();
@@ -573,7 +573,8 @@ fn recovery_keys_fallback_unseals_only_when_every_hsm_is_away() {
     let _a = f.remove_token("sealkeeper-a");
     let _b = f.remove_token("sealkeeper-b");
     let d = f.start();
-    std::thread::sleep(Duration::from_millis(800));
+    // Every HSM away: retried (three attempts), still sealed, until a quorum of recovery keys.
+    d.wait_unseal_attempts(3);
     assert_eq!(d.health("").status, 503);
     unseal_key(&d, &recovery[1], false);
     assert_eq!(unseal_key(&d, &recovery[0], false)["sealed"], false);

@@ -39,7 +39,7 @@ fn write_blob(f: &Fixture, header: &[u8], state: &Value, blob: &Value) {
 fn assert_sealed_with(f: &Fixture, expect: &str) {
     let before = std::fs::read(f.state_path()).unwrap();
     let d = f.start();
-    std::thread::sleep(Duration::from_millis(700));
+    d.wait_unseal_attempts(1);
     assert_eq!(d.health("").status, 503);
     let st = d.status_json();
     let err = st["last_unseal_error"].as_str().unwrap_or("");
@@ -118,7 +118,7 @@ fn missing_blob_is_named() {
     let f = initialized_fixture();
     std::fs::remove_file(f.state_path()).unwrap();
     let d = f.start();
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_unseal_attempts(1);
     assert_eq!(d.health("").status, 503);
     let err = d.last_unseal_error();
     assert!(

@@ -21,7 +21,7 @@ fn transit() -> &'static Transit {
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for op in ["encrypt", "decrypt", "rewrap"] {
-        let _ = sealkeeper::http::transit::process_body(transit(), op, "k", data);
+        let _ = sealkeeper::http::transit::process_body(transit(), op, "k", data, 1024);
     }
     let _ = sealkeeper::admin::parse_bodies(data);
 });

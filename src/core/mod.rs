@@ -302,6 +302,12 @@ pub struct Status {
     pub last_unseal_error: Option<String>,
     #[serde(default)]
     pub last_unseal_attempt_unix: Option<u64>,
+    /// Unseal attempts since start (automatic and operator).
+    #[serde(default)]
+    pub unseal_attempts: u64,
+    /// Health probe rounds completed since start.
+    #[serde(default)]
+    pub probe_rounds: u64,
     #[serde(default)]
     pub installation_id: Option<String>,
     pub recovery_shares: u32,
@@ -417,6 +423,10 @@ pub struct Core {
     verify_progress: Mutex<Vec<Share>>,
     rewrap: RwLock<Option<RewrapReport>>,
     audit: Audit,
+    /// Unseal attempts made (automatic and operator), and completed probe rounds: what tests and
+    /// operators watch to know that the background tasks ran.
+    unseal_attempts: std::sync::atomic::AtomicU64,
+    probe_rounds: std::sync::atomic::AtomicU64,
 }
 
 fn key_name(blob: &WrappedBlob) -> String {
@@ -491,6 +501,8 @@ impl Core {
             verify_progress: Mutex::new(Vec::new()),
             rewrap: RwLock::new(None),
             audit,
+            unseal_attempts: 0.into(),
+            probe_rounds: 0.into(),
         })
     }
 
@@ -825,6 +837,10 @@ impl Core {
             manually_sealed: manual,
             last_unseal_error: last.as_ref().map(|l| l.0.clone()),
             last_unseal_attempt_unix: last.as_ref().map(|l| l.1),
+            unseal_attempts: self
+                .unseal_attempts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            probe_rounds: self.probe_rounds.load(std::sync::atomic::Ordering::Relaxed),
             installation_id: init.map(|i| i.installation_id.clone()),
             recovery_shares: stored.as_ref().map(|s| s.shares.shares).unwrap_or(0),
             recovery_threshold: stored.as_ref().map(|s| s.shares.threshold).unwrap_or(0),
@@ -1199,6 +1215,8 @@ impl Core {
     /// Unseals from the auto seals, highest priority first. Idempotent when already unsealed.
     pub async fn unseal(&self, attempt: Attempt) -> Result<(), CoreError> {
         let _op = self.ops.lock().await;
+        self.unseal_attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(init) = self.sealed_init(attempt)? else {
             return Ok(());
         };
@@ -2342,6 +2360,8 @@ impl Core {
                 let seal = seal.clone();
                 let _ = tokio::task::spawn_blocking(move || seal.probe()).await;
             }
+            self.probe_rounds
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // A seal that was down when the root key was (re)wrapped is wrapped once it answers.
             if !self.is_sealed()
                 && let Ok((st, _)) = self.root_state()

@@ -413,18 +413,21 @@ async fn operation_inner(
     body: Body,
 ) -> ApiResult {
     let bytes = read_body(body, st.max_body).await?;
-    let n = batch_len(&bytes)?;
-    if n > st.max_batch_items {
+    operation_on(t, op, key, &bytes, st.max_batch_items)
+}
+
+/// An encrypt, decrypt or rewrap request's body, once read and authorized: what the route runs.
+fn operation_on(t: &Transit, op: Op, key: &str, bytes: &[u8], max_batch_items: usize) -> ApiResult {
+    let n = batch_len(bytes)?;
+    if n > max_batch_items {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!(
-                "batch_input has {n} items; the limit is {} (transit.max_batch_items)",
-                st.max_batch_items
+                "batch_input has {n} items; the limit is {max_batch_items} (transit.max_batch_items)"
             ),
         ));
     }
-    let mut req: OpRequest = parse_json(&bytes)?;
-    drop(bytes);
+    let mut req: OpRequest = parse_json(bytes)?;
     if req
         .key_type
         .as_deref()
@@ -874,16 +877,22 @@ pub fn admin_routes(state: TransitState, mount: &str) -> Router {
         .with_state(state)
 }
 
-/// For fuzzing and property tests: runs a request body through the Transit handlers' own parsing
-/// and per-item processing (`op` is "encrypt", "decrypt" or "rewrap"), and every administration body
-/// type through its parser. Returns the answer's `data`, or the error a client would get.
-pub fn process_body(t: &Transit, op: &str, key: &str, body: &[u8]) -> Result<Value, String> {
-    let _ = serde_json::from_slice::<CreateKey>(body);
-    let _ = serde_json::from_slice::<KeyConfig>(body);
-    let _ = serde_json::from_slice::<RenewRequest>(body);
-    let _ = serde_json::from_slice::<RevokeAccessor>(body);
-    let _ = serde_json::from_slice::<TokenRequest>(body);
-    if let Ok(p) = serde_json::from_slice::<PolicyBody>(body) {
+/// For fuzzing and property tests: runs `body` through the encrypt, decrypt or rewrap route's own
+/// code after authorization (`op` is "encrypt", "decrypt" or "rewrap"), and every administration
+/// body type through the parser its handler uses. Returns the status and body of the answer.
+pub fn process_body(
+    t: &Transit,
+    op: &str,
+    key: &str,
+    body: &[u8],
+    max_batch_items: usize,
+) -> (StatusCode, Value) {
+    let _ = parse_json::<CreateKey>(body);
+    let _ = parse_json::<KeyConfig>(body);
+    let _ = parse_json::<RenewRequest>(body);
+    let _ = parse_json::<RevokeAccessor>(body);
+    let _ = parse_json::<TokenRequest>(body);
+    if let Ok(p) = parse_json::<PolicyBody>(body) {
         let _ = Policy {
             name: "fuzz".into(),
             rules: p.rules,
@@ -895,15 +904,26 @@ pub fn process_body(t: &Transit, op: &str, key: &str, body: &[u8]) -> Result<Val
         "decrypt" => Op::Decrypt,
         _ => Op::Rewrap,
     };
-    let mut req: OpRequest =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
-    match req.batch_input.take() {
-        None => one(t, op, key, &req.item()).map_err(|e| e.to_string()),
-        Some(items) => Ok(Value::Array(
-            items
-                .iter()
-                .map(|i| one(t, op, key, i).unwrap_or_else(|e| json!({ "error": e.to_string() })))
-                .collect(),
-        )),
+    let resp =
+        operation_on(t, op, key, body, max_batch_items).unwrap_or_else(IntoResponse::into_response);
+    let status = resp.status();
+    let body = response_json(resp);
+    (status, body)
+}
+
+/// The JSON body of an in-memory response (answers here are always one buffered chunk).
+fn response_json(resp: Response) -> Value {
+    use http_body_util::BodyExt;
+    let fut = resp.into_body().collect();
+    let mut fut = std::pin::pin!(fut);
+    let waker = std::task::Waker::noop();
+    match fut
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker))
+    {
+        std::task::Poll::Ready(Ok(c)) => {
+            serde_json::from_slice(&c.to_bytes()).unwrap_or(Value::Null)
+        }
+        _ => Value::Null,
     }
 }

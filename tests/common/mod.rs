@@ -485,6 +485,27 @@ impl Daemon {
         );
     }
 
+    /// Waits until the daemon has made at least `n` unseal attempts since it started (the first is
+    /// made at start; automatic retries follow with backoff): what "it stays sealed" is checked
+    /// after, instead of a fixed sleep.
+    pub fn wait_unseal_attempts(&self, n: u64) -> Value {
+        self.wait_status(
+            &format!("{n} unseal attempts"),
+            Duration::from_secs(30),
+            |s| s["unseal_attempts"].as_u64().unwrap_or(0) >= n,
+        )
+    }
+
+    /// Waits until `more` further health probe rounds have completed.
+    pub fn wait_probe_rounds(&self, more: u64) -> Value {
+        let now = self.status_json()["probe_rounds"].as_u64().unwrap_or(0);
+        self.wait_status(
+            &format!("{more} more probe rounds"),
+            Duration::from_secs(30),
+            |s| s["probe_rounds"].as_u64().unwrap_or(0) >= now + more,
+        )
+    }
+
     /// SIGTERM, then wait for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
