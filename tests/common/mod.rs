@@ -691,6 +691,74 @@ impl Fixture {
         s
     }
 
+    /// A client CA (`ca.crt`) and a client certificate it signed (`client.crt`, `client.key`), and
+    /// the listener set to require and verify client certificates from that CA.
+    pub fn require_client_certificates(&self) {
+        fn openssl(args: &[&str]) {
+            let out = Command::new("openssl").args(args).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+        }
+        let p = |n: &str| self.path(n).to_str().unwrap().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=clients-ca",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=vault-node-1",
+            "-keyout",
+            &p("client.key"),
+            "-out",
+            &p("client.csr"),
+        ]);
+        std::fs::write(self.path("ext.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("client.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p("ext.cnf"),
+            "-out",
+            &p("client.crt"),
+        ]);
+        self.edit_config(|c| {
+            c.replace(
+                "\n[admin]",
+                &format!(
+                    "tls_client_ca_file = \"{}\"\ntls_require_and_verify_client_cert = true\n\n[admin]",
+                    p("ca.crt")
+                ),
+            )
+        });
+    }
+
     /// Replaces every `[[seal]]` entry of the config with `seals`.
     pub fn set_seals(&self, seals: &str) {
         self.edit_config(|c| {
