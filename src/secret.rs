@@ -221,3 +221,53 @@ mod tests {
         assert!(!format!("{b:?}").contains('7'));
     }
 }
+
+/// The daemon's global allocator: the system allocator, except that every block is wiped
+/// (`explicit_bzero`) before it is freed, and a reallocation copies to a new block and wipes the
+/// old one. Plaintexts, tokens and data keys pass through buffers this crate does not own (hyper's
+/// read and write buffers, rustls's record buffers, serde's scratch space); with this allocator
+/// none of them survives in freed heap, where a core dump or a later allocation could find it.
+/// What is still allocated is still there: a live connection's buffers hold its last request until
+/// the connection's next bytes or its end.
+pub struct WipingAllocator;
+
+// SAFETY: every method forwards to `std::alloc::System` with the caller's layout (and, for
+// realloc, a layout of the same alignment and the requested size, as `GlobalAlloc::realloc`
+// requires); the only addition is wiping `layout.size()` bytes of a block the caller owns and is
+// giving back, which `explicit_bzero` does without reading it.
+unsafe impl std::alloc::GlobalAlloc for WipingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `alloc`'s contract (non-zero size), passed on unchanged.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: as for `alloc`.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` was allocated by this allocator with `layout`, so `layout.size()` bytes at
+        // `ptr` are writable and owned by the caller until the System dealloc below.
+        unsafe {
+            libc::explicit_bzero(ptr.cast(), layout.size());
+            std::alloc::System.dealloc(ptr, layout);
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller guarantees `new_size` is non-zero and, rounded up to `layout.align()`,
+        // does not overflow isize, so the new layout is valid; the copy stays within both blocks;
+        // the old block is then wiped and freed by `dealloc` with its own layout.
+        unsafe {
+            let new_layout =
+                std::alloc::Layout::from_size_align_unchecked(new_size, layout.align());
+            let new = std::alloc::System.alloc(new_layout);
+            if !new.is_null() {
+                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+            new
+        }
+    }
+}

@@ -18,6 +18,7 @@ pub mod audit_layer;
 pub mod client;
 pub mod tls;
 pub mod transit;
+pub mod wiped;
 
 /// `{"errors": [...]}` with a status, as Vault answers errors.
 pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::audit_layer::{AuditFields, annotate};
+use super::wiped::WipedString;
 use crate::core::Core;
 use crate::transit::{
     Capability, KeyConfig, Policy, TokenRecord, TokenRequest, Transit, TransitError, decode_b64,
@@ -88,17 +89,20 @@ fn envelope(data: Value, auth: Value) -> Response {
 }
 
 fn envelope_with(data: Value, auth: Value, warnings: Value) -> Response {
-    axum::Json(json!({
-        "request_id": crate::crypto::random_id(),
-        "lease_id": "",
-        "renewable": false,
-        "lease_duration": 0,
-        "data": data,
-        "wrap_info": null,
-        "warnings": warnings,
-        "auth": auth,
-    }))
-    .into_response()
+    // Plaintexts, data keys and tokens travel in these answers: wiped once sent.
+    super::wiped::json_response(
+        StatusCode::OK,
+        json!({
+            "request_id": crate::crypto::random_id(),
+            "lease_id": "",
+            "renewable": false,
+            "lease_duration": 0,
+            "data": data,
+            "wrap_info": null,
+            "warnings": warnings,
+            "auth": auth,
+        }),
+    )
 }
 
 /// The request's token record if it may do `cap` on `key`, else the answer to send: a failed
@@ -110,7 +114,7 @@ fn authorized(
     key: &str,
     cap: Capability,
 ) -> Result<TokenRecord, Box<Response>> {
-    t.authorize(token_of(headers).as_deref(), key, cap)
+    t.authorize(token_of(headers), key, cap)
         .map_err(|e| Box::new(denial(e, Some((key, cap)))))
 }
 
@@ -139,15 +143,17 @@ fn denial(e: TransitError, target: Option<(&str, Capability)>) -> Response {
     }
 }
 
-pub fn token_of(headers: &HeaderMap) -> Option<String> {
+/// The request's client token (`X-Vault-Token`, else `Authorization: Bearer`), borrowed from the
+/// headers so that no further copy of it is made.
+pub fn token_of(headers: &HeaderMap) -> Option<&str> {
     if let Some(t) = headers.get("x-vault-token").and_then(|v| v.to_str().ok()) {
-        return Some(t.trim().to_string());
+        return Some(t.trim());
     }
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
+        .map(str::trim)
 }
 
 /// Reads a body of at most `max` bytes.
@@ -179,9 +185,9 @@ async fn json_body<T: for<'de> Deserialize<'de>>(body: Body, max: usize) -> Resu
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Item {
-    plaintext: Option<String>,
+    plaintext: Option<WipedString>,
     ciphertext: Option<String>,
-    associated_data: Option<String>,
+    associated_data: Option<WipedString>,
     context: Option<String>,
     nonce: Option<String>,
     key_version: Option<u32>,
@@ -193,9 +199,9 @@ struct Item {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OpRequest {
-    plaintext: Option<String>,
+    plaintext: Option<WipedString>,
     ciphertext: Option<String>,
-    associated_data: Option<String>,
+    associated_data: Option<WipedString>,
     context: Option<String>,
     nonce: Option<String>,
     key_version: Option<u32>,
@@ -638,13 +644,13 @@ struct RenewRequest {
 async fn renew_self(State(st): State<TransitState>, headers: HeaderMap, body: Body) -> ApiResult {
     let t = transit(&st)?;
     let token = token_of(&headers);
-    if let Err(e) = t.authenticate(token.as_deref()) {
+    if let Err(e) = t.authenticate(token) {
         return Ok(denial(e, None));
     }
     let req: RenewRequest = json_body(body, st.max_body).await?;
-    let rec = t.renew(token.as_deref(), req.increment)?;
+    let rec = t.renew(token, req.increment)?;
     Ok(annotate(
-        envelope(Value::Null, auth_block(&rec, token.as_deref())),
+        envelope(Value::Null, auth_block(&rec, token)),
         AuditFields::with("accessor", rec.accessor.clone()),
     ))
 }
@@ -652,12 +658,12 @@ async fn renew_self(State(st): State<TransitState>, headers: HeaderMap, body: Bo
 async fn lookup_self(State(st): State<TransitState>, headers: HeaderMap) -> ApiResult {
     let t = transit(&st)?;
     let token = token_of(&headers);
-    let rec = match t.authenticate(token.as_deref()) {
+    let rec = match t.authenticate(token) {
         Ok(r) => r,
         Err(e) => return Ok(denial(e, None)),
     };
     Ok(annotate(
-        envelope(lookup_data(&rec, token.as_deref()), Value::Null),
+        envelope(lookup_data(&rec, token), Value::Null),
         AuditFields::with("accessor", rec.accessor.clone()),
     ))
 }
