@@ -209,19 +209,6 @@ pub fn is_dumpable() -> bool {
     unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) != 0 }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locked_bytes_roundtrip_and_redacted_debug() {
-        let b = LockedBytes::from_slice(&[7u8; 32], MemoryPolicy::AllowUnlocked).unwrap();
-        assert_eq!(b.as_slice(), &[7u8; 32]);
-        assert_eq!(b.len(), 32);
-        assert!(!format!("{b:?}").contains('7'));
-    }
-}
-
 /// The daemon's global allocator: the system allocator, except that every block is wiped
 /// (`explicit_bzero`) before it is freed, and a reallocation copies to a new block and wipes the
 /// old one. Plaintexts, tokens and data keys pass through buffers this crate does not own (hyper's
@@ -269,5 +256,18 @@ unsafe impl std::alloc::GlobalAlloc for WipingAllocator {
             }
             new
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locked_bytes_roundtrip_and_redacted_debug() {
+        let b = LockedBytes::from_slice(&[7u8; 32], MemoryPolicy::AllowUnlocked).unwrap();
+        assert_eq!(b.as_slice(), &[7u8; 32]);
+        assert_eq!(b.len(), 32);
+        assert!(!format!("{b:?}").contains('7'));
     }
 }
