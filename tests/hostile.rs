@@ -548,3 +548,24 @@ fn without_a_trusted_proxy_forwarded_for_is_ignored() {
     // Health is never throttled.
     assert_eq!(d.health("").status, 200);
 }
+
+#[test]
+fn accepted_connections_have_nagle_off() {
+    let f = Fixture::new();
+    let d = f.start();
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/compat/nodelay.py"
+        ))
+        .arg(d.pid().to_string())
+        .arg(d.port.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The client's own side shows the default (Nagle on): the method reads the real option.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "server=1 client=0"
+    );
+}
