@@ -419,6 +419,14 @@ fn rewrite_from(lines: &[String], i: usize, edit: impl Fn(&str) -> String) -> Ve
     out
 }
 
+fn read_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 fn write_lines(path: &std::path::Path, lines: &[String]) {
     // In place (same inode): the daemon keeps appending to the file it has open.
     std::fs::write(
@@ -438,11 +446,7 @@ fn keyed_trail_tampered(
         assert_eq!(encrypt(&d, &token, format!("p{i}").as_bytes()).status, 200);
     }
     let log = f.path("audit/audit.log");
-    let lines: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let lines = read_lines(&log);
     let tampered = tamper(&f, lines);
     write_lines(&log, &tampered);
     d.operator(&["audit-verify"])
@@ -504,11 +508,7 @@ fn the_keyed_chain_and_its_anchor_catch_rewrites_truncation_and_an_edited_last_r
     // Truncated while the daemon was down: the anchor stored at shutdown still sees it.
     d.stop();
     let log = f.path("audit/audit.log");
-    let lines: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let lines = read_lines(&log);
     write_lines(&log, &lines[..lines.len() - 2]);
     let d = f.start();
     d.wait_health(200, Duration::from_secs(20));

@@ -211,8 +211,8 @@ fn the_descriptor_limit_lowers_the_cap_and_never_marks_an_hsm_down() {
 fn transit_daemon(f: &Fixture) -> (Daemon, String) {
     let d = f.start();
     d.init();
-    d.operator_ok(&["key", "create", "k"]);
-    let token = d.policy_and_token("p", "k", "encrypt,decrypt");
+    // Key k, policy p (encrypt, decrypt) and a token for it.
+    let token = TransitProbe::new(&d).token;
     (d, token)
 }
 

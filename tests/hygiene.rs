@@ -161,8 +161,8 @@ fn transit_plaintexts_do_not_outlive_their_requests_in_memory() {
     let f = Fixture::new();
     let d = f.start();
     d.init();
-    d.operator_ok(&["key", "create", "k"]);
-    let token = d.policy_and_token("p", "k", "encrypt,decrypt");
+    // Key k, policy p (encrypt, decrypt) and a token for it.
+    let token = TransitProbe::new(&d).token;
     let canary = b"CANARY-in-core-3f9e1c77d2";
     let b64 = B64.encode(canary);
     for _ in 0..20 {

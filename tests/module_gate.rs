@@ -20,24 +20,7 @@ const ITERATIONS: &str = "150";
 
 #[test]
 fn recoveries_of_one_seal_never_finalize_the_module_under_another_seals_call() {
-    let f = Fixture::new();
-    f.add_second_pair("second-root");
-    let seals = format!(
-        "{}{}",
-        f.pkcs11_seal(
-            "primary",
-            &["sealkeeper-a", "sealkeeper-b"],
-            "sealkeeper-root",
-            "priority = 1"
-        ),
-        f.pkcs11_seal(
-            "secondary",
-            &["sealkeeper-c", "sealkeeper-d"],
-            "second-root",
-            "priority = 2"
-        )
-    );
-    f.set_seals(&seals);
+    let f = Fixture::two_seals();
     // The primary pair's tokens vanish: every call to its members recovers, and the second
     // recovery of each call finalizes and initializes the shared module again.
     let _a = f.remove_token("sealkeeper-a");

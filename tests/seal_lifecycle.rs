@@ -135,31 +135,10 @@ fn hex_of(bytes: &[u8]) -> String {
 }
 
 /// Two pkcs11 seals: `primary` on tokens a/b (priority 1), `secondary` on tokens c/d (priority 2).
-fn two_seal_fixture() -> Fixture {
-    let f = Fixture::new();
-    f.add_second_pair("second-root");
-    let seals = format!(
-        "{}{}",
-        f.pkcs11_seal(
-            "primary",
-            &["sealkeeper-a", "sealkeeper-b"],
-            "sealkeeper-root",
-            "priority = 1"
-        ),
-        f.pkcs11_seal(
-            "secondary",
-            &["sealkeeper-c", "sealkeeper-d"],
-            "second-root",
-            "priority = 2"
-        )
-    );
-    f.set_seals(&seals);
-    f
-}
 
 #[test]
 fn several_seals_fall_through_by_priority_and_a_returning_seal_is_wrapped() {
-    let f = two_seal_fixture();
+    let f = Fixture::two_seals();
     let mut d = f.start();
     d.init();
     let st = d.status_json();

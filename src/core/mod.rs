@@ -302,7 +302,7 @@ pub struct Status {
     pub last_unseal_error: Option<String>,
     #[serde(default)]
     pub last_unseal_attempt_unix: Option<u64>,
-    /// Unseal attempts since start (automatic and operator).
+    /// Unseal attempts completed since start (automatic and operator).
     #[serde(default)]
     pub unseal_attempts: u64,
     /// Health probe rounds completed since start.
@@ -427,6 +427,15 @@ pub struct Core {
     /// operators watch to know that the background tasks ran.
     unseal_attempts: std::sync::atomic::AtomicU64,
     probe_rounds: std::sync::atomic::AtomicU64,
+}
+
+/// Adds one to a counter when dropped.
+struct CountOnDrop<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn key_name(blob: &WrappedBlob) -> String {
@@ -1215,8 +1224,8 @@ impl Core {
     /// Unseals from the auto seals, highest priority first. Idempotent when already unsealed.
     pub async fn unseal(&self, attempt: Attempt) -> Result<(), CoreError> {
         let _op = self.ops.lock().await;
-        self.unseal_attempts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Counted when the attempt is over (its error, if any, is recorded by then).
+        let _counted = CountOnDrop(&self.unseal_attempts);
         let Some(init) = self.sealed_init(attempt)? else {
             return Ok(());
         };

@@ -759,6 +759,30 @@ impl Fixture {
         });
     }
 
+    /// Two HA pairs on the same PKCS#11 module as two seals: `primary` (tokens a, b; key
+    /// sealkeeper-root; priority 1) and `secondary` (tokens c, d; key second-root; priority 2).
+    pub fn two_seals() -> Fixture {
+        let f = Fixture::new();
+        f.add_second_pair("second-root");
+        let seals = format!(
+            "{}{}",
+            f.pkcs11_seal(
+                "primary",
+                &["sealkeeper-a", "sealkeeper-b"],
+                "sealkeeper-root",
+                "priority = 1"
+            ),
+            f.pkcs11_seal(
+                "secondary",
+                &["sealkeeper-c", "sealkeeper-d"],
+                "second-root",
+                "priority = 2"
+            )
+        );
+        f.set_seals(&seals);
+        f
+    }
+
     /// Replaces every `[[seal]]` entry of the config with `seals`.
     pub fn set_seals(&self, seals: &str) {
         self.edit_config(|c| {
