@@ -27,7 +27,13 @@ fn recoveries_of_one_seal_never_finalize_the_module_under_another_seals_call() {
     let _b = f.remove_token("sealkeeper-b");
     for round in 0..3 {
         let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "hammer_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "hammer_child",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("SK_HAMMER_CONFIG", f.config_path())
             .env("SK_HAMMER_ITERATIONS", ITERATIONS)
             .env("SOFTHSM2_CONF", f.softhsm_conf())
@@ -54,12 +60,11 @@ fn recoveries_of_one_seal_never_finalize_the_module_under_another_seals_call() {
     }
 }
 
-/// The child side: only runs when started by the test above.
+/// The child side, run only by the test above (ignored in a normal run).
 #[test]
+#[ignore = "the child process of recoveries_of_one_seal_never_finalize_the_module_under_another_seals_call"]
 fn hammer_child() {
-    let Ok(path) = std::env::var("SK_HAMMER_CONFIG") else {
-        return;
-    };
+    let path = std::env::var("SK_HAMMER_CONFIG").expect("started by the race test");
     let iterations: usize = std::env::var("SK_HAMMER_ITERATIONS")
         .unwrap()
         .parse()
