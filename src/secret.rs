@@ -210,8 +210,8 @@ pub fn is_dumpable() -> bool {
 }
 
 /// The daemon's global allocator: the system allocator, except that every block is wiped
-/// (`explicit_bzero`) before it is freed, and a reallocation copies to a new block and wipes the
-/// old one. Plaintexts, tokens and data keys pass through buffers this crate does not own (hyper's
+/// (`explicit_bzero`) before it is freed, and a reallocation that cannot stay in its block copies
+/// to a new one and wipes the old one. Plaintexts, tokens and data keys pass through buffers this crate does not own (hyper's
 /// read and write buffers, rustls's record buffers, serde's scratch space); with this allocator
 /// none of them survives in freed heap, where a core dump or a later allocation could find it.
 /// What is still allocated is still there: a live connection's buffers hold its last request until
@@ -243,10 +243,19 @@ unsafe impl std::alloc::GlobalAlloc for WipingAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the caller guarantees `new_size` is non-zero and, rounded up to `layout.align()`,
-        // does not overflow isize, so the new layout is valid; the copy stays within both blocks;
-        // the old block is then wiped and freed by `dealloc` with its own layout.
+        // SAFETY: `ptr` came from this allocator (malloc or an aligned malloc for the System
+        // allocator), so malloc_usable_size may be asked about it; when the block already holds
+        // `new_size` bytes it is kept, and a shrink wipes the bytes it gives up. Otherwise the
+        // caller guarantees `new_size` is non-zero and, rounded up to `layout.align()`, does not
+        // overflow isize, so the new layout is valid; the copy stays within both blocks; the old
+        // block is then wiped and freed by `dealloc` with its own layout.
         unsafe {
+            if new_size <= libc::malloc_usable_size(ptr.cast()) {
+                if new_size < layout.size() {
+                    libc::explicit_bzero(ptr.add(new_size).cast(), layout.size() - new_size);
+                }
+                return ptr;
+            }
             let new_layout =
                 std::alloc::Layout::from_size_align_unchecked(new_size, layout.align());
             let new = std::alloc::System.alloc(new_layout);
