@@ -16,7 +16,8 @@
 # default 5) at 1, 16 and 64 connections: requests/s, p50 and p99 latency, beside a floor measured
 # in the same run: examples/https_floor, an HTTPS server on the same TLS and HTTP stack answering a
 # fixed JSON body; and once more with the audit trail switched off (enc-noau, dec-noau), to report
-# the cost of the durable, group-committed audit records.
+# the cost of the durable, group-committed audit records; and encrypt unaudited with the system
+# allocator (enc-sysa, examples/sealkeeper_system_alloc) for the cost of wiping freed memory.
 #
 # hardening: health latency with 1,000 idle connections, peak RSS of the largest accepted batch,
 # audit growth under a failed-token flood, secrets left in a core dump, and OpenBao's start-to-
@@ -43,7 +44,7 @@ esac
 
 if [ "$what" = transit ]; then
   command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-  cargo build --release --quiet --bin sealkeeper --example https_floor
+  cargo build --release --quiet --bin sealkeeper --example https_floor --example sealkeeper_system_alloc
   BIN=$PWD/target/release/sealkeeper
   WORK=$(mktemp -d)
   trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -97,19 +98,31 @@ print(f"{sys.argv[1]:<8} {sys.argv[2]:>5} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f}")
   kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
   sed -i '/^\[audit\]$/,/^path = /d' "$DIR/sealkeeper.toml"
   "$BIN" server --config "$DIR/sealkeeper.toml" 2>/dev/null &
+  DAEMON=$!
   for _ in $(seq 1 200); do [ -S "$SEALKEEPER_SOCKET" ] && curl -s -o /dev/null --cacert "$DIR/tls/server.crt" "https://localhost:$PORT/v1/sys/health" && break; sleep 0.05; done
   sleep 0.5
   for c in 1 16 64; do
     run enc-noau "$URL/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
     run dec-noau "$URL/decrypt/bench" "{\"ciphertext\":\"$CT\"}" "$c" | tee -a "$WORK/results"
   done
+  # The same, with the system allocator instead of the wiping one (examples/sealkeeper_system_alloc).
+  kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
+  target/release/examples/sealkeeper_system_alloc server --config "$DIR/sealkeeper.toml" 2>/dev/null &
+  for _ in $(seq 1 200); do curl -s -o /dev/null --cacert "$DIR/tls/server.crt" "https://localhost:$PORT/v1/sys/health" && break; sleep 0.05; done
+  sleep 0.5
+  for c in 1 16 64; do
+    run enc-sysa "$URL/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
+  done
   python3 - "$WORK/results" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
 floor = {r[1]: float(r[2]) for r in rows if r[0] == "floor"}
 plain = {(r[0][:3], r[1]): float(r[2]) for r in rows if r[0].endswith("-noau")}
+sysa = {r[1]: float(r[2]) for r in rows if r[0] == "enc-sysa"}
 for r in rows:
-    if r[0] != "floor":
+    if r[0] == "enc-sysa":
+        print(f"enc-noau {r[1]:>5} conns: wiping allocator / system allocator {plain[('enc', r[1])] / float(r[2]):.2f}")
+    elif r[0] != "floor":
         line = f"{r[0]:<8} {r[1]:>5} conns: {float(r[2]) / floor[r[1]] * 100:5.1f}% of the floor's requests/s"
         if not r[0].endswith("-noau") and (r[0][:3], r[1]) in plain:
             line += f", audited/unaudited {float(r[2]) / plain[(r[0][:3], r[1])]:.2f}"
