@@ -188,8 +188,26 @@ fn transit_plaintexts_do_not_outlive_their_requests_in_memory() {
         .unwrap();
         assert_eq!(r.json()["data"]["plaintext"], b64.as_str());
     }
-    // Every connection was closed (Connection: close): its buffers were freed, and freed memory is
-    // wiped, as are the handlers' own copies.
+    // Every connection was closed (Connection: close). Wait until the daemon has dropped its side
+    // of each (no socket of its port left established or half-closed): its buffers are then
+    // freed, and freed memory is wiped, as are the handlers' own copies.
+    let port = format!(":{:04X}", d.port);
+    let start = std::time::Instant::now();
+    loop {
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let open = tcp.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&port) && (f[3] == "01" || f[3] == "08")
+        });
+        if !open {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "connections stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let work = tempfile::tempdir().unwrap();
     let counts = copies_in_core(&d, work.path(), &[b64.as_bytes(), canary]);
     assert_eq!(counts, vec![0, 0], "copies of the plaintext (base64, raw)");
