@@ -39,7 +39,7 @@ case "$what" in
     shift
     python3 scripts/bench_hardening.py "$PWD/target/release/sealkeeper" "$BAO" "$WORK" "$@"
     exit 0 ;;
-  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2 ;;
 esac
 
 if [ "$what" = transit ]; then

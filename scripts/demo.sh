@@ -19,12 +19,13 @@ while [ $# -gt 0 ]; do
     --dir) DIR=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --exit) EXIT=1; shift ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only.
+if [ -t 1 ]; then say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }; else say() { printf '\n== %s\n' "$*"; }; fi
 
 say "provisioning SoftHSM tokens in $DIR"
 DIR=$(scripts/setup-softhsm.sh --dir "$DIR" --port "$PORT")

@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
     --image) IMAGE=$2; shift 2 ;;
     --rootfs) ROOTFS=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "image-test.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done

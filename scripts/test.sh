@@ -8,6 +8,9 @@
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+esac
 cd "$(dirname "$0")/.."
 
 need=()

@@ -67,3 +67,41 @@ fn setup_softhsm_is_idempotent() {
         s["state"] == "unsealed"
     });
 }
+
+#[test]
+fn every_script_help_is_its_header_and_nothing_else() {
+    for script in [
+        "scripts/demo.sh",
+        "scripts/setup-softhsm.sh",
+        "scripts/install.sh",
+        "scripts/image-test.sh",
+        "scripts/test.sh",
+        "image/build.sh",
+    ] {
+        let out = Command::new("bash")
+            .arg(format!("{}/{script}", env!("CARGO_MANIFEST_DIR")))
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{script} --help: {}", stderr(&out));
+        assert!(text.lines().count() >= 2, "{script}: {text}");
+        for leak in [
+            "set -euo pipefail",
+            "cd \"$(dirname",
+            "cargo test --help",
+            "\u{1b}[",
+        ] {
+            assert!(
+                !text.contains(leak),
+                "{script} --help prints {leak:?}:\n{text}"
+            );
+        }
+        // The header's last sentence is complete.
+        let last = text.trim_end().lines().last().unwrap_or("").trim_end();
+        assert!(
+            last.ends_with(['.', ')', ']']) || last.starts_with("  "),
+            "{script} --help stops mid-sentence: {last:?}"
+        );
+    }
+}

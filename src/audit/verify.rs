@@ -7,8 +7,10 @@ use serde_json::Value;
 
 use super::GENESIS;
 
+/// `file:line: message`, or `file: message` when no line is concerned (a file that cannot be
+/// opened).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{file}:{line}: {message}")]
+#[error("{file}{}: {message}", if *line == 0 { String::new() } else { format!(":{line}") })]
 pub struct VerifyError {
     pub file: String,
     pub line: usize,
@@ -214,6 +216,16 @@ mod tests {
             file: String::new(),
             ..e
         })
+    }
+
+    #[test]
+    fn a_missing_file_is_named_without_a_line() {
+        let e = verify(&[PathBuf::from("/nonexistent/audit.log")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/audit.log: cannot open: "),
+            "{e}"
+        );
     }
 
     #[test]
