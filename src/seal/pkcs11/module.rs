@@ -100,39 +100,46 @@ impl Gate {
         self.changed.notify_all();
     }
 
+    /// Waits on the condition while `busy` holds, until `deadline`; `Err` (with the guard back)
+    /// when the deadline came first.
+    fn wait_while<'a>(
+        &self,
+        mut g: MutexGuard<'a, GateState>,
+        deadline: Instant,
+        busy: impl Fn(&GateState) -> bool,
+    ) -> Result<MutexGuard<'a, GateState>, MutexGuard<'a, GateState>> {
+        while busy(&g) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(g);
+            }
+            g = self
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(g)
+    }
+
     /// Takes the gate exclusively once no call is inside, waiting at most `within`; false when
     /// calls were still inside at the deadline (the gate is then left as it was).
     fn exclusive(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
-        let mut g = self.lock();
         // Only one exclusive holder at a time; the second one waits its turn within the same bound.
-        while g.exclusive {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            g = self
-                .changed
-                .wait_timeout(g, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let Ok(mut g) = self.wait_while(self.lock(), deadline, |g| g.exclusive) else {
+            return false;
+        };
         g.exclusive = true;
-        while g.calls > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        match self.wait_while(g, deadline, |g| g.calls > 0) {
+            Ok(_) => true,
+            Err(mut g) => {
                 g.exclusive = false;
                 drop(g);
                 self.changed.notify_all();
-                return false;
+                false
             }
-            g = self
-                .changed
-                .wait_timeout(g, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
-        true
     }
 
     fn release_exclusive(&self) {
