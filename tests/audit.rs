@@ -249,11 +249,15 @@ fn rotation_by_sighup_and_by_size_continues_the_chain() {
     std::fs::rename(f.path("audit/audit.log"), &moved).unwrap();
     unsafe_free_kill(d.pid(), "HUP");
     // The writer is told to reopen before the next records are queued.
-    let start = std::time::Instant::now();
-    while !d.log().contains("SIGHUP: reopening the audit log") {
-        assert!(start.elapsed() < Duration::from_secs(10), "{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        Duration::from_secs(10),
+        || {
+            d.log()
+                .contains("SIGHUP: reopening the audit log")
+                .then_some(())
+        },
+        || d.log(),
+    );
     for _ in 0..3 {
         assert_eq!(encrypt(&d, &token, b"x").status, 200);
     }
@@ -295,18 +299,16 @@ fn refused_admin_connections_are_recorded_and_no_audit_table_is_warned_about() {
     let d = f.start();
     assert!(!d.operator(&["status"]).status.success());
     // The refusal is recorded without holding up the connection: wait for the record.
-    let start = std::time::Instant::now();
-    let recs = loop {
-        let recs = records(&f, "audit/audit.log");
-        if recs.iter().any(|r| r["operation"] == "connect") {
-            break recs;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no connect record"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let recs = wait_for(
+        Duration::from_secs(10),
+        || {
+            let recs = records(&f, "audit/audit.log");
+            recs.iter()
+                .any(|r| r["operation"] == "connect")
+                .then_some(recs)
+        },
+        || "no connect record".into(),
+    );
     let refused = recs
         .iter()
         .find(|r| r["operation"] == "connect")

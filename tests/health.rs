@@ -207,14 +207,11 @@ fn tls_listener_serves_health_over_tls_1_2_and_1_3_only() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", control_port)).is_err() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(10),
-            "gnutls-serv did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for(
+        std::time::Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", control_port)).ok(),
+        || "gnutls-serv did not start".into(),
+    );
     let gnutls = |port: u16, priority: &str| {
         std::process::Command::new("gnutls-cli")
             .args([

@@ -175,11 +175,11 @@ fn the_descriptor_limit_lowers_the_cap_and_never_marks_an_hsm_down() {
         log_path: f.path("prlimit.log"),
         softhsm_conf: f.softhsm_conf(),
     };
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(f.socket()).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "{}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        Duration::from_secs(20),
+        || std::os::unix::net::UnixStream::connect(f.socket()).ok(),
+        || d.log(),
+    );
     d.init();
     assert!(d.log().contains("max_connections lowered"), "{}", d.log());
     let mut probe = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
@@ -244,25 +244,11 @@ fn oversized_batches_are_refused_before_they_take_memory() {
     );
     let items = |n: usize| {
         let one = json!({ "plaintext": B64.encode("x") });
-        json!({ "batch_input": vec![one; n] }).to_string()
+        json!({ "batch_input": vec![one; n] })
     };
-    let r = http_with(
-        d.port,
-        "PUT",
-        "/v1/transit/encrypt/k",
-        Some(&token),
-        items(101).as_bytes(),
-    )
-    .unwrap();
+    let r = d.put("/v1/transit/encrypt/k", &token, &items(101));
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = http_with(
-        d.port,
-        "PUT",
-        "/v1/transit/encrypt/k",
-        Some(&token),
-        items(100).as_bytes(),
-    )
-    .unwrap();
+    let r = d.put("/v1/transit/encrypt/k", &token, &items(100));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         r.json()["data"]["batch_results"].as_array().unwrap().len(),
@@ -281,14 +267,7 @@ fn partial_failure_codes_follow_vault_and_a_fully_failed_batch_keeps_its_error()
         if !code.is_null() {
             body["partial_failure_response_code"] = code;
         }
-        http_with(
-            d.port,
-            "PUT",
-            "/v1/transit/encrypt/k",
-            Some(&token),
-            body.to_string().as_bytes(),
-        )
-        .unwrap()
+        d.put("/v1/transit/encrypt/k", &token, &body)
     };
     let r = call(vec![good.clone(), bad.clone()], Value::Null);
     assert_eq!(r.status, 400);
@@ -471,13 +450,7 @@ fn failed_tokens_are_throttled_per_client_and_summarized_in_the_audit_trail() {
         &pt,
     );
     assert_eq!(status, 403);
-    let start = Instant::now();
-    let recs = loop {
-        let recs: Vec<Value> = std::fs::read_to_string(&audit_path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let accounted = |recs: &[Value]| {
         let summarized: u64 = recs
             .iter()
             .filter(|r| r["client_address"] == "192.0.2.66")
@@ -487,15 +460,25 @@ fn failed_tokens_are_throttled_per_client_and_summarized_in_the_audit_trail() {
             .iter()
             .filter(|r| r["peer"]["forwarded_for"] == "192.0.2.66")
             .count() as u64;
-        if summarized + individual == 201 {
-            break recs;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "201 denials not accounted for: {summarized} summarized, {individual} individual"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        summarized + individual
     };
+    let read = || -> Vec<Value> {
+        std::fs::read_to_string(&audit_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let recs = wait_for(
+        Duration::from_secs(10),
+        || Some(read()).filter(|r| accounted(r) == 201),
+        || {
+            format!(
+                "201 denials not accounted for: {} found",
+                accounted(&read())
+            )
+        },
+    );
     let flood: Vec<&Value> = recs
         .iter()
         .filter(|r| {

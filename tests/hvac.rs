@@ -75,22 +75,17 @@ fn mutual_tls_requires_a_client_certificate_when_configured() {
         "a client without a certificate was served"
     );
     // The refusal is logged (rate-limited) and audited.
-    let start = std::time::Instant::now();
-    let audited = loop {
-        let audit = std::fs::read_to_string(f.path("audit.log")).unwrap_or_default();
-        if let Some(rec) = audit
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|r| r["operation"] == "tls-handshake")
-        {
-            break rec;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(10),
-            "no tls-handshake record"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let audited = wait_for(
+        std::time::Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(f.path("audit.log"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|r| r["operation"] == "tls-handshake")
+        },
+        || "no tls-handshake record".into(),
+    );
     assert_eq!(audited["outcome"], "denied", "{audited}");
     assert_eq!(audited["reason"], "tls_client_certificate", "{audited}");
     assert!(

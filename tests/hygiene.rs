@@ -23,35 +23,24 @@ fn no_secret_leaves_the_process() {
     let token = d.policy_and_token("prod", "vault-prod", "encrypt,decrypt,datakey");
 
     let plaintext = b"plaintext-canary-4711 do not leak";
-    let body = json!({ "plaintext": B64.encode(plaintext) }).to_string();
-    let r = http_with(
-        d.port,
-        "PUT",
+    let r = d.put(
         "/v1/transit/encrypt/vault-prod",
-        Some(&token),
-        body.as_bytes(),
-    )
-    .unwrap();
+        &token,
+        &json!({ "plaintext": B64.encode(plaintext) }),
+    );
     assert_eq!(r.status, 200);
     let ct = r.json()["data"]["ciphertext"].as_str().unwrap().to_string();
-    let body = json!({ "ciphertext": ct }).to_string();
-    let r = http_with(
-        d.port,
-        "PUT",
+    let r = d.put(
         "/v1/transit/decrypt/vault-prod",
-        Some(&token),
-        body.as_bytes(),
-    )
-    .unwrap();
+        &token,
+        &json!({ "ciphertext": ct }),
+    );
     assert_eq!(r.status, 200);
-    let r = http_with(
-        d.port,
-        "PUT",
+    let r = d.put(
         "/v1/transit/datakey/plaintext/vault-prod",
-        Some(&token),
-        b"{}",
-    )
-    .unwrap();
+        &token,
+        &json!({}),
+    );
     let datakey = r.json()["data"]["plaintext"].as_str().unwrap().to_string();
 
     // While it runs: locked memory, not dumpable, nothing secret in its environment.
@@ -166,48 +155,36 @@ fn transit_plaintexts_do_not_outlive_their_requests_in_memory() {
     let canary = b"CANARY-in-core-3f9e1c77d2";
     let b64 = B64.encode(canary);
     for _ in 0..20 {
-        let body = json!({ "plaintext": b64 }).to_string();
-        let r = http_with(
-            d.port,
-            "PUT",
+        let r = d.put(
             "/v1/transit/encrypt/k",
-            Some(&token),
-            body.as_bytes(),
-        )
-        .unwrap();
+            &token,
+            &json!({ "plaintext": b64 }),
+        );
         assert_eq!(r.status, 200);
         let ct = r.json()["data"]["ciphertext"].as_str().unwrap().to_string();
-        let body = json!({ "ciphertext": ct }).to_string();
-        let r = http_with(
-            d.port,
-            "PUT",
+        let r = d.put(
             "/v1/transit/decrypt/k",
-            Some(&token),
-            body.as_bytes(),
-        )
-        .unwrap();
+            &token,
+            &json!({ "ciphertext": ct }),
+        );
         assert_eq!(r.json()["data"]["plaintext"], b64.as_str());
     }
     // Every connection was closed (Connection: close). Wait until the daemon has dropped its side
     // of each (no socket of its port left established or half-closed): its buffers are then
     // freed, and freed memory is wiped, as are the handlers' own copies.
     let port = format!(":{:04X}", d.port);
-    let start = std::time::Instant::now();
-    loop {
-        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
-        let open = tcp.lines().skip(1).any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1].ends_with(&port) && (f[3] == "01" || f[3] == "08")
-        });
-        if !open {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "connections stayed open"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        Duration::from_secs(10),
+        || {
+            let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+            let open = tcp.lines().skip(1).any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1].ends_with(&port) && (f[3] == "01" || f[3] == "08")
+            });
+            (!open).then_some(())
+        },
+        || "connections stayed open".into(),
+    );
     let work = tempfile::tempdir().unwrap();
     let counts = copies_in_core(&d, work.path(), &[b64.as_bytes(), canary]);
     assert_eq!(counts, vec![0, 0], "copies of the plaintext (base64, raw)");

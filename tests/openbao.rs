@@ -9,7 +9,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -113,21 +113,27 @@ seal "transit" {{
 
     /// Waits until sys/health answers `code` (200 unsealed, 501 uninitialized).
     fn wait_health(&mut self, code: u16, within: Duration) {
-        let start = Instant::now();
-        loop {
-            let h = self.health();
-            if h == code {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("bao exited ({status}) waiting for {code}:\n{}", self.log());
-            }
-            assert!(
-                start.elapsed() < within,
-                "bao health stayed {h}, expected {code}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        let log = self.log.clone();
+        let exited = wait_for(
+            within,
+            || {
+                if self.health() == code {
+                    return Some(None);
+                }
+                self.child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().unwrap())
+                    .map(Some)
+            },
+            || {
+                format!(
+                    "bao health never answered {code}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            },
+        );
+        if let Some(status) = exited {
+            panic!("bao exited ({status}) waiting for {code}:\n{}", self.log());
         }
     }
 
@@ -214,15 +220,11 @@ fn openbao_inits_and_auto_unseals_across_its_restarts_and_a_sealkeeper_restart()
     // Renewals keep the 6s-period token alive past several periods: count them in the audit
     // trail, then restart OpenBao with the same token.
     let renewals = audit_count(&f, "PUT /v1/auth/token/renew-self");
-    let start = Instant::now();
-    while audit_count(&f, "PUT /v1/auth/token/renew-self") < renewals + 4 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "OpenBao stopped renewing its token:\n{}",
-            bao.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        Duration::from_secs(60),
+        || (audit_count(&f, "PUT /v1/auth/token/renew-self") >= renewals + 4).then_some(()),
+        || format!("OpenBao stopped renewing its token:\n{}", bao.log()),
+    );
     // Sealkeeper restarts while OpenBao is up; then OpenBao restarts and still unseals.
     d.stop();
     let d = f.start();
@@ -244,18 +246,11 @@ fn a_token_scoped_to_another_key_is_refused_with_a_clear_error() {
     let mut bao = Bao::new(&f, "bao2", &token, "bao-unseal", "");
     bao.start();
     // OpenBao gives up on a seal it cannot use (exit code 1).
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = bao.child.as_mut().unwrap().try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "bao kept running with a refused token:\n{}",
-            bao.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_for(
+        Duration::from_secs(60),
+        || bao.child.as_mut().unwrap().try_wait().unwrap(),
+        || "bao kept running with a refused token".into(),
+    );
     bao.child = None;
     assert!(!status.success());
     assert!(bao.log().contains("permission denied"), "{}", bao.log());

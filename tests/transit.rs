@@ -331,23 +331,19 @@ fn tokens_are_scoped_revocable_and_expire() {
     );
     assert_eq!(r.status, 200);
     // Accepted until its TTL ends, then refused.
-    let start = std::time::Instant::now();
-    let r = loop {
-        let r = e.call(
-            "PUT",
-            "/v1/transit/encrypt/vault-prod",
-            Some(&short),
-            json!({ "plaintext": "YQ==" }),
-        );
-        if r.status != 200 {
-            break r;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the 1s token never expired"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let r = wait_for(
+        Duration::from_secs(10),
+        || {
+            let r = e.call(
+                "PUT",
+                "/v1/transit/encrypt/vault-prod",
+                Some(&short),
+                json!({ "plaintext": "YQ==" }),
+            );
+            (r.status != 200).then_some(r)
+        },
+        || "the 1s token never expired".into(),
+    );
     assert_eq!(r.status, 403);
     assert!(error_of(&r).contains("token expired"), "{}", r.body);
 

@@ -35,6 +35,35 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Polls `check` until it gives a value, for at most `within`; then fails with `explain()`. The
+/// one place tests wait on observable state (a file, a log line, a port, a process).
+pub fn wait_for<T>(
+    within: Duration,
+    check: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
+    wait_for_every(Duration::from_millis(20), within, check, explain)
+}
+
+/// [`wait_for`], checking every `poll` (for checks that start a process).
+pub fn wait_for_every<T>(
+    poll: Duration,
+    within: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("waited {within:?}: {}", explain());
+        }
+        std::thread::sleep(poll);
+    }
+}
+
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -296,18 +325,17 @@ pub fn http_with(
 
 impl Daemon {
     fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            // bind(2) creates the socket file before listen(2): readiness is a connection that is
-            // accepted, on both listeners.
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("daemon did not start listening; log:\n{}", self.log());
+        // bind(2) creates the socket file before listen(2): readiness is a connection that is
+        // accepted, on both listeners.
+        wait_for(
+            Duration::from_secs(20),
+            || {
+                (TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                    && std::os::unix::net::UnixStream::connect(&self.socket).is_ok())
+                .then_some(())
+            },
+            || format!("daemon did not start listening; log:\n{}", self.log()),
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -326,20 +354,35 @@ impl Daemon {
         http(self.port, "GET", path).unwrap()
     }
 
+    /// `PUT path` with a client token and a JSON body (plain-HTTP listener).
+    pub fn put(&self, path: &str, token: &str, body: &Value) -> HttpResponse {
+        http_with(
+            self.port,
+            "PUT",
+            path,
+            Some(token),
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+    }
+
     /// Waits until sys/health answers `code`.
     pub fn wait_health(&self, code: u16, within: Duration) {
-        let deadline = Instant::now() + within;
-        let mut last = 0;
-        while Instant::now() < deadline {
-            last = self.health("").status;
-            if last == code {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "health stayed {last}, expected {code}; log:\n{}",
-            self.log()
+        let last = std::cell::Cell::new(0);
+        wait_for_every(
+            Duration::from_millis(50),
+            within,
+            || {
+                last.set(self.health("").status);
+                (last.get() == code).then_some(())
+            },
+            || {
+                format!(
+                    "health stayed {}, expected {code}; log:\n{}",
+                    last.get(),
+                    self.log()
+                )
+            },
         );
     }
 
@@ -470,19 +513,24 @@ impl Daemon {
         within: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + within;
-        let mut last = Value::Null;
-        while Instant::now() < deadline {
-            last = self.status_json();
-            if pred(&last) {
-                return last;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "status never showed {what}; last: {last:#}\nlog:\n{}",
-            self.log()
-        );
+        let last = std::cell::RefCell::new(Value::Null);
+        wait_for_every(
+            Duration::from_millis(50),
+            within,
+            || {
+                let st = self.status_json();
+                let hit = pred(&st).then(|| st.clone());
+                *last.borrow_mut() = st;
+                hit
+            },
+            || {
+                format!(
+                    "status never showed {what}; last: {:#}\nlog:\n{}",
+                    last.borrow(),
+                    self.log()
+                )
+            },
+        )
     }
 
     /// Waits until the daemon has made at least `n` unseal attempts since it started (the first is
