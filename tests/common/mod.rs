@@ -157,17 +157,24 @@ impl Fixture {
     }
 
     /// The token directory of the token with this label (SoftHSM keeps one directory per token).
+    ///
+    /// SoftHSM rewrites `token.object` in place (truncate, then write) while the daemon uses the
+    /// token, so one read can catch it empty: look again until the label shows, within 5 s.
     pub fn token_dir(&self, label: &str) -> PathBuf {
-        for entry in std::fs::read_dir(self.path("tokens")).unwrap() {
-            let p = entry.unwrap().path();
-            let obj = p.join("token.object");
-            if let Ok(bytes) = std::fs::read(&obj)
-                && bytes.windows(label.len()).any(|w| w == label.as_bytes())
-            {
-                return p;
-            }
-        }
-        panic!("no token directory for {label}");
+        let tokens = self.path("tokens");
+        wait_for(
+            Duration::from_secs(5),
+            || {
+                std::fs::read_dir(&tokens)
+                    .unwrap()
+                    .map(|entry| entry.unwrap().path())
+                    .find(|p| {
+                        std::fs::read(p.join("token.object"))
+                            .is_ok_and(|b| b.windows(label.len()).any(|w| w == label.as_bytes()))
+                    })
+            },
+            || format!("no token directory for {label} in {}", tokens.display()),
+        )
     }
 
     /// Moves a token out of SoftHSM's token directory (the HSM "disappears") and returns where it went.
