@@ -271,21 +271,14 @@ async fn audit_verify(
     let Some(log) = trail.path.clone() else {
         return error_response(StatusCode::BAD_REQUEST, "no [audit] trail is configured");
     };
-    let result = tokio::task::spawn_blocking(move || {
-        crate::audit::anchor::check(&core, &trail.audit, &log, &req.files)
-    })
-    .await;
     use crate::audit::anchor::CheckError;
-    match result {
-        Ok(Ok(report)) => axum::Json(report).into_response(),
-        Ok(Err(e @ CheckError::Sealed)) => {
+    match crate::audit::anchor::check(&core, &trail.audit, &log, &req.files).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e @ CheckError::Sealed) => {
             error_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
-        Ok(Err(e @ CheckError::Refused(_))) => {
-            error_response(StatusCode::BAD_REQUEST, e.to_string())
-        }
-        Ok(Err(e)) => error_response(StatusCode::CONFLICT, e.to_string()),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e @ CheckError::Refused(_)) => error_response(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error_response(StatusCode::CONFLICT, e.to_string()),
     }
 }
 

@@ -186,7 +186,8 @@ pub async fn run(
         store,
         seals,
         audit.clone(),
-    );
+    )
+    .await;
     if let Err(e) = core.check_seal_config() {
         admin::unlink(&cfg.admin.socket);
         for seal in &autos {

@@ -41,7 +41,12 @@ mechanism = "CKM_AES_GCM"
   pin_file = "/etc/sealkeeper/hsm-a.pin"
 "#;
 
-fn transit() -> (tempfile::TempDir, Transit) {
+/// A transit state on a file store, and the runtime that runs its change feed.
+fn transit() -> ((tempfile::TempDir, tokio::runtime::Runtime), Arc<Transit>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(FileStorage::open(dir.path()).unwrap());
     let keys = Arc::new(UnsealedKeys::new(
@@ -51,9 +56,14 @@ fn transit() -> (tempfile::TempDir, Transit) {
             LockedBytes::from_slice(&[2u8; 32], MemoryPolicy::AllowUnlocked).unwrap(),
         )],
     ));
-    let t = Transit::load(storage, keys, MemoryPolicy::AllowUnlocked).unwrap();
-    t.create_key("k").unwrap();
-    (dir, t)
+    let t = rt.block_on(async {
+        let t = Transit::load(storage, keys, MemoryPolicy::AllowUnlocked)
+            .await
+            .unwrap();
+        t.create_key("k").await.unwrap();
+        t
+    });
+    ((dir, rt), t)
 }
 
 proptest! {

@@ -187,7 +187,7 @@ fn disk_failure_during_init_leaves_the_node_uninitialized_and_init_can_be_retrie
     let f = Fixture::new();
     let d = f.start();
     // The seal state lands in core/seal/, then the init record in core/: make the second write
-    // fail, after the first succeeded, as a disk that fills up half-way.
+    // fail after the first succeeded, as a disk that fills up half-way.
     std::fs::create_dir_all(f.path("data/data/core/seal")).unwrap();
     let guard = Immutable::new(f.path("data/data/core"));
     let out = d.operator(&[
@@ -212,7 +212,16 @@ fn disk_failure_during_init_leaves_the_node_uninitialized_and_init_can_be_retrie
         501,
         "a failed init leaves the node uninitialized"
     );
-    assert!(f.state_path().exists(), "the first write had succeeded");
+    // The seal state and the init record are one transaction: the seal state, written first, was
+    // taken back when the init record failed.
+    assert!(
+        !f.state_path().exists(),
+        "the seal state of the failed init was left behind"
+    );
+    assert!(
+        !f.path("data/TXN").exists(),
+        "the transaction journal was left behind"
+    );
 
     drop(guard);
     d.init();
@@ -220,4 +229,92 @@ fn disk_failure_during_init_leaves_the_node_uninitialized_and_init_can_be_retrie
     drop(d);
     let d = f.start();
     d.wait_health(200, Duration::from_secs(10));
+}
+
+/// Copies `from` into `to` recursively (files and directories).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// Every stored record's bytes, by path under the storage directory.
+fn records(f: &Fixture) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let root = f.path("data/data");
+    walk(&root)
+        .into_iter()
+        .map(|p| {
+            let rel = p
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (rel, std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+/// A state directory and token pair made by the sealkeeper of commit 620463f (the last one before
+/// storage and seals were reshaped; `tests/fixtures/make-state-format-1.sh`) unseals, serves its
+/// transit key, policy and token, and nothing stored is rewritten until a new write.
+#[test]
+fn a_state_written_by_the_previous_format_unseals_and_is_not_rewritten() {
+    let fixture = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/state-format-1"
+    ));
+    let expect: Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("expect.json")).unwrap()).unwrap();
+    let f = Fixture::new();
+    std::fs::remove_dir_all(f.path("tokens")).unwrap();
+    copy_tree(&fixture.join("tokens"), &f.path("tokens"));
+    copy_tree(&fixture.join("data"), &f.path("data"));
+    for pin in ["hsm-a.pin", "hsm-b.pin"] {
+        std::fs::copy(fixture.join(pin), f.path(pin)).unwrap();
+    }
+    let before = records(&f);
+    assert!(before.contains_key("core/seal/state") && before.contains_key("transit/keys/compat"));
+
+    let d = f.start();
+    d.wait_health(200, Duration::from_secs(10));
+    let token = expect["token"].as_str().unwrap();
+    let r = d.put(
+        "/v1/transit/decrypt/compat",
+        token,
+        &serde_json::json!({ "ciphertext": expect["ciphertext"] }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["data"]["plaintext"], expect["plaintext"]);
+
+    // Unsealing and serving wrote nothing. (audit/anchor is this run's own new write: the anchor
+    // task records the newest keyed audit record.)
+    let unchanged = |now: &std::collections::BTreeMap<String, Vec<u8>>| {
+        before
+            .iter()
+            .filter(|(k, _)| k.as_str() != "audit/anchor")
+            .all(|(k, v)| now.get(k) == Some(v))
+    };
+    assert!(unchanged(&records(&f)), "a stored record was rewritten");
+
+    // A new write changes its own record only.
+    d.operator_ok(&["key", "rotate", "compat"]);
+    let after = records(&f);
+    assert_ne!(after["transit/keys/compat"], before["transit/keys/compat"]);
+    for k in ["core/init", "core/seal/state", "auth/policies/compat"] {
+        assert_eq!(after[k], before[k], "{k} was rewritten");
+    }
+    let r = d.put(
+        "/v1/transit/decrypt/compat",
+        token,
+        &serde_json::json!({ "ciphertext": expect["ciphertext"] }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
 }

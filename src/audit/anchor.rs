@@ -21,10 +21,9 @@ pub async fn anchor_once(core: &Core, audit: &Audit, last: &mut Option<Anchor>) 
         return;
     }
     let h = head.clone();
-    match tokio::task::spawn_blocking(move || transit.put_audit_anchor(&h)).await {
-        Ok(Ok(())) => *last = Some(head),
-        Ok(Err(e)) => tracing::warn!(error = %e, "the audit anchor could not be stored"),
-        Err(e) => tracing::warn!(error = %e, "the audit anchor task failed"),
+    match transit.put_audit_anchor(&h).await {
+        Ok(()) => *last = Some(head),
+        Err(e) => tracing::warn!(error = %e, "the audit anchor could not be stored"),
     }
 }
 
@@ -56,17 +55,43 @@ pub enum CheckError {
 /// Verifies files of the trail at `log` (default: all of them, oldest first) with the chain key,
 /// against the anchors (the stored one and this run's newest keyed record). Only files
 /// of that trail are read.
-pub fn check(
+pub async fn check(
     core: &Core,
     audit: &Audit,
     log: &Path,
     files: &[PathBuf],
 ) -> Result<Report, CheckError> {
     let transit = core.transit().ok_or(CheckError::Sealed)?;
+    let stored = transit
+        .audit_anchor()
+        .await
+        .map_err(|e| CheckError::Refused(format!("the stored anchor cannot be read: {e}")))?;
+    let anchors: Vec<Anchor> = stored.into_iter().chain(audit.head()).collect();
+    let key = transit.audit_chain_key();
+    drop(transit);
+    let (log, files) = (log.to_path_buf(), files.to_vec());
+    // Reading the files is blocking work.
+    tokio::task::spawn_blocking(move || {
+        let files = files_of_trail(&log, files)?;
+        Ok(verify_with(
+            &files,
+            &Keys {
+                chain_key: Some(key.as_slice()),
+                anchors: &anchors,
+            },
+        )?)
+    })
+    .await
+    .map_err(|e| CheckError::Refused(format!("the verification task failed: {e}")))?
+}
+
+/// `files` (default: every file of the trail at `log`, oldest first), refused unless each is a
+/// file of that trail.
+fn files_of_trail(log: &Path, files: Vec<PathBuf>) -> Result<Vec<PathBuf>, CheckError> {
     let files = if files.is_empty() {
         super::trail_files(log)
     } else {
-        files.to_vec()
+        files
     };
     let dir = log
         .parent()
@@ -93,16 +118,5 @@ pub fn check(
             )));
         }
     }
-    let stored = transit
-        .audit_anchor()
-        .map_err(|e| CheckError::Refused(format!("the stored anchor cannot be read: {e}")))?;
-    let anchors: Vec<Anchor> = stored.into_iter().chain(audit.head()).collect();
-    let key = transit.audit_chain_key();
-    Ok(verify_with(
-        &files,
-        &Keys {
-            chain_key: Some(key.as_slice()),
-            anchors: &anchors,
-        },
-    )?)
+    Ok(files)
 }

@@ -23,7 +23,7 @@ use crate::fault;
 use crate::recovery::{self, Share};
 use crate::seal::{Attempt, BlobContext, Seal, SealError, SealStatus, WrappedBlob};
 use crate::secret::{LockedBytes, MemoryError, MemoryPolicy};
-use crate::storage::{Expect, Revision, Storage, StorageError};
+use crate::storage::{Expect, Op, Revision, Storage, StorageError};
 use crate::transit::{Transit, TransitError};
 use state::{
     KeyringFile, KeyringTerm, ROOT_STATE_FORMAT, ROOT_STATE_KEY, RootState, SealWrapping,
@@ -422,6 +422,8 @@ pub struct Core {
     rekey_progress: Mutex<Option<Progress<RekeyTarget>>>,
     verify_progress: Mutex<Vec<Share>>,
     rewrap: RwLock<Option<RewrapReport>>,
+    /// The seal state as last read or written ([`Core::stored_state`]).
+    stored: RwLock<Option<RootState>>,
     audit: Audit,
     /// Unseal attempts made (automatic and operator), and completed probe rounds: what tests and
     /// operators watch to know that the background tasks ran.
@@ -448,7 +450,7 @@ fn key_name(blob: &WrappedBlob) -> String {
 impl Core {
     /// Reads the stored state. A corrupt init record leaves the node sealed with the error shown in
     /// its status; it never stops the daemon. `seals` need not be sorted.
-    pub fn new(
+    pub async fn new(
         opts: CoreOptions,
         storage: Arc<dyn Storage>,
         mut seals: Vec<SealEntry>,
@@ -456,7 +458,7 @@ impl Core {
     ) -> Arc<Core> {
         seals.sort_by_key(|s| s.priority);
         let mut last_error = None;
-        let state = match storage.get(INIT_KEY) {
+        let state = match storage.get(INIT_KEY).await {
             Ok(None) => State::Uninitialized,
             Ok(Some(rec)) => match serde_json::from_slice::<InitRecord>(&rec.value) {
                 Ok(init) if init.format == INIT_FORMAT => State::Sealed {
@@ -495,7 +497,7 @@ impl Core {
                 }
             }
         };
-        Arc::new(Core {
+        let core = Arc::new(Core {
             opts,
             storage,
             seals,
@@ -509,10 +511,16 @@ impl Core {
             rekey_progress: Mutex::new(None),
             verify_progress: Mutex::new(Vec::new()),
             rewrap: RwLock::new(None),
+            stored: RwLock::new(None),
             audit,
             unseal_attempts: 0.into(),
             probe_rounds: 0.into(),
-        })
+        });
+        if core.is_initialized() {
+            // Errors are reported by the first unseal attempt, with the node sealed.
+            let _ = core.root_state().await;
+        }
+        core
     }
 
     pub fn seals(&self) -> &[SealEntry] {
@@ -582,19 +590,38 @@ impl Core {
         )
     }
 
-    /// The stored seal state and its revision.
-    fn root_state(&self) -> Result<(RootState, Revision), CoreError> {
-        let rec = self.storage.get(ROOT_STATE_KEY)?.ok_or_else(|| {
-            CoreError::StoredState(format!("the seal state {ROOT_STATE_KEY} is missing"))
-        })?;
-        let st = RootState::from_json(&rec.value)
-            .map_err(|e| CoreError::StoredState(format!("{ROOT_STATE_KEY}: {e}")))?;
-        Ok((st, rec.revision))
+    /// The stored seal state and its revision, read from storage (every transition reads it
+    /// afresh, so that a compare-and-swap commit sees another writer). Refreshes the copy that
+    /// status documents show ([`Core::stored_state`]).
+    async fn root_state(&self) -> Result<(RootState, Revision), CoreError> {
+        let read = async {
+            let rec = self.storage.get(ROOT_STATE_KEY).await?.ok_or_else(|| {
+                CoreError::StoredState(format!("the seal state {ROOT_STATE_KEY} is missing"))
+            })?;
+            let st = RootState::from_json(&rec.value)
+                .map_err(|e| CoreError::StoredState(format!("{ROOT_STATE_KEY}: {e}")))?;
+            Ok((st, rec.revision))
+        };
+        let r = read.await;
+        *self.stored.write().unwrap_or_else(|p| p.into_inner()) =
+            r.as_ref().ok().map(|(st, _)| st.clone());
+        r
     }
 
-    fn commit(&self, st: &RootState, rev: Revision) -> Result<(), CoreError> {
+    /// The seal state as last read or written by this node (`None` when it could not be read):
+    /// what status documents show, without a storage round trip.
+    fn stored_state(&self) -> Option<RootState> {
+        self.stored
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn commit(&self, st: &RootState, rev: Revision) -> Result<(), CoreError> {
         self.storage
-            .put(ROOT_STATE_KEY, &st.to_json(), Expect::Revision(rev))?;
+            .put(ROOT_STATE_KEY, &st.to_json(), Expect::Revision(rev))
+            .await?;
+        *self.stored.write().unwrap_or_else(|p| p.into_inner()) = Some(st.clone());
         Ok(())
     }
 
@@ -644,7 +671,7 @@ impl Core {
         if !self.is_initialized() {
             return Ok(());
         }
-        let Ok((st, _)) = self.root_state() else {
+        let Some(st) = self.stored_state() else {
             return Ok(()); // reported by the unseal attempt, with the node sealed
         };
         let mut stored: BTreeMap<String, String> = st
@@ -728,7 +755,7 @@ impl Core {
             },
         };
         let stored = if self.is_initialized() {
-            self.root_state().ok().map(|(s, _)| s)
+            self.stored_state()
         } else {
             None
         };
@@ -870,7 +897,7 @@ impl Core {
     /// Share submission progress, for `seal-status`.
     pub fn share_progress(&self) -> ShareProgress {
         let stored = if self.is_initialized() {
-            self.root_state().ok().map(|(s, _)| s)
+            self.stored_state()
         } else {
             None
         };
@@ -1111,26 +1138,26 @@ impl Core {
             created_unix: now_unix(),
         };
 
-        // Persist: the seal state first, the init record last. A crash before the last write
-        // leaves the node uninitialized, and a new init overwrites the leftovers.
+        // Persist the seal state and the init record in one transaction: a crash or a failed write
+        // leaves the node uninitialized with nothing stored, and a new init can run.
         fault::point("init:before-root-state");
-        self.storage
-            .put(ROOT_STATE_KEY, &st.to_json(), Expect::Any)?;
-        fault::point("init:before-init-record");
         let init_json =
             serde_json::to_vec_pretty(&init).map_err(|e| CoreError::Internal(e.to_string()))?;
-        self.storage.put(INIT_KEY, &init_json, Expect::Absent)?;
+        fault::point("init:before-init-record");
+        self.storage
+            .txn(vec![
+                Op::put(ROOT_STATE_KEY, st.to_json(), Expect::Any),
+                Op::put(INIT_KEY, init_json, Expect::Absent),
+            ])
+            .await?;
+        *self.stored.write().unwrap_or_else(|p| p.into_inner()) = Some(st.clone());
         fault::point("init:after-init-record");
 
         let keys = Arc::new(UnsealedKeys {
             keyring: RwLock::new(vec![(1, Arc::new(self.locked(&term_key)?))]),
             root: RwLock::new(Arc::new(root)),
         });
-        let transit = Arc::new(Transit::load(
-            self.storage.clone(),
-            keys.clone(),
-            self.opts.memory,
-        )?);
+        let transit = Transit::load(self.storage.clone(), keys.clone(), self.opts.memory).await?;
         let by = st
             .wrappings
             .iter()
@@ -1273,7 +1300,7 @@ impl Core {
     }
 
     async fn unseal_auto(&self, init: &InitRecord, attempt: Attempt) -> Result<String, CoreError> {
-        let (st, _) = self.root_state()?;
+        let (st, _) = self.root_state().await?;
         if let Some((old, new)) = self.migration(&st) {
             return Err(CoreError::NeedsShares(format!(
                 "seal migration from {} ({}) to {} ({}) is pending: submit a quorum of the {} with \
@@ -1344,7 +1371,7 @@ impl Core {
                         self.hsm_self_test(seal, &u.member).await?;
                     }
                     let by = format!("{}/{}", entry.name, u.member);
-                    self.activate(init.clone(), &st, root, by.clone())?;
+                    self.activate(init.clone(), &st, root, by.clone()).await?;
                     for (n, e) in &errors {
                         tracing::warn!(seal = %n, error = %e, "a higher-priority seal could not unseal; the next one did");
                     }
@@ -1397,7 +1424,7 @@ impl Core {
     }
 
     /// Opens the keyring with `root` and switches to Unsealed.
-    fn activate(
+    async fn activate(
         &self,
         init: InitRecord,
         st: &RootState,
@@ -1430,11 +1457,7 @@ impl Core {
             root: RwLock::new(Arc::new(root)),
             keyring: RwLock::new(keyring),
         });
-        let transit = Arc::new(Transit::load(
-            self.storage.clone(),
-            keys.clone(),
-            self.opts.memory,
-        )?);
+        let transit = Transit::load(self.storage.clone(), keys.clone(), self.opts.memory).await?;
         self.audit.set_chain_key(Some(transit.audit_chain_key()));
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = State::Unsealed {
             init,
@@ -1472,7 +1495,7 @@ impl Core {
         if !self.is_initialized() {
             return Err(CoreError::NotInitialized);
         }
-        let (st, rev) = self.root_state()?;
+        let (st, rev) = self.root_state().await?;
         let purpose = if migrate {
             if self.migration(&st).is_none() {
                 return Err(CoreError::BadRequest(
@@ -1572,7 +1595,7 @@ impl Core {
                 } else {
                     "recovery-keys/fallback".to_string()
                 };
-                self.activate(init, &st, root, by.clone())?;
+                self.activate(init, &st, root, by.clone()).await?;
                 if purpose == Purpose::Fallback {
                     tracing::warn!(
                         "unsealed with recovery keys (recovery_keys_fallback): every auto seal was unreachable"
@@ -1711,14 +1734,14 @@ impl Core {
             }
         }
         fault::point("migrate:before-commit");
-        self.commit(&next, rev).map_err(fail)?;
+        self.commit(&next, rev).await.map_err(fail)?;
         fault::point("migrate:after-commit");
         let by = next
             .wrappings
             .get(&new.name)
             .map(|w| format!("{}/{}", new.name, w.blob.wrapped_by))
             .unwrap_or_else(|| format!("{}/unseal-keys", new.name));
-        self.activate(init, &next, root, by)?;
+        self.activate(init, &next, root, by).await?;
         tracing::info!(from = %old.name, to = %new.name, shares = next.shares.role.noun(), "seal migrated; the disabled seal can be removed from the configuration");
         self.audit.record_detached(
             Event::new("core", "seal-migrate", "ok")
@@ -1738,7 +1761,7 @@ impl Core {
         let Ok((init, keys)) = self.unsealed() else {
             return Ok(vec![]);
         };
-        let (st, rev) = self.root_state()?;
+        let (st, rev) = self.root_state().await?;
         if self.migration(&st).is_some() {
             return Ok(vec![]);
         }
@@ -1772,7 +1795,7 @@ impl Core {
         }
         let wrapped: Vec<String> = done.keys().cloned().collect();
         next.wrappings.extend(done.clone());
-        self.commit(&next, rev)?;
+        self.commit(&next, rev).await?;
         self.record_rewrap("catch-up", &done, &failed);
         for n in &wrapped {
             tracing::info!(seal = %n, "seal now holds a wrapping of the current root key");
@@ -1792,7 +1815,7 @@ impl Core {
     pub async fn rotate(&self) -> Result<u32, CoreError> {
         let _op = self.ops.lock().await;
         let (init, keys) = self.unsealed()?;
-        let (st, rev) = self.root_state()?;
+        let (st, rev) = self.root_state().await?;
         let root = keys.root();
         let mut file = state::open_keyring(root.as_slice(), &init.installation_id, &st.keyring)
             .map_err(CoreError::StoredState)?;
@@ -1808,6 +1831,7 @@ impl Core {
         let locked = Arc::new(self.locked(&term_key)?);
         fault::point("rotate:before-commit");
         self.commit(&next, rev)
+            .await
             .inspect_err(|e| self.audit_error("rotate", e))?;
         fault::point("rotate:after-commit");
         keys.keyring
@@ -1829,7 +1853,7 @@ impl Core {
     pub async fn rotate_root(&self) -> Result<RewrapReport, CoreError> {
         let _op = self.ops.lock().await;
         let (init, keys) = self.unsealed()?;
-        let (st, rev) = self.root_state()?;
+        let (st, rev) = self.root_state().await?;
         let id = init.installation_id.clone();
         let old_root = keys.root();
         let file = state::open_keyring(old_root.as_slice(), &id, &st.keyring)
@@ -1862,6 +1886,7 @@ impl Core {
         }
         fault::point("rotate-root:before-commit");
         self.commit(&next, rev)
+            .await
             .inspect_err(|e| self.audit_error("rotate-root", e))?;
         fault::point("rotate-root:after-commit");
         *keys.root.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_root);
@@ -1894,7 +1919,7 @@ impl Core {
     pub async fn rewrap(&self) -> Result<RewrapReport, CoreError> {
         let _op = self.ops.lock().await;
         let (init, keys) = self.unsealed()?;
-        let (st, rev) = self.root_state()?;
+        let (st, rev) = self.root_state().await?;
         let root = keys.root();
         let (done, failed) = self
             .wrap_everywhere(&init.installation_id, &root, st.generation, None)
@@ -1909,6 +1934,7 @@ impl Core {
         next.wrappings.extend(done.clone());
         fault::point("rewrap:before-commit");
         self.commit(&next, rev)
+            .await
             .inspect_err(|e| self.audit_error("rewrap", e))?;
         fault::point("rewrap:after-commit");
         let report = self.rewrap_report().unwrap_or_default();
@@ -1946,7 +1972,7 @@ impl Core {
     }
 
     pub fn rekey_status(&self) -> RekeyStatus {
-        let stored = self.root_state().ok().map(|(s, _)| s);
+        let stored = self.stored_state();
         let p = self
             .rekey_progress
             .lock()
@@ -2000,7 +2026,7 @@ impl Core {
         }
         recovery::check_parameters(shares, threshold)
             .map_err(|e| CoreError::BadRequest(e.to_string()))?;
-        if self.root_state()?.0.shares.pending.is_some() {
+        if self.root_state().await?.0.shares.pending.is_some() {
             return Err(CoreError::BadRequest(
                 "new shares from an earlier rekey wait for verification (`operator rekey --verify`); \
                  verify them or cancel (`operator rekey --cancel`) first"
@@ -2046,11 +2072,11 @@ impl Core {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         if self.is_initialized() {
-            let (st, rev) = self.root_state()?;
+            let (st, rev) = self.root_state().await?;
             if st.shares.pending.is_some() {
                 let mut next = st.clone();
                 next.shares.pending = None;
-                self.commit(&next, rev)?;
+                self.commit(&next, rev).await?;
             }
         }
         self.audit
@@ -2063,7 +2089,7 @@ impl Core {
     pub async fn rekey_update(&self, key: &str, nonce: &str) -> Result<RekeyStatus, CoreError> {
         let _op = self.ops.lock().await;
         let (init, _) = self.unsealed()?;
-        let (st, rev) = self.root_state()?;
+        let (st, rev) = self.root_state().await?;
         let id = init.installation_id.clone();
         let share = parse_share(
             key,
@@ -2119,6 +2145,7 @@ impl Core {
         });
         fault::point("rekey:before-commit");
         self.commit(&next, rev)
+            .await
             .inspect_err(|e| self.audit_error("rekey", e))?;
         fault::point("rekey:after-commit");
         *self
@@ -2166,7 +2193,7 @@ impl Core {
     pub async fn rekey_verify(&self, key: &str, nonce: &str) -> Result<RekeyStatus, CoreError> {
         let _op = self.ops.lock().await;
         let (init, keys) = self.unsealed()?;
-        let (st, rev) = self.root_state()?;
+        let (st, rev) = self.root_state().await?;
         let id = init.installation_id.clone();
         let Some(pending) = st.shares.pending.clone() else {
             return Err(CoreError::BadRequest(
@@ -2215,6 +2242,7 @@ impl Core {
         }
         fault::point("rekey-verify:before-commit");
         self.commit(&next, rev)
+            .await
             .inspect_err(|e| self.audit_error("rekey-verify", e))?;
         fault::point("rekey-verify:after-commit");
         self.audit.record_detached(
@@ -2373,7 +2401,7 @@ impl Core {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // A seal that was down when the root key was (re)wrapped is wrapped once it answers.
             if !self.is_sealed()
-                && let Ok((st, _)) = self.root_state()
+                && let Ok((st, _)) = self.root_state().await
                 && self
                     .enabled_autos()
                     .any(|(e, s)| s.status().healthy && !st.is_current(&e.name))

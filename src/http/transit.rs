@@ -43,6 +43,10 @@ impl From<TransitError> for ApiError {
                 (StatusCode::FORBIDDEN, None)
             }
             TransitError::NotFound(_) => (StatusCode::NOT_FOUND, None),
+            TransitError::Storage(crate::storage::StorageError::Conflict { .. }) => (
+                StatusCode::CONFLICT,
+                Some("conflict: the record was changed by another writer; retry the request"),
+            ),
             TransitError::Storage(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Some("internal error: storage I/O failed (details in the server log)"),
@@ -648,7 +652,7 @@ async fn renew_self(State(st): State<TransitState>, headers: HeaderMap, body: Bo
         return Ok(denial(e, None));
     }
     let req: RenewRequest = json_body(body, st.max_body).await?;
-    let rec = t.renew(token, req.increment)?;
+    let rec = t.renew(token, req.increment).await?;
     Ok(annotate(
         envelope(Value::Null, auth_block(&rec, token)),
         AuditFields::with("accessor", rec.accessor.clone()),
@@ -744,11 +748,11 @@ async fn admin_create_key(
             "keys are never exportable or derived here".into(),
         ));
     }
-    Ok(envelope(t.create_key(&key)?, Value::Null))
+    Ok(envelope(t.create_key(&key).await?, Value::Null))
 }
 
 async fn admin_rotate_key(State(st): State<TransitState>, Path(key): Path<String>) -> ApiResult {
-    Ok(envelope(transit(&st)?.rotate_key(&key)?, Value::Null))
+    Ok(envelope(transit(&st)?.rotate_key(&key).await?, Value::Null))
 }
 
 async fn admin_config_key(
@@ -758,11 +762,11 @@ async fn admin_config_key(
 ) -> ApiResult {
     let t = transit(&st)?;
     let cfg: KeyConfig = json_body(body, st.max_body).await?;
-    Ok(envelope(t.configure_key(&key, &cfg)?, Value::Null))
+    Ok(envelope(t.configure_key(&key, &cfg).await?, Value::Null))
 }
 
 async fn admin_delete_key(State(st): State<TransitState>, Path(key): Path<String>) -> ApiResult {
-    transit(&st)?.delete_key(&key)?;
+    transit(&st)?.delete_key(&key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -798,7 +802,8 @@ async fn admin_write_policy(
     t.write_policy(Policy {
         name,
         rules: b.rules,
-    })?;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -806,14 +811,14 @@ async fn admin_delete_policy(
     State(st): State<TransitState>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    transit(&st)?.delete_policy(&name)?;
+    transit(&st)?.delete_policy(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn admin_create_token(State(st): State<TransitState>, body: Body) -> ApiResult {
     let t = transit(&st)?;
     let req: TokenRequest = json_body(body, st.max_body).await?;
-    let (rec, token) = t.create_token(&req)?;
+    let (rec, token) = t.create_token(&req).await?;
     Ok(envelope(Value::Null, auth_block(&rec, Some(&token))))
 }
 
@@ -840,7 +845,7 @@ struct RevokeAccessor {
 async fn admin_revoke_accessor(State(st): State<TransitState>, body: Body) -> ApiResult {
     let t = transit(&st)?;
     let req: RevokeAccessor = json_body(body, st.max_body).await?;
-    t.revoke_accessor(&req.accessor)?;
+    t.revoke_accessor(&req.accessor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

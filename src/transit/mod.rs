@@ -6,8 +6,8 @@ pub mod policy;
 pub mod records;
 pub mod tokens;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use crate::core::UnsealedKeys;
 use crate::crypto::{self, KEY_LEN};
 use crate::secret::{LockedBytes, MemoryPolicy};
-use crate::storage::{Expect, Storage, StorageError};
+use crate::storage::{Expect, Revision, Storage, StorageError, Watch, WatchEvent};
 pub use policy::{Capability, Policy, Rule};
 use records::RecordCipher;
 pub use tokens::{TokenRecord, TokenRequest};
@@ -162,8 +162,15 @@ pub struct Transit {
     keys: RwLock<BTreeMap<String, Arc<TransitKey>>>,
     pub(crate) tokens: tokens::TokenStore,
     policies: RwLock<BTreeMap<String, Policy>>,
-    /// Serializes writes (create, rotate, config, tokens, policies): one writer at a time.
-    write: Mutex<()>,
+    /// Serializes this node's writes (create, rotate, config, tokens, policies). Writes by another
+    /// process sharing the store are caught by compare-and-swap on the revisions below.
+    write: tokio::sync::Mutex<()>,
+    /// Per stored path: the revision of the newest change applied to the caches above, and whether
+    /// the record exists after it (deletions are kept, so a late, older change is not re-applied).
+    /// Changes are applied under this lock, so a check and its cache update are one step.
+    revisions: Mutex<HashMap<String, (Revision, bool)>>,
+    /// The task that applies the store's change feed; aborted when this state is dropped (sealed).
+    watcher: Mutex<Option<tokio::task::AbortHandle>>,
     /// Key of the `hmac-sha256:` values in the audit trail.
     audit_key: LockedBytes,
     /// Key of the audit records' `mac` (the keyed chain).
@@ -174,16 +181,20 @@ pub struct Transit {
 const AUDIT_ANCHOR: &str = "audit/anchor";
 
 impl Transit {
-    /// Loads every transit record, decrypting with the keyring.
-    pub fn load(
+    /// Loads every transit record, decrypting with the keyring, and keeps the in-memory state
+    /// current from the store's change feed (opened before the first read, so nothing written in
+    /// between is missed). A record that cannot be read at load is an error; one that arrives
+    /// broken through the feed is logged and the state it would replace is kept.
+    pub async fn load(
         storage: Arc<dyn Storage>,
         keys: Arc<UnsealedKeys>,
         memory: MemoryPolicy,
-    ) -> Result<Transit> {
+    ) -> Result<Arc<Transit>> {
         let cipher = RecordCipher::new(keys);
         let token_key = cipher.derive_key(b"sealkeeper token hash v1", memory)?;
         let audit_key = cipher.derive_key(b"sealkeeper audit hmac v1", memory)?;
         let audit_chain_key = cipher.derive_key(b"sealkeeper audit chain v1", memory)?;
+        let feed = storage.watch("");
         let t = Transit {
             storage,
             cipher,
@@ -191,55 +202,205 @@ impl Transit {
             keys: RwLock::new(BTreeMap::new()),
             tokens: tokens::TokenStore::new(token_key),
             policies: RwLock::new(BTreeMap::new()),
-            write: Mutex::new(()),
+            write: tokio::sync::Mutex::new(()),
+            revisions: Mutex::new(HashMap::new()),
+            watcher: Mutex::new(None),
             audit_key,
             audit_chain_key,
         };
-        for path in t.storage.list(KEY_PREFIX)? {
-            let stored: StoredKey = t.read_json(&path)?;
-            let key = t.key_from_stored(stored, &path)?;
-            t.keys
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key.name.clone(), Arc::new(key));
+        for prefix in CACHED {
+            for e in t.storage.range(prefix).await? {
+                t.apply(&e.key, e.revision, Some(&e.value))?;
+            }
         }
-        for path in t.storage.list(policy::PREFIX)? {
-            let p: Policy = t.read_json(&path)?;
-            t.policies
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(p.name.clone(), p);
-        }
-        for path in t.storage.list(tokens::PREFIX)? {
-            let rec: TokenRecord = t.read_json(&path)?;
-            t.tokens.insert(rec);
-        }
+        let t = Arc::new(t);
+        let task = tokio::spawn(follow(Arc::downgrade(&t), feed));
+        *t.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
         Ok(t)
     }
 
-    fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {
-        let rec = self
-            .storage
-            .get(path)?
-            .ok_or_else(|| TransitError::Record {
-                path: path.into(),
-                reason: "vanished while loading".into(),
-            })?;
-        let plain = self.cipher.open(path, &rec.value)?;
-        serde_json::from_slice(&plain).map_err(|e| TransitError::Record {
+    /// Decodes a stored record (or a deletion) into what the caches hold.
+    fn decode(&self, path: &str, value: Option<&[u8]>) -> Result<Cached> {
+        let Some(sealed) = value else {
+            return Ok(Cached::Removed);
+        };
+        let plain = self.cipher.open(path, sealed)?;
+        let invalid = |e: serde_json::Error| TransitError::Record {
             path: path.into(),
             reason: e.to_string(),
-        })
+        };
+        if path.starts_with(KEY_PREFIX) {
+            let stored: StoredKey = serde_json::from_slice(&plain).map_err(invalid)?;
+            Ok(Cached::Key(Arc::new(self.key_from_stored(stored, path)?)))
+        } else if path.starts_with(policy::PREFIX) {
+            Ok(Cached::Policy(
+                serde_json::from_slice(&plain).map_err(invalid)?,
+            ))
+        } else {
+            Ok(Cached::Token(
+                serde_json::from_slice(&plain).map_err(invalid)?,
+            ))
+        }
     }
 
-    fn write_json<T: Serialize>(&self, path: &str, value: &T, expect: Expect) -> Result<()> {
+    /// Applies the change of `path` to revision `rev` (`None`: deleted) unless a newer one was
+    /// applied already.
+    fn apply(&self, path: &str, rev: Revision, value: Option<&[u8]>) -> Result<()> {
+        if !CACHED.iter().any(|p| path.starts_with(p)) || !self.is_newer(path, rev) {
+            return Ok(());
+        }
+        let item = self.decode(path, value)?;
+        self.install(path, rev, item);
+        Ok(())
+    }
+
+    fn is_newer(&self, path: &str, rev: Revision) -> bool {
+        self.revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .is_none_or(|(seen, _)| *seen < rev)
+    }
+
+    /// Puts `item` in the caches as the state of `path` at `rev`, unless a newer change was
+    /// applied meanwhile.
+    fn install(&self, path: &str, rev: Revision, item: Cached) {
+        let mut seen = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(path).is_some_and(|(r, _)| *r >= rev) {
+            return;
+        }
+        seen.insert(path.to_string(), (rev, !matches!(item, Cached::Removed)));
+        self.put_cached(path, item);
+    }
+
+    fn put_cached(&self, path: &str, item: Cached) {
+        let name = CACHED
+            .iter()
+            .find_map(|p| path.strip_prefix(p))
+            .unwrap_or(path)
+            .to_string();
+        match item {
+            Cached::Key(k) => {
+                self.keys
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name, k);
+            }
+            Cached::Policy(p) => {
+                self.policies
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name, p);
+            }
+            Cached::Token(t) => self.tokens.insert(t),
+            Cached::Removed if path.starts_with(KEY_PREFIX) => {
+                self.keys
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
+            }
+            Cached::Removed if path.starts_with(policy::PREFIX) => {
+                self.policies
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
+            }
+            Cached::Removed => self.tokens.remove_accessor(&name),
+        }
+    }
+
+    /// What a write of `path` expects to find: the revision this node last saw, or nothing.
+    fn expected(&self, path: &str) -> Expect {
+        match self
+            .revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+        {
+            Some((rev, true)) => Expect::Revision(*rev),
+            _ => Expect::Absent,
+        }
+    }
+
+    /// Reads every cached prefix again (after the change feed lost changes): records that changed
+    /// are applied, records that are gone are removed.
+    async fn resync(&self) {
+        let _w = self.write.lock().await;
+        for prefix in CACHED {
+            let entries = match self.storage.range(prefix).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, prefix, "transit: could not re-read the store after missed changes");
+                    continue;
+                }
+            };
+            let present: std::collections::HashSet<&str> =
+                entries.iter().map(|e| e.key.as_str()).collect();
+            for e in &entries {
+                if let Err(err) = self.apply(&e.key, e.revision, Some(&e.value)) {
+                    tracing::error!(error = %err, "transit: a changed record could not be applied");
+                }
+            }
+            let gone: Vec<String> = self
+                .revisions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(p, (_, exists))| {
+                    *exists && p.starts_with(prefix) && !present.contains(p.as_str())
+                })
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in gone {
+                let mut seen = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(entry) = seen.get_mut(&p) {
+                    entry.1 = false;
+                }
+                self.put_cached(&p, Cached::Removed);
+            }
+        }
+    }
+
+    async fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<Option<T>> {
+        let Some(rec) = self.storage.get(path).await? else {
+            return Ok(None);
+        };
+        let plain = self.cipher.open(path, &rec.value)?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| TransitError::Record {
+                path: path.into(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Encrypts and stores `value` at `path` if the record is still as this node last saw it;
+    /// returns the new revision.
+    async fn write_json<T: Serialize>(&self, path: &str, value: &T) -> Result<Revision> {
         let plain =
             Zeroizing::new(serde_json::to_vec(value).map_err(|e| TransitError::Record {
                 path: path.into(),
                 reason: e.to_string(),
             })?);
         let sealed = self.cipher.seal(path, &plain)?;
-        self.storage.put(path, &sealed, expect)?;
+        Ok(self.storage.put(path, &sealed, self.expected(path)).await?)
+    }
+
+    /// Deletes `path` if it is still as this node last saw it, and forgets it.
+    async fn delete_record(&self, path: &str) -> Result<()> {
+        self.storage.delete(path, self.expected(path)).await?;
+        // A deletion's own revision is not reported; the feed's is higher than anything before.
+        let rev = self
+            .revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .map_or(0, |(r, _)| *r);
+        self.revisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_string(), (rev, false));
+        self.put_cached(path, Cached::Removed);
         Ok(())
     }
 
@@ -274,7 +435,7 @@ impl Transit {
         })
     }
 
-    fn store_key(&self, k: &TransitKey, expect: Expect) -> Result<()> {
+    async fn store_key(&self, k: &TransitKey) -> Result<Revision> {
         let stored = StoredKey {
             name: k.name.clone(),
             key_type: KEY_TYPE.into(),
@@ -296,7 +457,9 @@ impl Transit {
             min_encryption_version: k.min_encryption_version,
             deletion_allowed: k.deletion_allowed,
         };
-        let result = self.write_json(&format!("{KEY_PREFIX}{}", k.name), &stored, expect);
+        let result = self
+            .write_json(&format!("{KEY_PREFIX}{}", k.name), &stored)
+            .await;
         // The stored form held base64 key material in ordinary memory: wipe it.
         for (_, mut sv) in stored.versions {
             zeroize::Zeroize::zeroize(&mut sv.key);
@@ -342,13 +505,13 @@ impl Transit {
         })
     }
 
-    pub fn create_key(&self, name: &str) -> Result<Value> {
+    pub async fn create_key(&self, name: &str) -> Result<Value> {
         if !valid_name(name) {
             return Err(bad(format!(
                 "invalid key name {name:?}: use 1-128 characters of a-z, A-Z, 0-9, '-', '_', '.'"
             )));
         }
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write.lock().await;
         if self
             .keys
             .read()
@@ -367,34 +530,36 @@ impl Transit {
             min_encryption_version: 0,
             deletion_allowed: false,
         };
-        self.store_key(&key, Expect::Absent)?;
+        let rev = self.store_key(&key).await?;
         let meta = metadata(&key);
-        self.keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.into(), Arc::new(key));
+        self.install(
+            &format!("{KEY_PREFIX}{name}"),
+            rev,
+            Cached::Key(Arc::new(key)),
+        );
         tracing::info!(key = name, "transit key created");
         Ok(meta)
     }
 
-    pub fn rotate_key(&self, name: &str) -> Result<Value> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+    pub async fn rotate_key(&self, name: &str) -> Result<Value> {
+        let _w = self.write.lock().await;
         let old = self.key(name)?;
         let mut k = self.copy_key(&old)?;
         k.latest += 1;
         k.versions.insert(k.latest, self.new_version()?);
-        self.store_key(&k, Expect::Any)?;
+        let rev = self.store_key(&k).await?;
         let meta = metadata(&k);
         tracing::info!(key = name, version = k.latest, "transit key rotated");
-        self.keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.into(), Arc::new(k));
+        self.install(
+            &format!("{KEY_PREFIX}{name}"),
+            rev,
+            Cached::Key(Arc::new(k)),
+        );
         Ok(meta)
     }
 
-    pub fn configure_key(&self, name: &str, cfg: &KeyConfig) -> Result<Value> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+    pub async fn configure_key(&self, name: &str, cfg: &KeyConfig) -> Result<Value> {
+        let _w = self.write.lock().await;
         let old = self.key(name)?;
         let mut k = self.copy_key(&old)?;
         if let Some(v) = cfg.min_decryption_version {
@@ -423,7 +588,7 @@ impl Transit {
         if let Some(d) = cfg.deletion_allowed {
             k.deletion_allowed = d;
         }
-        self.store_key(&k, Expect::Any)?;
+        let rev = self.store_key(&k).await?;
         let meta = metadata(&k);
         tracing::info!(
             key = name,
@@ -432,26 +597,23 @@ impl Transit {
             deletion_allowed = k.deletion_allowed,
             "transit key configured"
         );
-        self.keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.into(), Arc::new(k));
+        self.install(
+            &format!("{KEY_PREFIX}{name}"),
+            rev,
+            Cached::Key(Arc::new(k)),
+        );
         Ok(meta)
     }
 
-    pub fn delete_key(&self, name: &str) -> Result<()> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+    pub async fn delete_key(&self, name: &str) -> Result<()> {
+        let _w = self.write.lock().await;
         let k = self.key(name)?;
         if !k.deletion_allowed {
             return Err(bad(format!(
                 "deletion is not allowed for key {name:?}: set deletion_allowed first (`sealkeeper operator key config {name} --deletion-allowed true`)"
             )));
         }
-        self.storage.delete(&format!("{KEY_PREFIX}{name}"))?;
-        self.keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.delete_record(&format!("{KEY_PREFIX}{name}")).await?;
         tracing::warn!(
             key = name,
             "transit key deleted: ciphertexts under it can no longer be decrypted"
@@ -572,29 +734,34 @@ impl Transit {
     }
 
     /// The newest anchor of the audit trail (seq, hash and mac of a keyed record).
-    pub fn audit_anchor(&self) -> Result<Option<crate::audit::Anchor>> {
-        match self.storage.get(AUDIT_ANCHOR)? {
-            None => Ok(None),
-            Some(_) => self.read_json(AUDIT_ANCHOR).map(Some),
-        }
+    pub async fn audit_anchor(&self) -> Result<Option<crate::audit::Anchor>> {
+        self.read_json(AUDIT_ANCHOR).await
     }
 
     /// Records `anchor` as the audit trail's newest anchor.
-    pub fn put_audit_anchor(&self, anchor: &crate::audit::Anchor) -> Result<()> {
-        self.write_json(AUDIT_ANCHOR, anchor, Expect::Any)
+    pub async fn put_audit_anchor(&self, anchor: &crate::audit::Anchor) -> Result<()> {
+        // Only this node's writer advances its anchor: no compare-and-swap needed.
+        let plain =
+            Zeroizing::new(
+                serde_json::to_vec(anchor).map_err(|e| TransitError::Record {
+                    path: AUDIT_ANCHOR.into(),
+                    reason: e.to_string(),
+                })?,
+            );
+        let sealed = self.cipher.seal(AUDIT_ANCHOR, &plain)?;
+        self.storage.put(AUDIT_ANCHOR, &sealed, Expect::Any).await?;
+        Ok(())
     }
 
     // --- policies ---
 
-    pub fn write_policy(&self, p: Policy) -> Result<()> {
+    pub async fn write_policy(&self, p: Policy) -> Result<()> {
         p.validate().map_err(bad)?;
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        self.write_json(&format!("{}{}", policy::PREFIX, p.name), &p, Expect::Any)?;
+        let _w = self.write.lock().await;
+        let path = format!("{}{}", policy::PREFIX, p.name);
+        let rev = self.write_json(&path, &p).await?;
         tracing::info!(policy = %p.name, "policy written");
-        self.policies
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(p.name.clone(), p);
+        self.install(&path, rev, Cached::Policy(p));
         Ok(())
     }
 
@@ -616,14 +783,11 @@ impl Transit {
             .collect()
     }
 
-    pub fn delete_policy(&self, name: &str) -> Result<()> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+    pub async fn delete_policy(&self, name: &str) -> Result<()> {
+        let _w = self.write.lock().await;
         self.policy(name)?;
-        self.storage.delete(&format!("{}{name}", policy::PREFIX))?;
-        self.policies
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.delete_record(&format!("{}{name}", policy::PREFIX))
+            .await?;
         tracing::info!(policy = name, "policy deleted");
         Ok(())
     }
@@ -631,7 +795,7 @@ impl Transit {
     // --- tokens ---
 
     /// Creates a token; returns the record and the token itself, which is shown only now.
-    pub fn create_token(&self, req: &TokenRequest) -> Result<(TokenRecord, String)> {
+    pub async fn create_token(&self, req: &TokenRequest) -> Result<(TokenRecord, String)> {
         if req.policies.is_empty() {
             return Err(bad("a token needs at least one policy"));
         }
@@ -639,28 +803,24 @@ impl Transit {
             self.policy(p)
                 .map_err(|_| bad(format!("policy {p:?} does not exist")))?;
         }
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write.lock().await;
         let (rec, token) = self.tokens.mint(req)?;
-        self.write_json(
-            &format!("{}{}", tokens::PREFIX, rec.accessor),
-            &rec,
-            Expect::Absent,
-        )?;
-        self.tokens.insert(rec.clone());
+        let path = format!("{}{}", tokens::PREFIX, rec.accessor);
+        let rev = self.write_json(&path, &rec).await?;
+        self.install(&path, rev, Cached::Token(rec.clone()));
         tracing::info!(accessor = %rec.accessor, policies = ?rec.policies, period_secs = rec.period_secs, "token created");
         Ok((rec, token))
     }
 
-    pub fn revoke_accessor(&self, accessor: &str) -> Result<()> {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+    pub async fn revoke_accessor(&self, accessor: &str) -> Result<()> {
+        let _w = self.write.lock().await;
         if !self.tokens.contains_accessor(accessor) {
             return Err(TransitError::NotFound(format!(
                 "no token with accessor {accessor:?}"
             )));
         }
-        self.storage
-            .delete(&format!("{}{accessor}", tokens::PREFIX))?;
-        self.tokens.remove_accessor(accessor);
+        self.delete_record(&format!("{}{accessor}", tokens::PREFIX))
+            .await?;
         tracing::info!(accessor, "token revoked");
         Ok(())
     }
@@ -708,20 +868,59 @@ impl Transit {
     }
 
     /// Renews the token: a periodic token's TTL is reset to its period.
-    pub fn renew(&self, token: Option<&str>, increment: Option<u64>) -> Result<TokenRecord> {
+    pub async fn renew(&self, token: Option<&str>, increment: Option<u64>) -> Result<TokenRecord> {
         let rec = self.authenticate(token)?;
         if !rec.renewable {
             return Err(bad("token is not renewable"));
         }
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.write.lock().await;
         let renewed = tokens::renewed(&rec, increment, now_unix());
-        self.write_json(
-            &format!("{}{}", tokens::PREFIX, renewed.accessor),
-            &renewed,
-            Expect::Any,
-        )?;
-        self.tokens.insert(renewed.clone());
+        let path = format!("{}{}", tokens::PREFIX, renewed.accessor);
+        let rev = self.write_json(&path, &renewed).await?;
+        self.install(&path, rev, Cached::Token(renewed.clone()));
         Ok(renewed)
+    }
+}
+
+/// The prefixes whose records are held in memory.
+const CACHED: [&str; 3] = [KEY_PREFIX, policy::PREFIX, tokens::PREFIX];
+
+/// A record as the caches hold it.
+enum Cached {
+    Key(Arc<TransitKey>),
+    Policy(Policy),
+    Token(TokenRecord),
+    Removed,
+}
+
+impl Drop for Transit {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .watcher
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Applies the store's change feed to `t` while it exists: changes written by another process that
+/// shares the store reach this node's caches (this node's own writes are already there).
+async fn follow(t: Weak<Transit>, mut feed: Watch) {
+    loop {
+        let event = feed.next().await;
+        let Some(t) = t.upgrade() else { return };
+        match event {
+            WatchEvent::Change(c) => {
+                if let Err(e) = t.apply(&c.key, c.revision, c.value.as_deref()) {
+                    tracing::error!(error = %e, "transit: a changed record could not be applied; the previous state is kept");
+                }
+            }
+            WatchEvent::Resync => t.resync().await,
+            WatchEvent::Closed => return,
+        }
     }
 }
 
@@ -756,6 +955,138 @@ fn metadata(k: &TransitKey) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn keys() -> Arc<UnsealedKeys> {
+        let m = MemoryPolicy::AllowUnlocked;
+        Arc::new(UnsealedKeys::new(
+            LockedBytes::from_slice(&[1u8; 32], m).unwrap(),
+            vec![(1, LockedBytes::from_slice(&[2u8; 32], m).unwrap())],
+        ))
+    }
+
+    /// Polls `check` until it holds (10 s at most): the change feed is applied by another task.
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Two transit states on one store, as two nodes sharing a clustered store: what one writes
+    /// reaches the other through the change feed, and a write from a stale view is refused.
+    #[tokio::test]
+    async fn another_writer_s_changes_reach_this_node_and_stale_writes_are_refused() {
+        let store: Arc<dyn Storage> = Arc::new(crate::storage::MemoryStorage::new());
+        let m = MemoryPolicy::AllowUnlocked;
+        let a = Transit::load(store.clone(), keys(), m).await.unwrap();
+        let b = Transit::load(store.clone(), keys(), m).await.unwrap();
+
+        a.create_key("k").await.unwrap();
+        eventually("b sees the key", || b.key("k").is_ok()).await;
+        let (ct, _) = a.encrypt("k", b"secret", b"", None).unwrap();
+        assert_eq!(&*b.decrypt("k", &ct, b"").unwrap().0, b"secret");
+
+        a.rotate_key("k").await.unwrap();
+        eventually("b sees version 2", || {
+            b.key("k").is_ok_and(|k| k.latest == 2)
+        })
+        .await;
+        let (ct2, v) = b.encrypt("k", b"two", b"", None).unwrap();
+        assert_eq!(v, 2);
+        assert_eq!(&*a.decrypt("k", &ct2, b"").unwrap().0, b"two");
+
+        // B has not seen A's newest change when it writes: refused, nothing lost.
+        a.configure_key(
+            "k",
+            &KeyConfig {
+                deletion_allowed: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        // The test runs on one thread and has not yielded since A's write (the memory store
+        // never waits), so B's feed task has not run: B's view is stale, and its write expects the
+        // older revision.
+        assert!(!b.key("k").unwrap().deletion_allowed);
+        let r = b.rotate_key("k").await;
+        assert!(
+            matches!(r, Err(TransitError::Storage(StorageError::Conflict { .. }))),
+            "{:?}",
+            r.err()
+        );
+        eventually("b sees deletion_allowed", || {
+            b.key("k").is_ok_and(|k| k.deletion_allowed)
+        })
+        .await;
+
+        b.write_policy(Policy {
+            name: "p".into(),
+            rules: vec![Rule {
+                key: "k".into(),
+                capabilities: vec![Capability::Encrypt],
+            }],
+        })
+        .await
+        .unwrap();
+        eventually("a sees the policy", || a.policy("p").is_ok()).await;
+        let (rec, token) = a
+            .create_token(&TokenRequest {
+                policies: vec!["p".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        eventually("b knows the token", || {
+            b.authorize(Some(&token), "k", Capability::Encrypt).is_ok()
+        })
+        .await;
+        b.revoke_accessor(&rec.accessor).await.unwrap();
+        eventually("a forgets the token", || {
+            a.authenticate(Some(&token)).is_err()
+        })
+        .await;
+
+        b.delete_key("k").await.unwrap();
+        eventually("a forgets the key", || a.key("k").is_err()).await;
+        b.delete_policy("p").await.unwrap();
+        eventually("a forgets the policy", || a.policy("p").is_err()).await;
+        // Created again after the deletion: the newer record wins over the tombstone.
+        a.create_key("k").await.unwrap();
+        eventually("b sees the new key", || b.key("k").is_ok()).await;
+    }
+
+    /// A record that arrives broken through the feed (here: not sealed under the keyring) is not
+    /// applied; the state it would replace is kept, and later changes still apply.
+    #[tokio::test]
+    async fn a_broken_record_from_the_feed_keeps_the_old_state() {
+        let store: Arc<dyn Storage> = Arc::new(crate::storage::MemoryStorage::new());
+        let m = MemoryPolicy::AllowUnlocked;
+        let a = Transit::load(store.clone(), keys(), m).await.unwrap();
+        let b = Transit::load(store.clone(), keys(), m).await.unwrap();
+        a.create_key("k").await.unwrap();
+        let (ct, _) = a.encrypt("k", b"still", b"", None).unwrap();
+        let path = format!("{KEY_PREFIX}k");
+        let rev = store.get(&path).await.unwrap().unwrap().revision;
+        store
+            .put(&path, b"not a sealed record", Expect::Revision(rev))
+            .await
+            .unwrap();
+        b.write_policy(Policy {
+            name: "after".into(),
+            rules: vec![Rule {
+                key: "*".into(),
+                capabilities: vec![Capability::Decrypt],
+            }],
+        })
+        .await
+        .unwrap();
+        // The feed is applied in order: once the later policy is there, the broken record was seen.
+        eventually("a sees the later policy", || a.policy("after").is_ok()).await;
+        assert_eq!(a.key("k").unwrap().latest, 1);
+        assert_eq!(&*a.decrypt("k", &ct, b"").unwrap().0, b"still");
+    }
 
     #[test]
     fn ciphertext_format_is_checked() {
