@@ -42,10 +42,10 @@ pub enum ErrorKind {
 #[derive(Debug, Clone)]
 pub struct HsmError {
     pub kind: ErrorKind,
-    /// The PKCS#11 function, e.g. "C_Login".
-    pub function: Option<String>,
-    /// The CKR code name, e.g. "CKR_PIN_INCORRECT".
-    pub ckr: Option<String>,
+    /// The PKCS#11 function that failed (shown as "C_Login").
+    pub function: Option<Function>,
+    /// Its return value (shown as "CKR_PIN_INCORRECT").
+    pub rv: Option<RvError>,
     pub detail: String,
 }
 
@@ -95,7 +95,7 @@ impl HsmError {
         HsmError {
             kind,
             function: None,
-            ckr: None,
+            rv: None,
             detail: detail.into(),
         }
     }
@@ -104,8 +104,8 @@ impl HsmError {
         match e {
             CkError::Pkcs11(rv, f) => HsmError {
                 kind: kind_of(&rv),
-                function: Some(function_name(&f)),
-                ckr: Some(ckr_name(&rv)),
+                function: Some(f),
+                rv: Some(rv),
                 detail: String::new(),
             },
             CkError::LibraryLoading(le) => {
@@ -128,13 +128,28 @@ impl HsmError {
     pub fn needs_reinit(&self) -> bool {
         matches!(self.kind, ErrorKind::Device | ErrorKind::TokenNotFound)
     }
+
+    /// The error of a failed C_Decrypt of stored data (an unwrap). The HSM refused the data (so
+    /// the member is healthy and the data is bad) only when it said so: CKR_ENCRYPTED_DATA_INVALID
+    /// or _LEN_RANGE, or CKR_GENERAL_ERROR, which SoftHSM returns for a failed GCM tag or OAEP
+    /// check. Every other code (CKR_FUNCTION_FAILED, CKR_DEVICE_ERROR, ...) keeps its own kind:
+    /// the member failed, not the data.
+    pub fn from_decrypt(e: CkError) -> Self {
+        let mut err = HsmError::from_cryptoki(e);
+        if err.rv == Some(RvError::GeneralError) {
+            err.kind = ErrorKind::Authentication;
+        }
+        err
+    }
 }
 
 impl fmt::Display for HsmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.function, &self.ckr) {
-            (Some(func), Some(ckr)) => write!(f, "{func} failed: {ckr}")?,
-            (Some(func), None) => write!(f, "{func} failed")?,
+        match (&self.function, &self.rv) {
+            (Some(func), Some(rv)) => {
+                write!(f, "{} failed: {}", function_name(func), ckr_name(rv))?
+            }
+            (Some(func), None) => write!(f, "{} failed", function_name(func))?,
             _ => {}
         }
         if !self.detail.is_empty() {
@@ -208,5 +223,23 @@ mod tests {
             Function::Decrypt,
         ));
         assert_eq!(e.kind, ErrorKind::Authentication);
+    }
+
+    #[test]
+    fn a_failed_decrypt_is_bad_data_only_when_the_hsm_says_so() {
+        for rv in [
+            RvError::EncryptedDataInvalid,
+            RvError::EncryptedDataLenRange,
+            RvError::GeneralError,
+        ] {
+            let e = HsmError::from_decrypt(CkError::Pkcs11(rv, Function::Decrypt));
+            assert_eq!(e.kind, ErrorKind::Authentication, "{e}");
+        }
+        let e = HsmError::from_decrypt(CkError::Pkcs11(RvError::FunctionFailed, Function::Decrypt));
+        assert_eq!(e.kind, ErrorKind::Other);
+        assert_eq!(e.rv, Some(RvError::FunctionFailed));
+        assert_eq!(e.to_string(), "C_Decrypt failed: CKR_FUNCTION_FAILED");
+        let e = HsmError::from_decrypt(CkError::Pkcs11(RvError::DeviceError, Function::Decrypt));
+        assert_eq!(e.kind, ErrorKind::Device);
     }
 }

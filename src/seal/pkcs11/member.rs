@@ -575,15 +575,7 @@ impl Worker {
                 .map_err(|e| HsmError::new(ErrorKind::Other, e.to_string()))?;
             let pt = s
                 .decrypt(&CkMechanism::AesGcm(params), key, ciphertext)
-                .map_err(|e| {
-                    let mut err = HsmError::from_cryptoki(e);
-                    // SoftHSM (and other modules) report a failed GCM tag check as
-                    // CKR_GENERAL_ERROR rather than CKR_ENCRYPTED_DATA_INVALID.
-                    if err.ckr.as_deref() == Some("CKR_GENERAL_ERROR") {
-                        err.kind = ErrorKind::Authentication;
-                    }
-                    err
-                })?;
+                .map_err(HsmError::from_decrypt)?;
             Ok(Zeroizing::new(pt))
         })
     }
@@ -616,16 +608,7 @@ impl Worker {
             let key = find_key(spec, s, ObjectClass::PRIVATE_KEY)?;
             s.decrypt(&CkMechanism::RsaPkcsOaep(Self::oaep(hash)), key, ciphertext)
                 .map(Zeroizing::new)
-                .map_err(|e| {
-                    let mut err = HsmError::from_cryptoki(e);
-                    // An OAEP decoding failure is how RSA reports a wrong key or modified data.
-                    if err.ckr.as_deref() == Some("CKR_ENCRYPTED_DATA_INVALID")
-                        || err.kind == ErrorKind::Other
-                    {
-                        err.kind = ErrorKind::Authentication;
-                    }
-                    err
-                })
+                .map_err(HsmError::from_decrypt)
         })
     }
 
@@ -792,6 +775,20 @@ mod tests {
         assert!(st.healthy && st.state == "healthy" && st.last_error.is_none());
         m.record::<()>(&Err(HsmError::new(ErrorKind::PinSource, "gone")));
         assert_eq!(m.status().state, "down");
+        // The HSM refused the data: the member answered and is healthy.
+        use cryptoki::{context::Function, error::Error as CkError, error::RvError};
+        let refused = |rv| HsmError::from_decrypt(CkError::Pkcs11(rv, Function::Decrypt));
+        m.record::<()>(&Err(refused(RvError::EncryptedDataInvalid)));
+        assert_eq!(m.status().state, "healthy");
+        // The HSM failed: the member is down, whatever it was decrypting.
+        m.record::<()>(&Err(refused(RvError::FunctionFailed)));
+        let st = m.status();
+        assert!(!st.healthy && st.state == "down", "{:?}", st.state);
+        assert!(
+            st.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("CKR_FUNCTION_FAILED"))
+        );
         m.shutdown();
     }
 }
