@@ -69,9 +69,25 @@ fn init_killed_at_each_step_leaves_old_or_new_state() {
         "init:after-wrap",
         "init:before-root-state",
         "init:before-init-record",
+        // Inside the storage transaction: the seal state is written, the init record is not; the
+        // undo journal takes the seal state back at the next start.
+        "storage:txn-applied-one",
     ] {
         kill_at(&f, step, false, |_| init.clone());
+        let mid_txn = step.starts_with("storage:");
+        if mid_txn {
+            assert!(
+                f.state_path().exists() && f.path("data/TXN").exists(),
+                "the kill left half a transaction and its journal"
+            );
+        }
         let d = f.start();
+        if mid_txn {
+            assert!(
+                !f.state_path().exists() && !f.path("data/TXN").exists(),
+                "the interrupted transaction was undone at start"
+            );
+        }
         // Uninitialized is decided from storage at start; no background task can change it.
         assert_eq!(d.status_json()["state"], "uninitialized");
         assert_eq!(
