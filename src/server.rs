@@ -22,7 +22,7 @@ use crate::http::audit_layer::{AuditCtx, ConnPeer, PeerIp};
 use crate::core::{Core, CoreOptions, SealEntry, SealKind};
 use crate::http::{self, tls};
 use crate::seal::Seal;
-use crate::seal::pkcs11::{ModuleRegistry, Pkcs11Seal};
+use crate::seal::pkcs11::ModuleRegistry;
 use crate::secret::{self, MemoryPolicy};
 use crate::storage::{self, FileStorage, Storage};
 
@@ -146,17 +146,19 @@ pub async fn run(
             let _ = self_test_tx.send(Some(results));
         });
     }
-    let registry = ModuleRegistry::new();
+    let build = crate::seal::registry::BuildContext {
+        pkcs11_modules: ModuleRegistry::new(),
+        fips_mode: cfg.fips_mode,
+    };
     let mut seals = Vec::new();
     let mut autos: Vec<Arc<dyn Seal>> = Vec::new();
     for (i, s) in cfg.seal.iter().enumerate() {
-        let kind = if s.is_shamir() {
-            SealKind::Shamir
-        } else {
-            let seal: Arc<dyn Seal> =
-                Arc::new(Pkcs11Seal::from_config(s, registry.clone(), cfg.fips_mode));
-            autos.push(seal.clone());
-            SealKind::Auto(seal)
+        let kind = match s.backend.build(&s.name, &build) {
+            Some(seal) => {
+                autos.push(seal.clone());
+                SealKind::Auto(seal)
+            }
+            None => SealKind::Shamir,
         };
         seals.push(SealEntry {
             name: s.name.clone(),

@@ -15,6 +15,7 @@ use common::*;
 use sealkeeper::config::Config;
 use sealkeeper::seal::Seal;
 use sealkeeper::seal::pkcs11::{ModuleRegistry, Pkcs11Seal};
+use sealkeeper::seal::registry::SealBackendConfig;
 
 const ITERATIONS: &str = "150";
 
@@ -74,7 +75,12 @@ fn hammer_child() {
     let seals: Vec<Arc<Pkcs11Seal>> = cfg
         .seal
         .iter()
-        .map(|s| Arc::new(Pkcs11Seal::from_config(s, registry.clone(), false)))
+        .map(|s| match &s.backend {
+            SealBackendConfig::Pkcs11(c) => {
+                Arc::new(Pkcs11Seal::from_config(&s.name, c, registry.clone(), false))
+            }
+            other => panic!("not a pkcs11 seal: {other:?}"),
+        })
         .collect();
     let (primary, secondary) = (seals[0].clone(), seals[1].clone());
     let done = Arc::new(AtomicBool::new(false));

@@ -7,8 +7,8 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use serde_json::{Value, json};
 
 use super::Format;
-use crate::config::{Mechanism, PinSource, TokenSelector};
 use crate::seal::pkcs11::{MemberSpec, check_member};
+use crate::seal::pkcs11::{PinSource, TokenSelector, parse_mechanism};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum HsmCommand {
@@ -109,19 +109,7 @@ pub fn run(cmd: HsmCommand) -> Result<i32, String> {
         })?,
         (None, None) => return Err("give --profile or --lib".into()),
     };
-    let mechanism = crate::config::SealConfig {
-        seal_type: "pkcs11".into(),
-        name: "probe".into(),
-        key_label: None,
-        key_id: None,
-        mechanism: Some(a.mechanism.clone()),
-        rsa_oaep_hash: a.rsa_oaep_hash.clone(),
-        priority: None,
-        disabled: false,
-        recovery_keys_fallback: false,
-        hsm: vec![],
-    }
-    .mechanism_checked()?;
+    let mechanism = parse_mechanism(Some(&a.mechanism), a.rsa_oaep_hash.as_deref())?;
     let slots = list(&lib)?;
     let selector = match (&a.token_label, a.slot, &a.serial) {
         (Some(l), _, _) => Some(TokenSelector::Label(l.clone())),
@@ -135,10 +123,7 @@ pub fn run(cmd: HsmCommand) -> Result<i32, String> {
         match slots.iter().find(|s| matches(s, sel)) {
             None => failure = Some(format!("no token with {sel} in {}", lib.display())),
             Some(slot) => {
-                let wanted = match mechanism {
-                    Mechanism::AesGcm => "CKM_AES_GCM",
-                    Mechanism::RsaOaep(_) => "CKM_RSA_PKCS_OAEP",
-                };
+                let wanted = mechanism.name();
                 let has = slot["mechanisms"]
                     .as_array()
                     .is_some_and(|m| m.iter().any(|x| x == wanted));

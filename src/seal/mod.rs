@@ -7,6 +7,7 @@
 //! asked, and the key identity lets a later rotation find the key that wrapped it.
 
 pub mod pkcs11;
+pub mod registry;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;

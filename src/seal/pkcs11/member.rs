@@ -22,9 +22,9 @@ use cryptoki::slot::Slot;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::{Zeroize, Zeroizing};
 
+use super::config::{Mechanism, OaepHash, PinSource, TokenSelector};
 use super::error::{ErrorKind, HsmError, MemberError};
 use super::module::{CallGuard, Module, ModuleRegistry};
-use crate::config::{Mechanism, OaepHash, PinSource, TokenSelector};
 use crate::seal::MemberStatus;
 
 /// Everything a member needs to know, fixed at start.

@@ -1,5 +1,6 @@
 //! The PKCS#11 seal: one HSM key, held by one or more members (an HA pair), tried in order.
 
+pub mod config;
 mod error;
 mod member;
 mod module;
@@ -18,8 +19,10 @@ pub use module::ModuleRegistry;
 use super::{
     Attempt, BlobContext, Seal, SealError, SealStatus, Unwrapped, WrappedBlob, associated_data,
 };
-use crate::config::{Mechanism, SealConfig};
 use crate::crypto;
+pub use config::{
+    HsmConfig, Mechanism, OaepHash, PinSource, Pkcs11Config, TokenSelector, parse_mechanism,
+};
 
 pub const SEAL_TYPE: &str = "pkcs11";
 
@@ -34,7 +37,8 @@ pub struct Pkcs11Seal {
 
 impl Pkcs11Seal {
     pub fn from_config(
-        cfg: &SealConfig,
+        name: &str,
+        cfg: &Pkcs11Config,
         registry: Arc<ModuleRegistry>,
         fips_mode: bool,
     ) -> Pkcs11Seal {
@@ -63,7 +67,7 @@ impl Pkcs11Seal {
             })
             .collect();
         Pkcs11Seal {
-            name: cfg.name.clone(),
+            name: name.to_string(),
             key_label,
             key_id,
             mechanism,

@@ -1,15 +1,20 @@
 //! Configuration: a TOML file, parsed with serde (`deny_unknown_fields` everywhere) and validated.
 //! Every error names the file, the line and the key.
 
-use std::collections::HashSet;
+pub mod locate;
+pub mod seal;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde::Deserialize;
+use toml::de::DeTable;
+
+use locate::{Problem, Seg, dotted, line_col, locate, problem};
+pub use seal::SealSection;
 
 pub const DEFAULT_SOCKET: &str = "/run/sealkeeper/admin.sock";
 
@@ -61,7 +66,9 @@ pub struct Config {
     pub listener: ListenerConfig,
     #[serde(default)]
     pub admin: AdminConfig,
-    pub seal: Vec<SealConfig>,
+    /// The `[[seal]]` sections, parsed on their own (`config::seal`): not a serde field.
+    #[serde(skip)]
+    pub seal: Vec<SealSection>,
     #[serde(default)]
     pub unseal: UnsealConfig,
     #[serde(default)]
@@ -242,9 +249,6 @@ pub struct UnsealConfig {
 fn d_1s() -> Duration {
     Duration::from_secs(1)
 }
-fn d_5s() -> Duration {
-    Duration::from_secs(5)
-}
 fn d_10s() -> Duration {
     Duration::from_secs(10)
 }
@@ -264,232 +268,6 @@ impl Default for UnsealConfig {
         }
     }
 }
-
-/// One `[[seal]]` entry as written. `type` selects the kind; [`SealConfig::kind`] gives the
-/// validated form.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SealConfig {
-    #[serde(rename = "type")]
-    pub seal_type: String,
-    pub name: String,
-    pub key_label: Option<String>,
-    pub key_id: Option<String>,
-    pub mechanism: Option<String>,
-    pub rsa_oaep_hash: Option<String>,
-    /// Lower is tried first at unseal; defaults to the entry's position in the file.
-    pub priority: Option<u32>,
-    /// A seal being migrated away from: it is only used by `operator unseal --migrate`.
-    #[serde(default)]
-    pub disabled: bool,
-    /// Break-glass: when every auto seal is unreachable, a quorum of recovery keys may unseal.
-    /// Only possible when it was on at init (the root key must be wrapped by the recovery key).
-    #[serde(default)]
-    pub recovery_keys_fallback: bool,
-    #[serde(default)]
-    pub hsm: Vec<HsmConfig>,
-}
-
-impl SealConfig {
-    pub fn is_shamir(&self) -> bool {
-        self.seal_type == "shamir"
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
-    AesGcm,
-    RsaOaep(OaepHash),
-}
-
-impl Mechanism {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Mechanism::AesGcm => "CKM_AES_GCM",
-            Mechanism::RsaOaep(_) => "CKM_RSA_PKCS_OAEP",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OaepHash {
-    Sha1,
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl OaepHash {
-    pub fn name(&self) -> &'static str {
-        match self {
-            OaepHash::Sha1 => "sha1",
-            OaepHash::Sha256 => "sha256",
-            OaepHash::Sha384 => "sha384",
-            OaepHash::Sha512 => "sha512",
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HsmConfig {
-    pub name: String,
-    /// An HSM profile (hsm-profiles/) whose defaults fill `lib`, `rw_session` and `timeout`.
-    pub profile: Option<String>,
-    pub lib: Option<PathBuf>,
-    pub token_label: Option<String>,
-    pub slot: Option<u64>,
-    pub serial: Option<String>,
-    pub pin_file: Option<PathBuf>,
-    pub pin_env: Option<String>,
-    pub pin_credential: Option<String>,
-    /// Discouraged: a PIN written into the config file.
-    pub pin: Option<SecretString>,
-    /// A call to this member that takes longer marks it down (default 5s, or the profile's).
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// Open read-write sessions (some modules, e.g. CloudHSM, want them).
-    #[serde(default)]
-    pub rw_session: Option<bool>,
-}
-
-/// How a member's token is chosen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSelector {
-    Label(String),
-    Slot(u64),
-    Serial(String),
-}
-
-impl fmt::Display for TokenSelector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenSelector::Label(l) => write!(f, "token label {l:?}"),
-            TokenSelector::Slot(s) => write!(f, "slot {s}"),
-            TokenSelector::Serial(s) => write!(f, "token serial {s:?}"),
-        }
-    }
-}
-
-/// Where a member's PIN comes from.
-#[derive(Debug, Clone)]
-pub enum PinSource {
-    File(PathBuf),
-    Env(String),
-    Credential(String),
-    Inline(SecretString),
-}
-
-impl HsmConfig {
-    fn profile_defaults(&self) -> Option<crate::profiles::Profile> {
-        self.profile.as_deref().and_then(crate::profiles::get)
-    }
-
-    /// The module path: `lib`, else the profile's.
-    pub fn lib(&self) -> PathBuf {
-        self.lib
-            .clone()
-            .or_else(|| self.profile_defaults().map(|p| p.lib))
-            .unwrap_or_default()
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-            .or_else(|| self.profile_defaults().map(|p| p.timeout))
-            .unwrap_or_else(d_5s)
-    }
-
-    pub fn rw_session(&self) -> bool {
-        self.rw_session
-            .or_else(|| self.profile_defaults().map(|p| p.rw_session))
-            .unwrap_or(false)
-    }
-    pub fn selector(&self) -> TokenSelector {
-        if let Some(l) = &self.token_label {
-            TokenSelector::Label(l.clone())
-        } else if let Some(s) = self.slot {
-            TokenSelector::Slot(s)
-        } else {
-            TokenSelector::Serial(self.serial.clone().unwrap_or_default())
-        }
-    }
-
-    pub fn pin_source(&self) -> PinSource {
-        if let Some(p) = &self.pin_file {
-            PinSource::File(p.clone())
-        } else if let Some(v) = &self.pin_env {
-            PinSource::Env(v.clone())
-        } else if let Some(c) = &self.pin_credential {
-            PinSource::Credential(c.clone())
-        } else {
-            PinSource::Inline(
-                self.pin
-                    .clone()
-                    .unwrap_or_else(|| SecretString::from(String::new())),
-            )
-        }
-    }
-}
-
-impl SealConfig {
-    /// The mechanism, or the error the config validation would give.
-    pub fn mechanism_checked(&self) -> Result<Mechanism, String> {
-        parse_mechanism(self.mechanism.as_deref(), self.rsa_oaep_hash.as_deref())
-    }
-    pub fn mechanism(&self) -> Mechanism {
-        parse_mechanism(self.mechanism.as_deref(), self.rsa_oaep_hash.as_deref())
-            .unwrap_or(Mechanism::AesGcm)
-    }
-
-    pub fn key_id_bytes(&self) -> Option<Vec<u8>> {
-        self.key_id.as_deref().and_then(|k| hex::decode(k).ok())
-    }
-}
-
-fn parse_mechanism(m: Option<&str>, hash: Option<&str>) -> Result<Mechanism, String> {
-    let hash = match hash.map(|h| h.to_ascii_lowercase().replace('-', "")) {
-        None => OaepHash::Sha256,
-        Some(h) if h == "sha1" => OaepHash::Sha1,
-        Some(h) if h == "sha256" => OaepHash::Sha256,
-        Some(h) if h == "sha384" => OaepHash::Sha384,
-        Some(h) if h == "sha512" => OaepHash::Sha512,
-        Some(h) => {
-            return Err(format!(
-                "rsa_oaep_hash {h:?} is not one of sha1, sha256, sha384, sha512"
-            ));
-        }
-    };
-    match m.map(|s| s.trim().to_ascii_uppercase()) {
-        None => Ok(Mechanism::AesGcm),
-        Some(s) if s == "CKM_AES_GCM" || s == "0X1087" || s == "4231" => Ok(Mechanism::AesGcm),
-        Some(s) if s == "CKM_RSA_PKCS_OAEP" || s == "0X0009" || s == "0X9" || s == "9" => {
-            Ok(Mechanism::RsaOaep(hash))
-        }
-        Some(s) => Err(format!(
-            "mechanism {s:?} is not supported; use CKM_AES_GCM (0x1087) or CKM_RSA_PKCS_OAEP (0x0009)"
-        )),
-    }
-}
-
-/// A path into the TOML document, for locating errors.
-#[derive(Debug, Clone)]
-enum Seg {
-    Key(&'static str),
-    Index(usize),
-}
-
-struct Problem {
-    at: Vec<Seg>,
-    message: String,
-}
-
-fn problem(at: Vec<Seg>, message: impl Into<String>) -> Problem {
-    Problem {
-        at,
-        message: message.into(),
-    }
-}
-
 impl Config {
     /// Reads, parses and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -513,10 +291,7 @@ impl Config {
                 ),
             });
         }
-        if cfg
-            .seal
-            .iter()
-            .any(|s| s.hsm.iter().any(|h| h.pin.is_some()))
+        if cfg.seal.iter().any(|s| s.backend.has_inline_secret())
             && let Ok(meta) = std::fs::metadata(path)
             && meta.permissions().mode() & 0o077 != 0
         {
@@ -537,15 +312,29 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
+            let (line, column) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line,
                 column,
-                key: KeyName(String::new()),
-                message: e.message().trim().to_string(),
+                key: KeyName(key),
+                message,
             }
+        };
+        let toml_error =
+            |e: toml::de::Error| invalid(e.span(), String::new(), e.message().trim().to_string());
+        let mut doc = DeTable::parse(text).map_err(toml_error)?;
+        // The seal sections are parsed by their type (config::seal), the rest by serde.
+        let seals = doc.get_mut().remove("seal");
+        let mut cfg = Config::deserialize(toml::de::Deserializer::from(doc)).map_err(toml_error)?;
+        cfg.seal = seal::parse_all(seals).map_err(|(i, e)| {
+            let key = if e.key.is_empty() {
+                format!("seal[{i}]")
+            } else {
+                format!("seal[{i}].{}", e.key)
+            };
+            invalid(e.span, key, e.message)
         })?;
         if let Some(p) = cfg.validate().into_iter().next() {
             let (line, column) = locate(text, &p.at);
@@ -720,197 +509,7 @@ impl Config {
                 "must be at least 100ms",
             ));
         }
-        if self.seal.is_empty() {
-            out.push(problem(
-                vec![Key("seal")],
-                "at least one [[seal]] is required",
-            ));
-        }
-        let enabled: Vec<&SealConfig> = self.seal.iter().filter(|s| !s.disabled).collect();
-        if !self.seal.is_empty() && enabled.is_empty() {
-            out.push(problem(
-                vec![Key("seal")],
-                "every [[seal]] is disabled; at least one must be enabled",
-            ));
-        }
-        if enabled.iter().any(|s| s.is_shamir()) && enabled.len() > 1 {
-            out.push(problem(
-                vec![Key("seal")],
-                "a shamir seal cannot be combined with other enabled seals (keep the old seal with \
-                 disabled = true while migrating)",
-            ));
-        }
-        if self.seal.iter().filter(|s| s.disabled).count() > 1 {
-            out.push(problem(
-                vec![Key("seal")],
-                "at most one seal may be disabled (the seal being migrated away from)",
-            ));
-        }
-        let mut seal_names = HashSet::new();
-        let mut priorities = HashSet::new();
-        for (i, s) in self.seal.iter().enumerate() {
-            let at = |k: &'static str| vec![Key("seal"), Index(i), Key(k)];
-            if !valid_name(&s.name) {
-                out.push(problem(
-                    at("name"),
-                    "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
-                ));
-            } else if !seal_names.insert(s.name.clone()) {
-                out.push(problem(
-                    at("name"),
-                    format!("duplicate seal name {:?}", s.name),
-                ));
-            }
-            if let Some(p) = s.priority
-                && !priorities.insert(p)
-            {
-                out.push(problem(
-                    at("priority"),
-                    format!("another seal already has priority {p}"),
-                ));
-            }
-            if s.is_shamir() {
-                let extra = [
-                    ("key_label", s.key_label.is_some()),
-                    ("key_id", s.key_id.is_some()),
-                    ("mechanism", s.mechanism.is_some()),
-                    ("rsa_oaep_hash", s.rsa_oaep_hash.is_some()),
-                    ("hsm", !s.hsm.is_empty()),
-                    ("recovery_keys_fallback", s.recovery_keys_fallback),
-                ];
-                for (k, present) in extra {
-                    if present {
-                        out.push(problem(at(k), "does not apply to a shamir seal"));
-                    }
-                }
-                continue;
-            }
-            if s.seal_type != "pkcs11" {
-                out.push(problem(
-                    at("type"),
-                    format!(
-                        "unknown seal type {:?}; supported: \"pkcs11\", \"shamir\"",
-                        s.seal_type
-                    ),
-                ));
-                continue;
-            }
-            match &s.key_label {
-                None => out.push(problem(
-                    vec![Key("seal"), Index(i)],
-                    "key_label is required for a pkcs11 seal",
-                )),
-                Some(k) if k.is_empty() => out.push(problem(at("key_label"), "must not be empty")),
-                _ => {}
-            }
-            if let Some(id) = &s.key_id
-                && (id.is_empty() || hex::decode(id).is_err())
-            {
-                out.push(problem(
-                    at("key_id"),
-                    "must be a non-empty hex string, e.g. \"01\"",
-                ));
-            }
-            if self.fips_mode && s.mechanism() == Mechanism::RsaOaep(OaepHash::Sha1) {
-                out.push(problem(
-                    at("rsa_oaep_hash"),
-                    "RSA-OAEP with SHA-1 is not approved in fips_mode (SoftHSM 2.6 only has SHA-1 OAEP): use sha256 or \
-                     stronger, or CKM_AES_GCM",
-                ));
-            }
-            if let Err(m) = parse_mechanism(s.mechanism.as_deref(), s.rsa_oaep_hash.as_deref()) {
-                let k = if m.starts_with("rsa_oaep_hash") {
-                    "rsa_oaep_hash"
-                } else {
-                    "mechanism"
-                };
-                out.push(problem(at(k), m));
-            }
-            if s.hsm.is_empty() {
-                out.push(problem(
-                    vec![Key("seal"), Index(i)],
-                    "a pkcs11 seal needs at least one [[seal.hsm]] member",
-                ));
-            }
-            let mut names = HashSet::new();
-            for (j, h) in s.hsm.iter().enumerate() {
-                let at =
-                    |k: &'static str| vec![Key("seal"), Index(i), Key("hsm"), Index(j), Key(k)];
-                let table = vec![Key("seal"), Index(i), Key("hsm"), Index(j)];
-                if !valid_name(&h.name) {
-                    out.push(problem(
-                        at("name"),
-                        "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
-                    ));
-                } else if !names.insert(h.name.clone()) {
-                    out.push(problem(
-                        at("name"),
-                        format!("duplicate member name {:?}", h.name),
-                    ));
-                }
-                if let Some(name) = &h.profile
-                    && crate::profiles::get(name).is_none()
-                {
-                    out.push(problem(
-                        at("profile"),
-                        format!(
-                            "unknown HSM profile {name:?}; known: {}",
-                            crate::profiles::names().join(", ")
-                        ),
-                    ));
-                }
-                match &h.lib {
-                    Some(lib) if !lib.is_absolute() => out.push(problem(
-                        at("lib"),
-                        "must be an absolute path to the PKCS#11 module",
-                    )),
-                    None if h.profile.is_none() => {
-                        out.push(problem(table.clone(), "give lib (or a profile)"))
-                    }
-                    _ => {}
-                }
-                let selectors = [
-                    h.token_label.is_some(),
-                    h.slot.is_some(),
-                    h.serial.is_some(),
-                ]
-                .iter()
-                .filter(|b| **b)
-                .count();
-                if selectors != 1 {
-                    out.push(problem(
-                        table.clone(),
-                        "give exactly one of token_label, slot, serial",
-                    ));
-                }
-                let pins = [
-                    h.pin_file.is_some(),
-                    h.pin_env.is_some(),
-                    h.pin_credential.is_some(),
-                    h.pin.is_some(),
-                ]
-                .iter()
-                .filter(|b| **b)
-                .count();
-                if pins != 1 {
-                    out.push(problem(
-                        table.clone(),
-                        "give exactly one of pin_file, pin_env, pin_credential, pin",
-                    ));
-                }
-                if let Some(c) = &h.pin_credential
-                    && (c.contains('/') || c.is_empty())
-                {
-                    out.push(problem(
-                        at("pin_credential"),
-                        "must be a credential name, not a path",
-                    ));
-                }
-                if h.timeout() < Duration::from_millis(50) {
-                    out.push(problem(at("timeout"), "must be at least 50ms"));
-                }
-            }
-        }
+        out.extend(seal::validate(&self.seal, self.fips_mode));
         out
     }
 
@@ -933,95 +532,30 @@ impl Config {
             );
         }
         for s in &self.seal {
-            for h in &s.hsm {
-                if h.pin.is_some() {
-                    w.push(format!(
-                        "HSM member {:?} has an inline pin in the config file; this is discouraged: use pin_file, \
-                         pin_env or pin_credential",
-                        h.name
-                    ));
-                }
-            }
+            w.extend(s.backend.warnings());
         }
         w
     }
 }
-
-fn valid_name(n: &str) -> bool {
+pub(crate) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-fn dotted(at: &[Seg]) -> String {
-    let mut s = String::new();
-    for seg in at {
-        match seg {
-            Seg::Key(k) => {
-                if !s.is_empty() {
-                    s.push('.');
-                }
-                s.push_str(k);
-            }
-            Seg::Index(i) => s.push_str(&format!("[{i}]")),
-        }
-    }
-    s
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset.min(text.len())).unwrap_or("");
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, column)
-}
-
-/// Finds the line of the deepest part of `at` present in the document.
-fn locate(text: &str, at: &[Seg]) -> (usize, usize) {
-    let Ok(doc) = text.parse::<toml_edit::Document<String>>() else {
-        return (1, 1);
-    };
-    let mut best = None;
-    let mut item: Option<&toml_edit::Item> = None;
-    let mut table: Option<&toml_edit::Table> = Some(doc.as_table());
-    for seg in at {
-        match seg {
-            Seg::Key(k) => {
-                let Some(t) = table else { break };
-                if let Some(key) = t.key(k) {
-                    best = key.span().or(best);
-                }
-                item = t.get(k);
-                if let Some(span) = item.and_then(|i| i.span()) {
-                    best = best.or(Some(span));
-                }
-                table = item.and_then(|i| i.as_table());
-                if item.is_none() {
-                    break;
-                }
-            }
-            Seg::Index(i) => {
-                let Some(aot) = item.and_then(|it| it.as_array_of_tables()) else {
-                    break;
-                };
-                let Some(t) = aot.get(*i) else { break };
-                best = t.span().or(best);
-                table = Some(t);
-            }
-        }
-    }
-    best.map(|s| line_col(text, s.start)).unwrap_or((1, 1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seal::pkcs11::{Mechanism, PinSource, TokenSelector};
+    use crate::seal::registry::SealBackendConfig;
+
+    fn pkcs11(c: &Config) -> &crate::seal::pkcs11::Pkcs11Config {
+        match &c.seal[0].backend {
+            SealBackendConfig::Pkcs11(p) => p,
+            other => panic!("{other:?}"),
+        }
+    }
 
     const GOOD: &str = r#"
 [storage]
@@ -1064,10 +598,10 @@ mechanism = "0x1087"
         assert_eq!(c.admin.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.admin.allowed_uids, vec![0]);
         assert_eq!(c.unseal.retry_max, Duration::from_secs(60));
-        assert_eq!(c.seal[0].mechanism(), Mechanism::AesGcm);
-        assert_eq!(c.seal[0].hsm[1].selector(), TokenSelector::Slot(3));
-        assert_eq!(c.seal[0].hsm[1].timeout(), Duration::from_millis(250));
-        assert!(matches!(c.seal[0].hsm[1].pin_source(), PinSource::Env(v) if v == "HSM_B_PIN"));
+        assert_eq!(pkcs11(&c).mechanism(), Mechanism::AesGcm);
+        assert_eq!(pkcs11(&c).hsm[1].selector(), TokenSelector::Slot(3));
+        assert_eq!(pkcs11(&c).hsm[1].timeout(), Duration::from_millis(250));
+        assert!(matches!(pkcs11(&c).hsm[1].pin_source(), PinSource::Env(v) if v == "HSM_B_PIN"));
     }
 
     #[test]
@@ -1078,7 +612,7 @@ mechanism = "0x1087"
             1,
         );
         let c = Config::parse(&text, Path::new("x.toml")).unwrap();
-        let a = &c.seal[0].hsm[0];
+        let a = &pkcs11(&c).hsm[0];
         assert_eq!(
             a.lib(),
             PathBuf::from("/opt/cloudhsm/lib/libcloudhsm_pkcs11.so")
@@ -1091,8 +625,8 @@ mechanism = "0x1087"
             1,
         );
         let c = Config::parse(&text, Path::new("x.toml")).unwrap();
-        assert!(!c.seal[0].hsm[0].rw_session());
-        assert_eq!(c.seal[0].hsm[0].timeout(), Duration::from_secs(2));
+        assert!(!pkcs11(&c).hsm[0].rw_session());
+        assert_eq!(pkcs11(&c).hsm[0].timeout(), Duration::from_secs(2));
         let e = err(&GOOD.replacen(
             "  lib = \"/usr/lib/softhsm/libsofthsm2.so\"\n",
             "  profile = \"hsm9000\"\n",

@@ -1,0 +1,96 @@
+//! Where a config problem is: a path into the TOML document (`seal[0].hsm[1].timeout`), turned
+//! into a line and column of the file.
+
+/// A path into the TOML document, for locating errors.
+#[derive(Debug, Clone)]
+pub enum Seg {
+    Key(&'static str),
+    Index(usize),
+}
+
+pub struct Problem {
+    pub at: Vec<Seg>,
+    pub message: String,
+}
+
+pub fn problem(at: Vec<Seg>, message: impl Into<String>) -> Problem {
+    Problem {
+        at,
+        message: message.into(),
+    }
+}
+
+pub fn dotted(at: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in at {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+/// Finds the line of the deepest part of `at` present in the document.
+pub fn locate(text: &str, at: &[Seg]) -> (usize, usize) {
+    let Ok(doc) = text.parse::<toml_edit::Document<String>>() else {
+        return (1, 1);
+    };
+    let mut best = None;
+    let mut item: Option<&toml_edit::Item> = None;
+    let mut table: Option<&toml_edit::Table> = Some(doc.as_table());
+    for seg in at {
+        match seg {
+            Seg::Key(k) => {
+                let Some(t) = table else { break };
+                if let Some(key) = t.key(k) {
+                    best = key.span().or(best);
+                }
+                item = t.get(k);
+                if let Some(span) = item.and_then(|i| i.span()) {
+                    best = best.or(Some(span));
+                }
+                table = item.and_then(|i| i.as_table());
+                if item.is_none() {
+                    break;
+                }
+            }
+            Seg::Index(i) => {
+                let Some(aot) = item.and_then(|it| it.as_array_of_tables()) else {
+                    break;
+                };
+                let Some(t) = aot.get(*i) else { break };
+                best = t.span().or(best);
+                table = Some(t);
+            }
+        }
+    }
+    best.map(|s| line_col(text, s.start)).unwrap_or((1, 1))
+}
+
+impl Problem {
+    /// The problem with `prefix` put in front of its path (a section's problems, in the document).
+    pub fn under(mut self, prefix: &[Seg]) -> Problem {
+        let mut at = prefix.to_vec();
+        at.append(&mut self.at);
+        self.at = at;
+        self
+    }
+}

@@ -1,0 +1,103 @@
+//! Every seal type, in one place: its configuration section, its validation and how it is built.
+//! Adding a seal type is a folder under `seal/` and one arm in each match below.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::Seal;
+use super::pkcs11::{ModuleRegistry, Pkcs11Config, Pkcs11Seal};
+use crate::config::locate::Problem;
+use crate::config::seal::SectionError;
+
+/// The seal types, as `type = "..."` names them.
+pub const TYPES: &[&str] = &["pkcs11", "shamir"];
+
+/// The type-specific part of a `[[seal]]` section.
+#[derive(Debug)]
+pub enum SealBackendConfig {
+    Pkcs11(Pkcs11Config),
+    /// Unseal keys typed by operators: nothing to configure.
+    Shamir,
+}
+
+/// Parses the rest of a section (every key but `type` and the common ones) as `ty` says; `None`
+/// for an unknown type.
+pub fn parse(
+    ty: &str,
+    rest: Spanned<DeValue<'_>>,
+) -> Option<Result<SealBackendConfig, SectionError>> {
+    Some(match ty {
+        "pkcs11" => Pkcs11Config::deserialize(rest.into_deserializer())
+            .map(SealBackendConfig::Pkcs11)
+            .map_err(SectionError::from),
+        "shamir" => match rest.into_inner() {
+            DeValue::Table(t) => match t.iter().next() {
+                Some((k, _)) => Err(SectionError::at(
+                    k.span(),
+                    k.get_ref(),
+                    "does not apply to a shamir seal",
+                )),
+                None => Ok(SealBackendConfig::Shamir),
+            },
+            _ => Ok(SealBackendConfig::Shamir),
+        },
+        _ => return None,
+    })
+}
+
+/// What the daemon needs to build seals: state that seals of one type share.
+pub struct BuildContext {
+    /// PKCS#11 modules are loaded once per process and shared by every member that uses them.
+    pub pkcs11_modules: Arc<ModuleRegistry>,
+    pub fips_mode: bool,
+}
+
+impl SealBackendConfig {
+    pub fn seal_type(&self) -> &'static str {
+        match self {
+            SealBackendConfig::Pkcs11(_) => super::pkcs11::SEAL_TYPE,
+            SealBackendConfig::Shamir => "shamir",
+        }
+    }
+
+    /// Problems of the section, at paths relative to it.
+    pub fn validate(&self, fips_mode: bool) -> Vec<Problem> {
+        match self {
+            SealBackendConfig::Pkcs11(c) => c.validate(fips_mode),
+            SealBackendConfig::Shamir => Vec::new(),
+        }
+    }
+
+    /// Warnings to log at every start.
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            SealBackendConfig::Pkcs11(c) => c.warnings(),
+            SealBackendConfig::Shamir => Vec::new(),
+        }
+    }
+
+    /// Whether the section holds a secret (then the file must not be readable by others).
+    pub fn has_inline_secret(&self) -> bool {
+        match self {
+            SealBackendConfig::Pkcs11(c) => c.has_inline_pin(),
+            SealBackendConfig::Shamir => false,
+        }
+    }
+
+    /// The seal, for a type that wraps the root key itself; `None` for shamir.
+    pub fn build(&self, name: &str, ctx: &BuildContext) -> Option<Arc<dyn Seal>> {
+        match self {
+            SealBackendConfig::Pkcs11(c) => Some(Arc::new(Pkcs11Seal::from_config(
+                name,
+                c,
+                ctx.pkcs11_modules.clone(),
+                ctx.fips_mode,
+            ))),
+            SealBackendConfig::Shamir => None,
+        }
+    }
+}
