@@ -5,6 +5,7 @@
 //! is administered only over a local Unix socket. See `docs/architecture.md`.
 
 pub mod admin;
+pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod core;
 pub mod crypto;
 pub mod fault;
 pub mod http;
+pub mod keyring;
 pub mod profiles;
 pub mod recovery;
 pub mod seal;

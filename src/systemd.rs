@@ -8,6 +8,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 use crate::core::Core;
+use crate::seal::MemberState;
 
 /// The one-line status systemd shows (`systemctl status sealkeeper`).
 pub fn status_line(core: &Core) -> String {
@@ -16,7 +17,7 @@ pub fn status_line(core: &Core) -> String {
         .seal
         .members
         .iter()
-        .filter(|m| m.state != "healthy" && m.state != "unknown")
+        .filter(|m| !matches!(m.state, MemberState::Healthy | MemberState::Unknown))
         .map(|m| format!("{} {}", m.name, m.state))
         .collect();
     let members = if down.is_empty() {

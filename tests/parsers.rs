@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use sealkeeper::config::Config;
-use sealkeeper::core::UnsealedKeys;
 use sealkeeper::core::state::{RootState, open_keyring};
+use sealkeeper::keyring::UnsealedKeys;
 use sealkeeper::recovery::Share;
 use sealkeeper::seal::{BlobContext, WrappedBlob};
 use sealkeeper::secret::{LockedBytes, MemoryPolicy};

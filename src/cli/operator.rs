@@ -9,8 +9,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use super::{Format, SocketArgs};
+use crate::api::Status;
 use crate::config::{Config, DEFAULT_SOCKET};
-use crate::core::Status;
 
 #[derive(Debug, clap::Args)]
 pub struct OperatorArgs {
@@ -744,9 +744,22 @@ fn print_status(s: &Status) {
     println!("State            {}", s.state);
     println!("Initialized      {}", s.initialized);
     println!("Sealed           {}", s.sealed);
+    // The seal's own detail (PKCS#11: key label and mechanism) after its name.
+    let detail: Vec<String> = s
+        .seal
+        .detail
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(t) => format!("{k} {t:?}"),
+            other => format!("{k} {other}"),
+        })
+        .collect();
     println!(
-        "Seal type        {} ({}, key {:?}, {})",
-        s.seal_type, s.seal.name, s.seal.key_label, s.seal.mechanism
+        "Seal type        {} ({}{}{})",
+        s.seal_type,
+        s.seal.name,
+        if detail.is_empty() { "" } else { ", " },
+        detail.join(", ")
     );
     if let Some(by) = &s.unsealed_by {
         println!("Unsealed by      {by} ({})", ago(s.unsealed_since_unix));
@@ -804,7 +817,7 @@ fn print_status(s: &Status) {
             "  {:<12} {:<13} {} (checked {})",
             m.name,
             m.state,
-            m.token,
+            m.detail_str("token"),
             ago(m.last_checked_unix)
         );
         if let Some(e) = &m.last_error {

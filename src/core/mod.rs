@@ -17,11 +17,15 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub use crate::api::{
+    InitResponse, RekeyStatus, RewrapEntry, RewrapReport, SealInfo, ShareProgress, Status,
+};
 use crate::audit::{Audit, Event};
 use crate::crypto::{self, KEY_LEN};
 use crate::fault;
+pub use crate::keyring::UnsealedKeys;
 use crate::recovery::{self, Share};
-use crate::seal::{Attempt, BlobContext, Seal, SealError, SealStatus, WrappedBlob};
+use crate::seal::{Attempt, BlobContext, Seal, SealError, SealHealth, WrappedBlob};
 use crate::secret::{LockedBytes, MemoryError, MemoryPolicy};
 use crate::storage::{Expect, Op, Revision, Storage, StorageError};
 use crate::transit::{Transit, TransitError};
@@ -48,65 +52,6 @@ pub struct InitRecord {
     pub format: u32,
     pub installation_id: String,
     pub created_unix: u64,
-}
-
-/// Key material held while unsealed. Every buffer is locked and zeroized when its last reference
-/// goes. Rotation replaces the root key and adds keyring terms in place.
-pub struct UnsealedKeys {
-    root: RwLock<Arc<LockedBytes>>,
-    keyring: RwLock<Vec<(u32, Arc<LockedBytes>)>>,
-}
-
-impl UnsealedKeys {
-    pub fn new(root: LockedBytes, keyring: Vec<(u32, LockedBytes)>) -> UnsealedKeys {
-        UnsealedKeys {
-            root: RwLock::new(Arc::new(root)),
-            keyring: RwLock::new(keyring.into_iter().map(|(t, k)| (t, Arc::new(k))).collect()),
-        }
-    }
-
-    pub fn root(&self) -> Arc<LockedBytes> {
-        self.root.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn latest_term(&self) -> Option<(u32, Arc<LockedBytes>)> {
-        self.keyring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .max_by_key(|(t, _)| *t)
-            .cloned()
-    }
-
-    pub fn term(&self, term: u32) -> Option<Arc<LockedBytes>> {
-        self.keyring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(t, _)| *t == term)
-            .map(|(_, k)| k.clone())
-    }
-
-    pub fn first_term(&self) -> Option<Arc<LockedBytes>> {
-        self.keyring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .min_by_key(|(t, _)| *t)
-            .map(|(_, k)| k.clone())
-    }
-
-    pub fn terms(&self) -> Vec<u32> {
-        let mut t: Vec<u32> = self
-            .keyring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(t, _)| *t)
-            .collect();
-        t.sort_unstable();
-        t
-    }
 }
 
 /// What a configured seal is.
@@ -230,106 +175,6 @@ pub struct CoreOptions {
     pub self_tests: tokio::sync::watch::Receiver<Option<Vec<crate::crypto::SelfTest>>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct InitResponse {
-    pub keys: Vec<String>,
-    pub keys_base64: Vec<String>,
-    pub recovery_keys: Vec<String>,
-    pub recovery_keys_base64: Vec<String>,
-    pub recovery_shares: u32,
-    pub recovery_threshold: u32,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-}
-
-/// One configured seal in `operator status`: health and which key wraps the root key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SealInfo {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub seal_type: String,
-    pub priority: u32,
-    pub disabled: bool,
-    pub healthy: bool,
-    #[serde(default)]
-    pub unhealthy_since_unix: Option<u64>,
-    pub recovery_keys_fallback: bool,
-    /// Whether this seal holds a wrapping of the current root key.
-    pub wrapping_current: bool,
-    #[serde(default)]
-    pub wrapping_generation: Option<u64>,
-    /// The HSM key that wraps the root key for this seal (label and id), and whether it is the key
-    /// the configuration names (false until `operator rewrap` after a key_label change).
-    #[serde(default)]
-    pub wrapped_by_key: Option<String>,
-    #[serde(default)]
-    pub wrapped_by_configured_key: Option<bool>,
-    #[serde(default)]
-    pub wrapped_by_member: Option<String>,
-}
-
-/// Everything `operator status` and `/v1/sys/hsm-status` report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    pub state: String,
-    pub initialized: bool,
-    pub sealed: bool,
-    pub seal_type: String,
-    /// The first enabled seal (by priority).
-    pub seal: SealStatus,
-    /// Every configured seal.
-    #[serde(default)]
-    pub seals: Vec<SealInfo>,
-    /// Seals that do not hold a wrapping of the current root key yet.
-    #[serde(default)]
-    pub seals_missing_wrapping: Vec<String>,
-    #[serde(default)]
-    pub root_generation: Option<u64>,
-    #[serde(default)]
-    pub keyring_terms: Vec<u32>,
-    #[serde(default)]
-    pub migration: bool,
-    /// The HSM member (or "unseal-keys", "fallback") that unsealed.
-    #[serde(default)]
-    pub unsealed_by: Option<String>,
-    /// The seal that unsealed.
-    #[serde(default)]
-    pub unsealed_by_seal: Option<String>,
-    #[serde(default)]
-    pub unsealed_since_unix: Option<u64>,
-    pub manually_sealed: bool,
-    #[serde(default)]
-    pub last_unseal_error: Option<String>,
-    #[serde(default)]
-    pub last_unseal_attempt_unix: Option<u64>,
-    /// Unseal attempts completed since start (automatic and operator).
-    #[serde(default)]
-    pub unseal_attempts: u64,
-    /// Health probe rounds completed since start.
-    #[serde(default)]
-    pub probe_rounds: u64,
-    #[serde(default)]
-    pub installation_id: Option<String>,
-    pub recovery_shares: u32,
-    pub recovery_threshold: u32,
-    pub memory_locked: bool,
-    /// Whether the process can dump core or be ptraced by its user (false once hardened).
-    pub dumpable: bool,
-    pub version: String,
-    /// fips_mode from the config.
-    #[serde(default)]
-    pub fips_mode: bool,
-    /// Whether AWS-LC's validated module is in use (built with the `fips` feature).
-    #[serde(default)]
-    pub fips_module: bool,
-    /// Known-answer tests of the software algorithms, run at start.
-    #[serde(default)]
-    pub self_tests: Vec<crate::crypto::SelfTest>,
-    /// Pairwise round trips with each HSM member at the last unseal (fips_mode).
-    #[serde(default)]
-    pub hsm_self_tests: Vec<crate::seal::MemberSelfTest>,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Purpose {
     Unseal,
@@ -348,64 +193,6 @@ struct Progress<P> {
 struct RekeyTarget {
     shares: u32,
     threshold: u32,
-}
-
-/// What `seal-status` shows of share submission.
-#[derive(Debug, Clone, Default)]
-pub struct ShareProgress {
-    pub progress: usize,
-    pub nonce: String,
-    pub migration: bool,
-    pub shamir: bool,
-    pub threshold: u32,
-    pub shares: u32,
-}
-
-/// `operator rekey` status and result.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct RekeyStatus {
-    pub started: bool,
-    pub nonce: String,
-    pub t: u32,
-    pub n: u32,
-    pub progress: usize,
-    pub required: u32,
-    pub new_shares: u32,
-    pub new_threshold: u32,
-    pub complete: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub keys: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub keys_base64: Vec<String>,
-    pub target: String,
-    /// New shares were handed out and take effect once a quorum of them is submitted back.
-    pub verification_required: bool,
-    pub verification_nonce: String,
-    pub verification_progress: usize,
-    /// The new shares were verified and are now the installation's shares.
-    pub verified: bool,
-}
-
-/// The last rewrap-style operation (rewrap, rotate-root, catch-up), for `sys/sealwrap/rewrap`.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct RewrapReport {
-    pub operation: String,
-    pub is_running: bool,
-    pub processed: usize,
-    pub succeeded: usize,
-    pub failed: usize,
-    pub finished_unix: u64,
-    pub seals: Vec<RewrapEntry>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RewrapEntry {
-    pub seal: String,
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 pub struct Core {
@@ -437,13 +224,6 @@ struct CountOnDrop<'a>(&'a std::sync::atomic::AtomicU64);
 impl Drop for CountOnDrop<'_> {
     fn drop(&mut self) {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-fn key_name(blob: &WrappedBlob) -> String {
-    match &blob.key_id {
-        Some(id) => format!("{}:{id}", blob.key_label),
-        None => blob.key_label.clone(),
     }
 }
 
@@ -525,6 +305,16 @@ impl Core {
 
     pub fn seals(&self) -> &[SealEntry] {
         &self.seals
+    }
+
+    /// The key that wrapped `blob`, as the seal `seal` names it.
+    fn key_name(&self, seal: &str, blob: &WrappedBlob) -> String {
+        self.seals
+            .iter()
+            .find(|s| s.name == seal)
+            .and_then(|s| s.auto())
+            .map(|a| a.key_name(blob))
+            .unwrap_or_else(|| blob.seal_type.clone())
     }
 
     /// The first enabled seal by priority (configuration validation guarantees one).
@@ -745,13 +535,12 @@ impl Core {
         let primary = self.primary();
         let seal = match &primary.kind {
             SealKind::Auto(s) => s.status(),
-            SealKind::Shamir => SealStatus {
+            SealKind::Shamir => SealHealth {
                 name: primary.name.clone(),
                 seal_type: "shamir".into(),
-                key_label: String::new(),
-                mechanism: String::new(),
                 healthy: true,
                 members: vec![],
+                detail: Default::default(),
             },
         };
         let stored = if self.is_initialized() {
@@ -783,7 +572,7 @@ impl Core {
                         if let Some(w) = st.wrappings.get(&s.name) {
                             info.wrapping_current = w.generation == st.generation;
                             info.wrapping_generation = Some(w.generation);
-                            info.wrapped_by_key = Some(key_name(&w.blob));
+                            info.wrapped_by_key = Some(a.key_name(&w.blob));
                             info.wrapped_by_configured_key = Some(a.key_matches(&w.blob));
                             info.wrapped_by_member = Some(w.blob.wrapped_by.clone());
                         }
@@ -1031,7 +820,7 @@ impl Core {
             .map(|(n, w)| RewrapEntry {
                 seal: n.clone(),
                 ok: true,
-                key: Some(key_name(&w.blob)),
+                key: Some(self.key_name(n, &w.blob)),
                 error: None,
             })
             .collect();
@@ -1153,10 +942,10 @@ impl Core {
         *self.stored.write().unwrap_or_else(|p| p.into_inner()) = Some(st.clone());
         fault::point("init:after-init-record");
 
-        let keys = Arc::new(UnsealedKeys {
-            keyring: RwLock::new(vec![(1, Arc::new(self.locked(&term_key)?))]),
-            root: RwLock::new(Arc::new(root)),
-        });
+        let keys = Arc::new(UnsealedKeys::from_shared(
+            root,
+            vec![(1, Arc::new(self.locked(&term_key)?))],
+        ));
         let transit = Transit::load(self.storage.clone(), keys.clone(), self.opts.memory).await?;
         let by = st
             .wrappings
@@ -1453,10 +1242,7 @@ impl Core {
             }
             keyring.push((t.term, Arc::new(self.locked(&k)?)));
         }
-        let keys = Arc::new(UnsealedKeys {
-            root: RwLock::new(Arc::new(root)),
-            keyring: RwLock::new(keyring),
-        });
+        let keys = Arc::new(UnsealedKeys::from_shared(root, keyring));
         let transit = Transit::load(self.storage.clone(), keys.clone(), self.opts.memory).await?;
         self.audit.set_chain_key(Some(transit.audit_chain_key()));
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = State::Unsealed {
@@ -1834,10 +1620,7 @@ impl Core {
             .await
             .inspect_err(|e| self.audit_error("rotate", e))?;
         fault::point("rotate:after-commit");
-        keys.keyring
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((term, locked));
+        keys.add_term(term, locked);
         tracing::info!(term, "keyring rotated; new records use the new term");
         self.audit
             .record_detached(Event::new("core", "rotate", "ok").field("term", term));
@@ -1889,7 +1672,7 @@ impl Core {
             .await
             .inspect_err(|e| self.audit_error("rotate-root", e))?;
         fault::point("rotate-root:after-commit");
-        *keys.root.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_root);
+        keys.replace_root(new_root);
         self.record_rewrap("rotate-root", &done, &failed);
         for (n, e) in &failed {
             tracing::warn!(seal = %n, error = %e, "seal could not wrap the new root key; it is wrapped as soon as it answers");
@@ -1947,7 +1730,7 @@ impl Core {
             .field(
                 "wrapped",
                 done.iter()
-                    .map(|(n, w)| format!("{n}={}", key_name(&w.blob)))
+                    .map(|(n, w)| format!("{n}={}", self.key_name(n, &w.blob)))
                     .collect::<Vec<_>>()
                     .join(","),
             )
@@ -2505,7 +2288,10 @@ fn jitter(d: Duration) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod unit_tests {
     use super::*;
 
     #[test]

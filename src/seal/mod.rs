@@ -1,18 +1,31 @@
 //! Seals: what wraps the root key. A [`Seal`] is small on purpose: wrap, unwrap, random bytes and
-//! health. Its calls block (PKCS#11 does), so async callers run them on a blocking thread.
+//! health. Its calls block (PKCS#11 does, cloud SDK calls are made blocking), so async callers run
+//! them on a blocking thread. Nothing here knows a backend: errors ([`SealError`], [`Failure`]),
+//! health ([`SealHealth`], [`MemberHealth`]) and the blob header are neutral, and each backend adds
+//! its own detail.
 //!
-//! A [`WrappedBlob`] is self-describing and versioned: format version, purpose, installation, seal
-//! name and type, HSM key identity (label and id), mechanism, IV, ciphertext and the associated data
-//! it is bound to. A blob from another installation, seal or purpose is refused before the HSM is
-//! asked, and the key identity lets a later rotation find the key that wrapped it.
+//! A [`WrappedBlob`] is self-describing and versioned: a common header (format version, purpose,
+//! installation, seal name and type, the associated data it is bound to, who wrapped it and when)
+//! and the seal type's own parameters (PKCS#11: key label and id, mechanism, IV, ciphertext), which
+//! only that seal reads. A blob from another installation, seal or purpose is refused before any
+//! HSM or KMS is asked, and the key identity lets a later rotation find the key that wrapped it.
 
 pub mod pkcs11;
 pub mod registry;
+#[cfg(test)]
+pub mod test;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 pub const BLOB_FORMAT: u32 = 1;
+/// The version of the associated-data scheme (`sealkeeper/v1/...`).
+const AAD_VERSION: u32 = 1;
 
 /// Who is asking: the automatic retry loop honours the bad-PIN latch; an operator's explicit
 /// `operator unseal` may try a rejected PIN once more.
@@ -22,31 +35,24 @@ pub enum Attempt {
     Operator,
 }
 
+/// A wrapped root key. The header is common to every seal type; `params` are the seal type's own
+/// fields, stored next to the header's in one JSON object (so a format-1 blob, written before the
+/// split, reads unchanged). Only the seal of `seal_type` reads `params`, with its own struct that
+/// refuses unknown fields ([`WrappedBlob::params_as`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct WrappedBlob {
     pub format: u32,
     pub purpose: String,
     pub installation_id: String,
     pub seal_name: String,
     pub seal_type: String,
-    pub key_label: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_id: Option<String>,
-    pub mechanism: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oaep_hash: Option<String>,
-    /// base64: the GCM IV the HSM used (AES-GCM), or the software nonce (RSA-OAEP envelope).
-    pub iv: String,
-    /// base64: ciphertext with its 128-bit tag.
-    pub ciphertext: String,
-    /// base64: the RSA-OAEP-wrapped envelope key (RSA-OAEP only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wrapped_key: Option<String>,
     /// The associated data the ciphertext is bound to.
     pub aad: String,
+    /// The member (HSM, region, vault) that wrapped it.
     pub wrapped_by: String,
     pub created_unix: u64,
+    #[serde(flatten)]
+    pub params: Map<String, Value>,
 }
 
 /// What a blob must belong to.
@@ -59,7 +65,7 @@ pub struct BlobContext {
 /// The associated data binding a blob to its installation, purpose and seal.
 pub fn associated_data(ctx: &BlobContext, seal_type: &str, seal_name: &str) -> String {
     format!(
-        "sealkeeper/v{BLOB_FORMAT}/{}/installation={}/seal={}:{}",
+        "sealkeeper/v{AAD_VERSION}/{}/installation={}/seal={}:{}",
         ctx.purpose, ctx.installation_id, seal_type, seal_name
     )
 }
@@ -101,6 +107,42 @@ impl WrappedBlob {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 
+    /// A blob of `seal_type` with its parameters (any struct that serializes to an object).
+    pub fn new(
+        ctx: &BlobContext,
+        seal_type: &str,
+        seal_name: &str,
+        wrapped_by: &str,
+        params: impl Serialize,
+    ) -> Result<WrappedBlob, BlobError> {
+        let params = match serde_json::to_value(params) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(BlobError::Malformed("parameters are not an object".into())),
+            Err(e) => return Err(BlobError::Malformed(e.to_string())),
+        };
+        Ok(WrappedBlob {
+            format: BLOB_FORMAT,
+            purpose: ctx.purpose.clone(),
+            installation_id: ctx.installation_id.clone(),
+            seal_name: seal_name.to_string(),
+            seal_type: seal_type.to_string(),
+            aad: associated_data(ctx, seal_type, seal_name),
+            wrapped_by: wrapped_by.to_string(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            params,
+        })
+    }
+
+    /// The seal type's parameters as its own struct (which should refuse unknown fields: a
+    /// modified or foreign blob is then refused by name).
+    pub fn params_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, BlobError> {
+        serde_json::from_value(Value::Object(self.params.clone()))
+            .map_err(|e| BlobError::Malformed(e.to_string()))
+    }
+
     /// Checks that the blob belongs to `ctx` and to the seal `seal_type:seal_name`, before any HSM
     /// is asked to decrypt it.
     pub fn check(
@@ -139,32 +181,81 @@ impl WrappedBlob {
     }
 }
 
-/// One HSM member's health, as shown by `operator status` and `/v1/sys/hsm-status`.
+/// A member's state, as `operator status` and `/v1/sys/hsm-status` show it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Not contacted yet.
+    Unknown,
+    Healthy,
+    /// Unreachable or failing.
+    Down,
+    /// Its credentials (a PIN) were rejected: not tried again until they change.
+    PinRejected,
+    /// A call did not return within the member's timeout.
+    Hung,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Unknown => "unknown",
+            MemberState::Healthy => "healthy",
+            MemberState::Down => "down",
+            MemberState::PinRejected => "pin_rejected",
+            MemberState::Hung => "hung",
+        }
+    }
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One member's health (an HSM of a pair; a KMS region or endpoint).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MemberStatus {
+pub struct MemberHealth {
     pub name: String,
-    /// "unknown" (not yet contacted), "healthy", "down", "pin_rejected" or "hung".
-    pub state: String,
+    pub state: MemberState,
     pub healthy: bool,
-    pub token: String,
-    pub lib: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checked_unix: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unhealthy_since_unix: Option<u64>,
+    /// What the backend adds (PKCS#11: `token`, `lib`), as fields of the same document.
+    #[serde(flatten)]
+    pub detail: BTreeMap<String, Value>,
 }
 
+/// A seal's health: healthy when any member is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SealStatus {
+pub struct SealHealth {
     pub name: String,
     #[serde(rename = "type")]
     pub seal_type: String,
-    pub key_label: String,
-    pub mechanism: String,
     pub healthy: bool,
-    pub members: Vec<MemberStatus>,
+    pub members: Vec<MemberHealth>,
+    /// What the backend adds (PKCS#11: `key_label`, `mechanism`), as fields of the same document.
+    #[serde(flatten)]
+    pub detail: BTreeMap<String, Value>,
+}
+
+impl SealHealth {
+    /// A detail field as text ("" when absent).
+    pub fn detail_str(&self, key: &str) -> &str {
+        self.detail.get(key).and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+impl MemberHealth {
+    /// A detail field as text ("" when absent).
+    pub fn detail_str(&self, key: &str) -> &str {
+        self.detail.get(key).and_then(Value::as_str).unwrap_or("")
+    }
 }
 
 /// One member's pairwise round trip.
@@ -182,16 +273,59 @@ pub struct Unwrapped {
     pub member: String,
 }
 
+/// How a member failed, in words every backend shares: what decides whether a retry can help and
+/// how the failure is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Not reachable, not answering, or failing (a down HSM, a KMS 5xx, a lost session).
+    Unreachable,
+    /// The call did not return in time (the member is marked hung or down).
+    Timeout,
+    /// Credentials refused or lacking permission (a PIN, an IAM policy): needs an operator.
+    Denied,
+    /// The key is missing, disabled or pending deletion: needs an operator.
+    KeyUnavailable,
+    /// The member answered and refused the ciphertext: modified data, or another key.
+    Authentication,
+    /// The seal's configuration cannot work (a mechanism the token lacks, a malformed key id).
+    InvalidConfig,
+    /// This host ran out of something (descriptors, memory): says nothing about the member.
+    LocalResource,
+    Other,
+}
+
+/// One member's failure: who, how, and the backend's own error (a CKR code and the function that
+/// returned it, a cloud error code) as the typed source.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub member: String,
+    pub kind: FailureKind,
+    pub source: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.member, self.source)
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SealError {
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// Every member was tried and failed.
     #[error("seal {seal:?}: {summary}: {}", join_errors(.errors))]
     Members {
         seal: String,
         summary: &'static str,
-        errors: Vec<pkcs11::MemberError>,
+        errors: Vec<Failure>,
     },
     #[error("seal {seal:?}: {message}")]
     Invalid { seal: String, message: String },
@@ -199,7 +333,7 @@ pub enum SealError {
     Crypto(#[from] crate::crypto::CryptoError),
 }
 
-fn join_errors(errors: &[pkcs11::MemberError]) -> String {
+fn join_errors(errors: &[Failure]) -> String {
     errors
         .iter()
         .map(|e| e.to_string())
@@ -213,10 +347,7 @@ impl SealError {
     pub fn is_authentication_failure(&self) -> bool {
         match self {
             SealError::Members { errors, .. } => {
-                !errors.is_empty()
-                    && errors
-                        .iter()
-                        .all(|e| e.error.kind == pkcs11::ErrorKind::Authentication)
+                !errors.is_empty() && errors.iter().all(|e| e.kind == FailureKind::Authentication)
             }
             SealError::Crypto(crate::crypto::CryptoError::Authentication) => true,
             _ => false,
@@ -244,7 +375,7 @@ pub trait Seal: Send + Sync {
     /// Random bytes from the HSM's generator.
     fn random(&self, len: usize) -> Result<Vec<u8>, SealError>;
     /// Current health of the seal and its members (no I/O).
-    fn status(&self) -> SealStatus;
+    fn status(&self) -> SealHealth;
     /// Checks each member (a cheap call) and updates [`Seal::status`].
     fn probe(&self);
     /// Checks that every other reachable member unwraps `blob` to `expected`; returns the names of
@@ -261,8 +392,7 @@ pub trait Seal: Send + Sync {
     fn shutdown(&self);
     /// Whether `blob` was wrapped by the key the configuration names (false after a key change,
     /// until a rewrap).
-    fn key_matches(&self, blob: &WrappedBlob) -> bool {
-        let _ = blob;
-        true
-    }
+    fn key_matches(&self, blob: &WrappedBlob) -> bool;
+    /// The key that wrapped `blob`, as operators name it (a label and id, an ARN).
+    fn key_name(&self, blob: &WrappedBlob) -> String;
 }

@@ -3,7 +3,6 @@
 //! memory while unsealed; the request path never waits on the HSM or on a lock held across I/O.
 
 pub mod policy;
-pub mod records;
 pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,12 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::core::UnsealedKeys;
 use crate::crypto::{self, KEY_LEN};
+use crate::keyring::{KeyringError, RecordCipher, UnsealedKeys};
 use crate::secret::{LockedBytes, MemoryPolicy};
 use crate::storage::{Expect, Revision, Storage, StorageError, Watch, WatchEvent};
 pub use policy::{Capability, Policy, Rule};
-use records::RecordCipher;
 pub use tokens::{TokenRecord, TokenRequest};
 
 pub const KEY_TYPE: &str = "aes256-gcm96";
@@ -59,6 +57,16 @@ pub enum TransitError {
 }
 
 pub type Result<T> = std::result::Result<T, TransitError>;
+
+impl From<KeyringError> for TransitError {
+    fn from(e: KeyringError) -> TransitError {
+        match e {
+            KeyringError::Record { path, reason } => TransitError::Record { path, reason },
+            KeyringError::Memory(m) => TransitError::Memory(m),
+            KeyringError::Crypto(c) => TransitError::Crypto(c),
+        }
+    }
+}
 
 fn bad(m: impl Into<String>) -> TransitError {
     TransitError::BadRequest(m.into())

@@ -25,7 +25,7 @@ use zeroize::{Zeroize, Zeroizing};
 use super::config::{Mechanism, OaepHash, PinSource, TokenSelector};
 use super::error::{ErrorKind, HsmError, MemberError};
 use super::module::{CallGuard, Module, ModuleRegistry};
-use crate::seal::MemberStatus;
+use crate::seal::{MemberHealth, MemberState};
 
 /// Everything a member needs to know, fixed at start.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ pub struct Member {
     stuck: Arc<AtomicBool>,
     /// When the call now running on the worker started.
     running_since: Arc<Mutex<Option<Instant>>>,
-    status: Mutex<MemberStatus>,
+    status: Mutex<MemberHealth>,
 }
 
 impl Member {
@@ -85,15 +85,18 @@ impl Member {
                 None
             }
         };
-        let status = MemberStatus {
+        let status = MemberHealth {
             name: spec.name.clone(),
-            state: "unknown".into(),
+            state: MemberState::Unknown,
             healthy: false,
-            token: spec.selector.to_string(),
-            lib: spec.lib.display().to_string(),
             last_error: None,
             last_checked_unix: None,
             unhealthy_since_unix: None,
+            detail: [
+                ("token".to_string(), spec.selector.to_string().into()),
+                ("lib".to_string(), spec.lib.display().to_string().into()),
+            ]
+            .into(),
         };
         Member {
             spec,
@@ -108,7 +111,7 @@ impl Member {
         &self.spec.name
     }
 
-    pub fn status(&self) -> MemberStatus {
+    pub fn status(&self) -> MemberHealth {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -214,16 +217,16 @@ impl Member {
         }
         st.last_checked_unix = Some(now_unix());
         let (state, healthy, err) = match result {
-            Ok(_) => ("healthy", true, None),
+            Ok(_) => (MemberState::Healthy, true, None),
             // The HSM answered; the data was bad. The member itself is fine.
-            Err(e) if e.kind == ErrorKind::Authentication => ("healthy", true, None),
+            Err(e) if e.kind == ErrorKind::Authentication => (MemberState::Healthy, true, None),
             Err(e) if matches!(e.kind, ErrorKind::Pin | ErrorKind::PinBlocked) => {
-                ("pin_rejected", false, Some(e.to_string()))
+                (MemberState::PinRejected, false, Some(e.to_string()))
             }
             Err(e) if matches!(e.kind, ErrorKind::Timeout | ErrorKind::Hung) => {
-                ("hung", false, Some(e.to_string()))
+                (MemberState::Hung, false, Some(e.to_string()))
             }
-            Err(e) => ("down", false, Some(e.to_string())),
+            Err(e) => (MemberState::Down, false, Some(e.to_string())),
         };
         if healthy {
             st.unhealthy_since_unix = None;
@@ -234,10 +237,10 @@ impl Member {
             if healthy {
                 tracing::info!(member = %st.name, "HSM member is healthy");
             } else {
-                tracing::warn!(member = %st.name, state, error = err.as_deref().unwrap_or(""), "HSM member is unhealthy");
+                tracing::warn!(member = %st.name, state = state.as_str(), error = err.as_deref().unwrap_or(""), "HSM member is unhealthy");
             }
         }
-        st.state = state.to_string();
+        st.state = state;
         st.healthy = healthy;
         st.last_error = err;
     }
@@ -769,21 +772,25 @@ mod tests {
             ModuleRegistry::new(),
         );
         m.record(&Ok(()));
-        assert_eq!(m.status().state, "healthy");
+        assert_eq!(m.status().state, MemberState::Healthy);
         m.record::<()>(&Err(HsmError::new(ErrorKind::LocalResource, "os error 24")));
         let st = m.status();
-        assert!(st.healthy && st.state == "healthy" && st.last_error.is_none());
+        assert!(st.healthy && st.state == MemberState::Healthy && st.last_error.is_none());
         m.record::<()>(&Err(HsmError::new(ErrorKind::PinSource, "gone")));
-        assert_eq!(m.status().state, "down");
+        assert_eq!(m.status().state, MemberState::Down);
         // The HSM refused the data: the member answered and is healthy.
         use cryptoki::{context::Function, error::Error as CkError, error::RvError};
         let refused = |rv| HsmError::from_decrypt(CkError::Pkcs11(rv, Function::Decrypt));
         m.record::<()>(&Err(refused(RvError::EncryptedDataInvalid)));
-        assert_eq!(m.status().state, "healthy");
+        assert_eq!(m.status().state, MemberState::Healthy);
         // The HSM failed: the member is down, whatever it was decrypting.
         m.record::<()>(&Err(refused(RvError::FunctionFailed)));
         let st = m.status();
-        assert!(!st.healthy && st.state == "down", "{:?}", st.state);
+        assert!(
+            !st.healthy && st.state == MemberState::Down,
+            "{:?}",
+            st.state
+        );
         assert!(
             st.last_error
                 .as_deref()

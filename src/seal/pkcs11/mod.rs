@@ -17,7 +17,8 @@ pub use member::MemberSpec;
 pub use module::ModuleRegistry;
 
 use super::{
-    Attempt, BlobContext, Seal, SealError, SealStatus, Unwrapped, WrappedBlob, associated_data,
+    Attempt, BlobContext, BlobError, Failure, FailureKind, Seal, SealError, SealHealth, Unwrapped,
+    WrappedBlob, associated_data,
 };
 use crate::crypto;
 pub use config::{
@@ -25,6 +26,52 @@ pub use config::{
 };
 
 pub const SEAL_TYPE: &str = "pkcs11";
+
+/// What a PKCS#11 blob records besides the common header.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Params {
+    pub key_label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    pub mechanism: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oaep_hash: Option<String>,
+    /// base64: the GCM IV the HSM used (AES-GCM), or the software nonce (RSA-OAEP envelope).
+    pub iv: String,
+    /// base64: ciphertext with its 128-bit tag.
+    pub ciphertext: String,
+    /// base64: the RSA-OAEP-wrapped envelope key (RSA-OAEP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_key: Option<String>,
+}
+
+impl From<MemberError> for Failure {
+    fn from(e: MemberError) -> Failure {
+        let kind = match e.error.kind {
+            ErrorKind::Library
+            | ErrorKind::TokenNotFound
+            | ErrorKind::Session
+            | ErrorKind::Device => FailureKind::Unreachable,
+            ErrorKind::Pin | ErrorKind::PinBlocked | ErrorKind::PinSource => FailureKind::Denied,
+            ErrorKind::Key => FailureKind::KeyUnavailable,
+            ErrorKind::Mechanism => FailureKind::InvalidConfig,
+            ErrorKind::Authentication => FailureKind::Authentication,
+            ErrorKind::Timeout | ErrorKind::Hung => FailureKind::Timeout,
+            ErrorKind::LocalResource => FailureKind::LocalResource,
+            ErrorKind::Other => FailureKind::Other,
+        };
+        Failure {
+            member: e.member,
+            kind,
+            source: Arc::new(e.error),
+        }
+    }
+}
+
+fn params(blob: &WrappedBlob) -> Result<Pkcs11Params, BlobError> {
+    blob.params_as()
+}
 
 pub struct Pkcs11Seal {
     name: String,
@@ -80,7 +127,7 @@ impl Pkcs11Seal {
         SealError::Members {
             seal: self.name.clone(),
             summary,
-            errors,
+            errors: errors.into_iter().map(Failure::from).collect(),
         }
     }
 
@@ -88,13 +135,14 @@ impl Pkcs11Seal {
         &self,
         m: &Member,
         blob: &WrappedBlob,
+        p: &Pkcs11Params,
         attempt: Attempt,
     ) -> Result<Zeroizing<Vec<u8>>, MemberError> {
         let aad = blob.aad.clone().into_bytes();
-        let iv = B64.decode(&blob.iv).unwrap_or_default();
-        let ct = B64.decode(&blob.ciphertext).unwrap_or_default();
+        let iv = B64.decode(&p.iv).unwrap_or_default();
+        let ct = B64.decode(&p.ciphertext).unwrap_or_default();
         let override_latch = attempt == Attempt::Operator;
-        let key = self.recorded_key(blob);
+        let key = self.recorded_key(p);
         let key2 = key.clone();
         match self.mechanism {
             Mechanism::AesGcm => m.call(move |w| {
@@ -107,7 +155,7 @@ impl Pkcs11Seal {
             }),
             Mechanism::RsaOaep(hash) => {
                 let wrapped = B64
-                    .decode(blob.wrapped_key.as_deref().unwrap_or_default())
+                    .decode(p.wrapped_key.as_deref().unwrap_or_default())
                     .unwrap_or_default();
                 let kek = m.call(move |w| {
                     w.override_latch = override_latch;
@@ -138,20 +186,20 @@ impl Pkcs11Seal {
 
     /// The key a blob records, when it is not the configured key (after a `key_label` change, until
     /// `operator rewrap`).
-    fn recorded_key(&self, blob: &WrappedBlob) -> Option<(String, Option<Vec<u8>>)> {
-        if self.wraps_with_configured_key(blob) {
+    fn recorded_key(&self, p: &Pkcs11Params) -> Option<(String, Option<Vec<u8>>)> {
+        if self.is_configured_key(p) {
             return None;
         }
-        let id = blob.key_id.as_deref().and_then(|i| hex::decode(i).ok());
-        Some((blob.key_label.clone(), id))
+        let id = p.key_id.as_deref().and_then(|i| hex::decode(i).ok());
+        Some((p.key_label.clone(), id))
     }
 
-    /// Whether `blob` was wrapped by the key the configuration names.
-    pub fn wraps_with_configured_key(&self, blob: &WrappedBlob) -> bool {
-        blob.key_label == self.key_label && blob.key_id == self.key_id.as_ref().map(hex::encode)
+    /// Whether the blob was wrapped by the key the configuration names.
+    fn is_configured_key(&self, p: &Pkcs11Params) -> bool {
+        p.key_label == self.key_label && p.key_id == self.key_id.as_ref().map(hex::encode)
     }
 
-    fn check_blob_shape(&self, blob: &WrappedBlob) -> Result<(), SealError> {
+    fn check_blob_shape(&self, blob: &Pkcs11Params) -> Result<(), SealError> {
         let invalid = |m: String| SealError::Invalid {
             seal: self.name.clone(),
             message: m,
@@ -188,13 +236,6 @@ impl Pkcs11Seal {
     }
 }
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Seal for Pkcs11Seal {
     fn seal_type(&self) -> &'static str {
         SEAL_TYPE
@@ -227,12 +268,7 @@ impl Seal for Pkcs11Seal {
             };
             match result {
                 Ok((iv, ct, wrapped_key)) => {
-                    return Ok(WrappedBlob {
-                        format: super::BLOB_FORMAT,
-                        purpose: ctx.purpose.clone(),
-                        installation_id: ctx.installation_id.clone(),
-                        seal_name: self.name.clone(),
-                        seal_type: SEAL_TYPE.to_string(),
+                    let params = Pkcs11Params {
                         key_label: self.key_label.clone(),
                         key_id: self.key_id.as_ref().map(hex::encode),
                         mechanism: self.mechanism.name().to_string(),
@@ -243,10 +279,14 @@ impl Seal for Pkcs11Seal {
                         iv: B64.encode(iv),
                         ciphertext: B64.encode(ct),
                         wrapped_key: wrapped_key.map(|k| B64.encode(k)),
-                        aad: aad.clone(),
-                        wrapped_by: m.name().to_string(),
-                        created_unix: now_unix(),
-                    });
+                    };
+                    return Ok(WrappedBlob::new(
+                        ctx,
+                        SEAL_TYPE,
+                        &self.name,
+                        m.name(),
+                        params,
+                    )?);
                 }
                 Err(e) => {
                     tracing::warn!(seal = %self.name, member = %e.member, error = %e.error, "wrap failed on member");
@@ -264,10 +304,11 @@ impl Seal for Pkcs11Seal {
         attempt: Attempt,
     ) -> Result<Unwrapped, SealError> {
         blob.check(ctx, SEAL_TYPE, &self.name)?;
-        self.check_blob_shape(blob)?;
+        let p = params(blob)?;
+        self.check_blob_shape(&p)?;
         let mut errors = Vec::new();
         for m in &self.members {
-            match self.unwrap_with(m, blob, attempt) {
+            match self.unwrap_with(m, blob, &p, attempt) {
                 Ok(plaintext) => {
                     return Ok(Unwrapped {
                         plaintext,
@@ -301,15 +342,18 @@ impl Seal for Pkcs11Seal {
         Err(self.members_failed("no member could generate random bytes", errors))
     }
 
-    fn status(&self) -> SealStatus {
+    fn status(&self) -> SealHealth {
         let members: Vec<_> = self.members.iter().map(|m| m.status()).collect();
-        SealStatus {
+        SealHealth {
             name: self.name.clone(),
             seal_type: SEAL_TYPE.to_string(),
-            key_label: self.key_label.clone(),
-            mechanism: self.mechanism.name().to_string(),
             healthy: members.iter().any(|m| m.healthy),
             members,
+            detail: [
+                ("key_label".to_string(), self.key_label.clone().into()),
+                ("mechanism".to_string(), self.mechanism.name().into()),
+            ]
+            .into(),
         }
     }
 
@@ -325,9 +369,10 @@ impl Seal for Pkcs11Seal {
         blob: &WrappedBlob,
         expected: &[u8],
     ) -> Result<Vec<String>, SealError> {
+        let p = params(blob)?;
         let mut unreachable = Vec::new();
         for m in self.members.iter().filter(|m| m.name() != blob.wrapped_by) {
-            match self.unwrap_with(m, blob, Attempt::Automatic) {
+            match self.unwrap_with(m, blob, &p, Attempt::Automatic) {
                 Ok(pt) if pt.as_slice() == expected => {}
                 Ok(_) => {
                     return Err(SealError::Invalid {
@@ -359,7 +404,19 @@ impl Seal for Pkcs11Seal {
     }
 
     fn key_matches(&self, blob: &WrappedBlob) -> bool {
-        self.wraps_with_configured_key(blob)
+        params(blob).is_ok_and(|p| self.is_configured_key(&p))
+    }
+
+    fn key_name(&self, blob: &WrappedBlob) -> String {
+        match params(blob) {
+            Ok(Pkcs11Params {
+                key_label,
+                key_id: Some(id),
+                ..
+            }) => format!("{key_label}:{id}"),
+            Ok(p) => p.key_label,
+            Err(_) => "(unreadable blob)".into(),
+        }
     }
 
     fn self_test(&self) -> Vec<super::MemberSelfTest> {
