@@ -272,7 +272,7 @@ async fn audit_verify(
         return error_response(StatusCode::BAD_REQUEST, "no [audit] trail is configured");
     };
     use crate::audit::anchor::CheckError;
-    match crate::audit::anchor::check(&core, &trail.audit, &log, &req.files).await {
+    match crate::audit::anchor::check(core.audit_keys(), &trail.audit, &log, &req.files).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(e @ CheckError::Sealed) => {
             error_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
@@ -288,9 +288,10 @@ async fn audit_hash(State(core): State<Arc<Core>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match core.transit() {
-        Some(t) => axum::Json(serde_json::json!({ "hash": t.audit_hmac(req.input.as_bytes()) }))
-            .into_response(),
+    match core.audit_keys() {
+        Some(t) => {
+            axum::Json(serde_json::json!({ "hash": t.hmac(req.input.as_bytes()) })).into_response()
+        }
         None => error_response(StatusCode::SERVICE_UNAVAILABLE, "sealkeeper is sealed"),
     }
 }

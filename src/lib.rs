@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod fault;
 pub mod http;
 pub mod keyring;
+pub mod located;
 pub mod profiles;
 pub mod recovery;
 pub mod seal;

@@ -253,8 +253,9 @@ pub async fn run(
     tasks.spawn(core.clone().run_probe());
     tasks.spawn(denials.clone().run());
     if let Some(a) = &cfg.audit {
+        let c = core.clone();
         tasks.spawn(crate::audit::anchor::run(
-            core.clone(),
+            move || c.audit_keys(),
             audit.clone(),
             a.anchor_interval,
         ));
@@ -326,7 +327,7 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     denials.flush();
     // The last anchor, while the keys are still here.
-    crate::audit::anchor::anchor_once(&core, &audit, &mut None).await;
+    crate::audit::anchor::anchor_once(core.audit_keys(), &audit, &mut None).await;
     core.zeroize();
     let _ = tokio::task::spawn_blocking(move || {
         for seal in autos {

@@ -8,27 +8,33 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::keys::AuditKeys;
 use super::verify::{Keys, Report, VerifyError, verify_with};
 use super::{Anchor, Audit};
-use crate::core::Core;
 
-/// Writes the newest keyed record as the anchor when it changed since `last`.
-pub async fn anchor_once(core: &Core, audit: &Audit, last: &mut Option<Anchor>) {
-    let (Some(head), Some(transit)) = (audit.head(), core.transit()) else {
+/// Writes the newest keyed record as the anchor when it changed since `last` (`keys`: the trail's
+/// keys, while unsealed).
+pub async fn anchor_once(keys: Option<Arc<AuditKeys>>, audit: &Audit, last: &mut Option<Anchor>) {
+    let (Some(head), Some(keys)) = (audit.head(), keys) else {
         return;
     };
     if last.as_ref() == Some(&head) {
         return;
     }
     let h = head.clone();
-    match transit.put_audit_anchor(&h).await {
+    match keys.store_anchor(&h).await {
         Ok(()) => *last = Some(head),
         Err(e) => tracing::warn!(error = %e, "the audit anchor could not be stored"),
     }
 }
 
-/// Anchors periodically and at every rotation, until aborted.
-pub async fn run(core: Arc<Core>, audit: Audit, every: Duration) {
+/// Anchors periodically and at every rotation, until aborted; `keys` gives the trail's keys while
+/// unsealed.
+pub async fn run(
+    keys: impl Fn() -> Option<Arc<AuditKeys>> + Send + 'static,
+    audit: Audit,
+    every: Duration,
+) {
     let mut last = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -37,7 +43,7 @@ pub async fn run(core: Arc<Core>, audit: Audit, every: Duration) {
             _ = tick.tick() => {}
             _ = audit.rotated() => {}
         }
-        anchor_once(&core, &audit, &mut last).await;
+        anchor_once(keys(), &audit, &mut last).await;
     }
 }
 
@@ -56,18 +62,18 @@ pub enum CheckError {
 /// against the anchors (the stored one and this run's newest keyed record). Only files
 /// of that trail are read.
 pub async fn check(
-    core: &Core,
+    keys: Option<Arc<AuditKeys>>,
     audit: &Audit,
     log: &Path,
     files: &[PathBuf],
 ) -> Result<Report, CheckError> {
-    let transit = core.transit().ok_or(CheckError::Sealed)?;
+    let transit = keys.ok_or(CheckError::Sealed)?;
     let stored = transit
-        .audit_anchor()
+        .anchor()
         .await
         .map_err(|e| CheckError::Refused(format!("the stored anchor cannot be read: {e}")))?;
     let anchors: Vec<Anchor> = stored.into_iter().chain(audit.head()).collect();
-    let key = transit.audit_chain_key();
+    let key = transit.chain_key();
     drop(transit);
     let (log, files) = (log.to_path_buf(), files.to_vec());
     // Reading the files is blocking work.

@@ -11,6 +11,7 @@
 
 pub mod anchor;
 pub mod denials;
+pub mod keys;
 pub mod verify;
 
 use std::fs::{File, OpenOptions};

@@ -1,7 +1,7 @@
 //! Configuration: a TOML file, parsed with serde (`deny_unknown_fields` everywhere) and validated.
 //! Every error names the file, the line and the key.
 
-pub mod locate;
+pub mod cidr;
 pub mod seal;
 
 use std::fmt;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::de::DeTable;
 
-use locate::{Problem, Seg, dotted, line_col, locate, problem};
+use crate::located::{Problem, Seg, dotted, line_col, locate, problem};
 pub use seal::SealSection;
 
 pub const DEFAULT_SOCKET: &str = "/run/sealkeeper/admin.sock";
@@ -400,7 +400,7 @@ impl Config {
             ));
         }
         for (i, a) in l.x_forwarded_for_authorized_addrs.iter().enumerate() {
-            if let Err(e) = crate::http::client::Cidr::parse(a) {
+            if let Err(e) = cidr::Cidr::parse(a) {
                 out.push(problem(
                     vec![
                         Key("listener"),
@@ -536,12 +536,6 @@ impl Config {
         }
         w
     }
-}
-pub(crate) fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 #[cfg(test)]

@@ -4,14 +4,13 @@
 //! its spans, so an error inside a section names its line like any other.
 
 use std::collections::HashSet;
-use std::ops::Range;
 
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::locate::{Problem, Seg, problem};
+use crate::located::{Problem, SectionError, Seg, problem, valid_name};
 use crate::seal::registry::{self, SealBackendConfig};
 
 /// One `[[seal]]` section.
@@ -51,35 +50,6 @@ struct Common {
 }
 
 const COMMON_KEYS: [&str; 4] = ["name", "priority", "disabled", "recovery_keys_fallback"];
-
-/// An error inside one section: where (`span`, absolute in the file), which key (relative to the
-/// section, may be empty) and what.
-#[derive(Debug)]
-pub struct SectionError {
-    pub span: Option<Range<usize>>,
-    pub key: String,
-    pub message: String,
-}
-
-impl From<toml::de::Error> for SectionError {
-    fn from(e: toml::de::Error) -> SectionError {
-        SectionError {
-            span: e.span(),
-            key: String::new(),
-            message: e.message().trim().to_string(),
-        }
-    }
-}
-
-impl SectionError {
-    pub fn at(span: Range<usize>, key: &str, message: impl Into<String>) -> SectionError {
-        SectionError {
-            span: Some(span),
-            key: key.to_string(),
-            message: message.into(),
-        }
-    }
-}
 
 /// Parses the `seal` array of the document (`None`: absent). Errors carry the section's index.
 pub(super) fn parse_all(
@@ -191,7 +161,7 @@ pub(super) fn validate(seals: &[SealSection], fips_mode: bool) -> Vec<Problem> {
     for (i, s) in seals.iter().enumerate() {
         let section = [Key("seal"), Index(i)];
         let at = |k: &'static str| vec![Key("seal"), Index(i), Key(k)];
-        if !super::valid_name(&s.name) {
+        if !valid_name(&s.name) {
             out.push(problem(
                 at("name"),
                 "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",

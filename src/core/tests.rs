@@ -304,3 +304,81 @@ async fn recovery_keys_rekey_replaces_the_shares() {
         .unwrap_err();
     assert!(!e.to_string().is_empty());
 }
+
+/// A subscriber that keeps every event it hears.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<CoreEvent>>);
+
+impl Subscriber for Recorder {
+    fn on_event(&self, e: &CoreEvent) {
+        self.0.lock().unwrap().push(e.clone());
+    }
+}
+
+#[tokio::test]
+async fn subscribers_hear_every_transition_in_order() {
+    let store = Arc::new(MemoryStorage::new());
+    let hsm = TestSeal::new("hsm");
+    let n = node(store, &[("hsm", hsm.clone())]).await;
+    let rec = Arc::new(Recorder::default());
+    n.core.subscribe(rec.clone());
+    n.core.init(3, 2).await.unwrap();
+    n.core.seal().await.unwrap();
+    hsm.fail_with(Some(FailureKind::Unreachable));
+    assert!(n.core.unseal(Attempt::Operator).await.is_err());
+    hsm.fail_with(None);
+    n.core.unseal(Attempt::Operator).await.unwrap();
+    n.core.rotate().await.unwrap();
+    let events = rec.0.lock().unwrap().clone();
+    let names: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let a = e.to_audit();
+            format!("{}:{}", a.operation, a.outcome)
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "init:ok",
+            "seal:ok",
+            "unseal:error",
+            "unseal:ok",
+            "rotate:ok"
+        ],
+        "{events:?}"
+    );
+    match &events[3] {
+        CoreEvent::Unsealed { attempt, by, .. } => {
+            assert_eq!(*attempt, "operator");
+            assert_eq!(by, &UnsealedBy::new("hsm", "hsm-member"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sealing forgets every share ceremony in progress, the verification of a rekey's new shares
+/// included.
+#[tokio::test]
+async fn sealing_clears_every_share_ceremony() {
+    let store = Arc::new(MemoryStorage::new());
+    let hsm = TestSeal::new("hsm");
+    let n = node(store, &[("hsm", hsm)]).await;
+    let init = n.core.init(3, 2).await.unwrap();
+    let st = n.core.rekey_init("recovery", 3, 2).await.unwrap();
+    let mut done = None;
+    for k in &init.recovery_keys[..2] {
+        done = Some(n.core.rekey_update(k, &st.nonce).await.unwrap());
+    }
+    let done = done.unwrap();
+    assert!(done.verification_required);
+    let v = n
+        .core
+        .rekey_verify(&done.keys[0], &done.verification_nonce)
+        .await
+        .unwrap();
+    assert_eq!(v.verification_progress, 1);
+    n.core.seal().await.unwrap();
+    n.core.unseal(Attempt::Operator).await.unwrap();
+    assert_eq!(n.core.rekey_status().verification_progress, 0);
+}

@@ -71,7 +71,7 @@ pub async fn audit_requests(State(ctx): State<AuditCtx>, req: Request, next: Nex
     }
     // The client token itself is never written; its HMAC lets an operator correlate it.
     let token_hmac = super::transit::token_of(req.headers())
-        .and_then(|t| ctx.core.transit().map(|tr| tr.audit_hmac(t.as_bytes())));
+        .and_then(|t| ctx.core.audit_keys().map(|k| k.hmac(t.as_bytes())));
     let mut resp = next.run(req).await;
     let status = resp.status();
     let fields = resp

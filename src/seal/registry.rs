@@ -10,8 +10,7 @@ use toml::de::DeValue;
 
 use super::Seal;
 use super::pkcs11::{ModuleRegistry, Pkcs11Config, Pkcs11Seal};
-use crate::config::locate::Problem;
-use crate::config::seal::SectionError;
+use crate::located::{Problem, SectionError};
 
 /// The seal types, as `type = "..."` names them.
 pub const TYPES: &[&str] = &["pkcs11", "shamir"];

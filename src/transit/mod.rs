@@ -179,14 +179,7 @@ pub struct Transit {
     revisions: Mutex<HashMap<String, (Revision, bool)>>,
     /// The task that applies the store's change feed; aborted when this state is dropped (sealed).
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
-    /// Key of the `hmac-sha256:` values in the audit trail.
-    audit_key: LockedBytes,
-    /// Key of the audit records' `mac` (the keyed chain).
-    audit_chain_key: LockedBytes,
 }
-
-/// Where the audit trail's anchor is kept, encrypted under the keyring like every record.
-const AUDIT_ANCHOR: &str = "audit/anchor";
 
 impl Transit {
     /// Loads every transit record, decrypting with the keyring, and keeps the in-memory state
@@ -200,8 +193,6 @@ impl Transit {
     ) -> Result<Arc<Transit>> {
         let cipher = RecordCipher::new(keys);
         let token_key = cipher.derive_key(b"sealkeeper token hash v1", memory)?;
-        let audit_key = cipher.derive_key(b"sealkeeper audit hmac v1", memory)?;
-        let audit_chain_key = cipher.derive_key(b"sealkeeper audit chain v1", memory)?;
         let feed = storage.watch("");
         let t = Transit {
             storage,
@@ -213,8 +204,6 @@ impl Transit {
             write: tokio::sync::Mutex::new(()),
             revisions: Mutex::new(HashMap::new()),
             watcher: Mutex::new(None),
-            audit_key,
-            audit_chain_key,
         };
         for prefix in CACHED {
             for e in t.storage.range(prefix).await? {
@@ -367,19 +356,6 @@ impl Transit {
                 self.put_cached(&p, Cached::Removed);
             }
         }
-    }
-
-    async fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<Option<T>> {
-        let Some(rec) = self.storage.get(path).await? else {
-            return Ok(None);
-        };
-        let plain = self.cipher.open(path, &rec.value)?;
-        serde_json::from_slice(&plain)
-            .map(Some)
-            .map_err(|e| TransitError::Record {
-                path: path.into(),
-                reason: e.to_string(),
-            })
     }
 
     /// Encrypts and stores `value` at `path` if the record is still as this node last saw it;
@@ -725,40 +701,6 @@ impl Transit {
         let dk = Zeroizing::new(crypto::random_vec(bits as usize / 8)?);
         let (ct, v) = self.encrypt(name, &dk, associated_data, None)?;
         Ok((dk, ct, v))
-    }
-
-    /// `hmac-sha256:<hex>` of a value, as the audit trail writes values that must not appear in
-    /// clear (Vault's convention); an operator holding a value checks it with `operator audit-hash`.
-    pub fn audit_hmac(&self, value: &[u8]) -> String {
-        format!(
-            "hmac-sha256:{}",
-            hex::encode(crypto::hmac_sha256(self.audit_key.as_slice(), value))
-        )
-    }
-
-    /// A copy of the audit chain key for the audit writer (which keeps it until seal).
-    pub fn audit_chain_key(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(self.audit_chain_key.as_slice().to_vec())
-    }
-
-    /// The newest anchor of the audit trail (seq, hash and mac of a keyed record).
-    pub async fn audit_anchor(&self) -> Result<Option<crate::audit::Anchor>> {
-        self.read_json(AUDIT_ANCHOR).await
-    }
-
-    /// Records `anchor` as the audit trail's newest anchor.
-    pub async fn put_audit_anchor(&self, anchor: &crate::audit::Anchor) -> Result<()> {
-        // Only this node's writer advances its anchor: no compare-and-swap needed.
-        let plain =
-            Zeroizing::new(
-                serde_json::to_vec(anchor).map_err(|e| TransitError::Record {
-                    path: AUDIT_ANCHOR.into(),
-                    reason: e.to_string(),
-                })?,
-            );
-        let sealed = self.cipher.seal(AUDIT_ANCHOR, &plain)?;
-        self.storage.put(AUDIT_ANCHOR, &sealed, Expect::Any).await?;
-        Ok(())
     }
 
     // --- policies ---

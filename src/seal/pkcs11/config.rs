@@ -10,7 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::config::locate::{Problem, Seg, problem};
+use crate::located::{Problem, Seg, problem, valid_name};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,7 +243,7 @@ impl Pkcs11Config {
         for (j, h) in self.hsm.iter().enumerate() {
             let at = |k: &'static str| vec![Key("hsm"), Index(j), Key(k)];
             let table = vec![Key("hsm"), Index(j)];
-            if !crate::config::valid_name(&h.name) {
+            if !valid_name(&h.name) {
                 out.push(problem(
                     at("name"),
                     "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",

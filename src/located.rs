@@ -1,5 +1,9 @@
-//! Where a config problem is: a path into the TOML document (`seal[0].hsm[1].timeout`), turned
-//! into a line and column of the file.
+//! Configuration problems and where they are: a path into the TOML document
+//! (`seal[0].hsm[1].timeout`) turned into a line and column of the file, an error inside one
+//! section with its span, and the naming rule of seals and members. A leaf that the config and
+//! every seal type's own section use.
+
+use std::ops::Range;
 
 /// A path into the TOML document, for locating errors.
 #[derive(Debug, Clone)]
@@ -93,4 +97,41 @@ impl Problem {
         self.at = at;
         self
     }
+}
+
+/// An error inside one section: where (`span`, absolute in the file), which key (relative to the
+/// section, may be empty) and what.
+#[derive(Debug)]
+pub struct SectionError {
+    pub span: Option<Range<usize>>,
+    pub key: String,
+    pub message: String,
+}
+
+impl From<toml::de::Error> for SectionError {
+    fn from(e: toml::de::Error) -> SectionError {
+        SectionError {
+            span: e.span(),
+            key: String::new(),
+            message: e.message().trim().to_string(),
+        }
+    }
+}
+
+impl SectionError {
+    pub fn at(span: Range<usize>, key: &str, message: impl Into<String>) -> SectionError {
+        SectionError {
+            span: Some(span),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Seal and member names: 1-64 characters of `a-z A-Z 0-9 - _ .`.
+pub fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }

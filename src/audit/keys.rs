@@ -1,0 +1,88 @@
+//! The audit trail's own keys, derived from the keyring while unsealed, and its anchor record:
+//! the HMAC key of the `hmac-sha256:` values in the trail, the chain key of each record's `mac`,
+//! and `audit/anchor` (the newest keyed record, stored encrypted under the keyring like every
+//! record). The audit module owns them; the core creates them at unseal and drops them at seal.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::Anchor;
+use crate::crypto;
+use crate::keyring::{KeyringError, RecordCipher, UnsealedKeys};
+use crate::secret::{LockedBytes, MemoryPolicy};
+use crate::storage::{Expect, Storage, StorageError};
+
+/// Where the audit trail's anchor is kept.
+pub const ANCHOR_KEY: &str = "audit/anchor";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditKeyError {
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("stored record {ANCHOR_KEY} is invalid: {0}")]
+    Invalid(String),
+}
+
+pub struct AuditKeys {
+    hmac_key: LockedBytes,
+    chain_key: LockedBytes,
+    cipher: RecordCipher,
+    storage: Arc<dyn Storage>,
+}
+
+impl AuditKeys {
+    /// The keys of this installation's trail (fixed derivations of the keyring's first term).
+    pub fn derive(
+        keys: Arc<UnsealedKeys>,
+        storage: Arc<dyn Storage>,
+        memory: MemoryPolicy,
+    ) -> Result<AuditKeys, AuditKeyError> {
+        let cipher = RecordCipher::new(keys);
+        Ok(AuditKeys {
+            hmac_key: cipher.derive_key(b"sealkeeper audit hmac v1", memory)?,
+            chain_key: cipher.derive_key(b"sealkeeper audit chain v1", memory)?,
+            cipher,
+            storage,
+        })
+    }
+
+    /// `hmac-sha256:<hex>` of a value, as the audit trail writes values that must not appear in
+    /// clear (Vault's convention); an operator holding a value checks it with `operator audit-hash`.
+    pub fn hmac(&self, value: &[u8]) -> String {
+        format!(
+            "hmac-sha256:{}",
+            hex::encode(crypto::hmac_sha256(self.hmac_key.as_slice(), value))
+        )
+    }
+
+    /// A copy of the chain key for the audit writer (which keeps it until seal).
+    pub fn chain_key(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.chain_key.as_slice().to_vec())
+    }
+
+    /// The newest anchor (seq, hash and mac of a keyed record), if one was stored.
+    pub async fn anchor(&self) -> Result<Option<Anchor>, AuditKeyError> {
+        let Some(rec) = self.storage.get(ANCHOR_KEY).await? else {
+            return Ok(None);
+        };
+        let plain = self.cipher.open(ANCHOR_KEY, &rec.value)?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| AuditKeyError::Invalid(e.to_string()))
+    }
+
+    /// Records `anchor` as the newest. Only this node's writer advances its anchor: no
+    /// compare-and-swap needed.
+    pub async fn store_anchor(&self, anchor: &Anchor) -> Result<(), AuditKeyError> {
+        let plain = Zeroizing::new(
+            serde_json::to_vec(anchor).map_err(|e| AuditKeyError::Invalid(e.to_string()))?,
+        );
+        let sealed = self.cipher.seal(ANCHOR_KEY, &plain)?;
+        self.storage.put(ANCHOR_KEY, &sealed, Expect::Any).await?;
+        Ok(())
+    }
+}
