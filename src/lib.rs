@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -19,7 +20,6 @@ pub mod profiles;
 pub mod recovery;
 pub mod seal;
 pub mod secret;
-pub mod server;
 pub mod storage;
 pub mod systemd;
 pub mod transit;

@@ -43,8 +43,8 @@ pub fn run(args: ServerArgs) -> Result<i32, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let shutdown = shutdown_signal()?;
-        let listeners = crate::server::bind(&cfg).await.map_err(|e| e.to_string())?;
-        crate::server::run(cfg, listeners, shutdown)
+        let listeners = crate::app::bind(&cfg).await.map_err(|e| e.to_string())?;
+        crate::app::run(cfg, listeners, shutdown)
             .await
             .map_err(|e| e.to_string())
     })?;

@@ -377,6 +377,54 @@ pub struct PublicOptions {
     pub body: BodyLimits,
 }
 
+/// A router and the paths it was given, so that the route set can be checked (a test compares
+/// the public listener's paths with an allow-list and probes every admin path on it). Built
+/// without state; `with_state` comes last.
+pub struct Routes<S> {
+    pub router: Router<S>,
+    pub paths: Vec<String>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Routes {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn route(mut self, path: &str, handler: axum::routing::MethodRouter<S>) -> Self {
+        self.paths.push(path.to_string());
+        self.router = self.router.route(path, handler);
+        self
+    }
+}
+
+/// The public listener's own routes (sys), before state.
+fn sys_routes() -> Routes<Arc<Core>> {
+    Routes::new()
+        .route("/v1/sys/health", get(health_handler).head(health_handler))
+        .route("/v1/sys/seal-status", get(seal_status_handler))
+        .route(
+            "/v1/sys/seal-backend-status",
+            get(seal_backend_status_handler),
+        )
+        .route("/v1/sys/init", get(init_status_handler))
+}
+
+/// Every path the public listener serves, with the transit mount at `mount`.
+pub fn public_paths(mount: &str) -> Vec<String> {
+    let mut p = sys_routes().paths;
+    p.extend(transit::public_routes(mount).paths);
+    p
+}
+
 /// The router of the public listener.
 pub fn public_router(
     core: Arc<Core>,
@@ -390,19 +438,14 @@ pub fn public_router(
         max_batch_items: transit.max_batch_items,
     };
     // Layers run outermost first: client address, audit, body, throttle, then the handler.
-    Router::new()
-        .route("/v1/sys/health", get(health_handler).head(health_handler))
-        .route("/v1/sys/seal-status", get(seal_status_handler))
-        .route(
-            "/v1/sys/seal-backend-status",
-            get(seal_backend_status_handler),
-        )
-        .route("/v1/sys/init", get(init_status_handler))
+    sys_routes()
+        .router
         .with_state(core)
-        .merge(transit::public_routes(
-            state,
-            transit.mount.trim_matches('/'),
-        ))
+        .merge(
+            transit::public_routes(transit.mount.trim_matches('/'))
+                .router
+                .with_state(state),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(json_errors))

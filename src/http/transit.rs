@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -18,12 +17,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
+use super::Routes;
 use super::audit_layer::{AuditFields, annotate};
 use super::wiped::WipedString;
 use crate::core::Core;
-use crate::transit::{
-    Capability, KeyConfig, Policy, TokenRecord, TokenRequest, Transit, TransitError, decode_b64,
-};
+use crate::transit::{Capability, TokenRecord, Transit, TransitError, decode_b64};
 
 /// Request limits and the mount, shared by the handlers.
 #[derive(Clone)]
@@ -76,9 +74,9 @@ impl From<TransitError> for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
-fn transit(st: &TransitState) -> Result<Arc<Transit>, ApiError> {
+pub(crate) fn transit(st: &TransitState) -> Result<Arc<Transit>, ApiError> {
     st.core.transit().ok_or_else(|| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -88,11 +86,11 @@ fn transit(st: &TransitState) -> Result<Arc<Transit>, ApiError> {
 }
 
 /// Vault's response envelope.
-fn envelope(data: Value, auth: Value) -> Response {
+pub(crate) fn envelope(data: Value, auth: Value) -> Response {
     envelope_with(data, auth, Value::Null)
 }
 
-fn envelope_with(data: Value, auth: Value, warnings: Value) -> Response {
+pub(crate) fn envelope_with(data: Value, auth: Value, warnings: Value) -> Response {
     // Plaintexts, data keys and tokens travel in these answers: wiped once sent.
     super::wiped::json_response(
         StatusCode::OK,
@@ -161,7 +159,7 @@ pub fn token_of(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Reads a body of at most `max` bytes.
-async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, max).await.map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -171,7 +169,7 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
 }
 
 /// Parses a JSON body; an empty body is `{}`.
-fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes: &[u8] = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         b"{}"
     } else {
@@ -182,7 +180,10 @@ fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError>
 }
 
 /// Reads and parses a JSON body of at most `max` bytes.
-async fn json_body<T: for<'de> Deserialize<'de>>(body: Body, max: usize) -> Result<T, ApiError> {
+pub(crate) async fn json_body<T: for<'de> Deserialize<'de>>(
+    body: Body,
+    max: usize,
+) -> Result<T, ApiError> {
     parse_json(&read_body(body, max).await?)
 }
 
@@ -591,7 +592,7 @@ fn accessor_and_key(rec: &TokenRecord, key: &str) -> AuditFields {
     )
 }
 
-fn auth_block(rec: &TokenRecord, token: Option<&str>) -> Value {
+pub(crate) fn auth_block(rec: &TokenRecord, token: Option<&str>) -> Value {
     let now = crate::transit::now_unix();
     json!({
         "client_token": token.unwrap_or(""),
@@ -613,7 +614,7 @@ fn rfc3339(unix: u64) -> String {
         .to_string()
 }
 
-fn lookup_data(rec: &TokenRecord, id: Option<&str>) -> Value {
+pub(crate) fn lookup_data(rec: &TokenRecord, id: Option<&str>) -> Value {
     let now = crate::transit::now_unix();
     json!({
         "accessor": rec.accessor,
@@ -673,8 +674,8 @@ async fn lookup_self(State(st): State<TransitState>, headers: HeaderMap) -> ApiR
 }
 
 /// Routes of the public listener under `mount`.
-pub fn public_routes(state: TransitState, mount: &str) -> Router {
-    Router::new()
+pub fn public_routes(mount: &str) -> Routes<TransitState> {
+    Routes::new()
         .route(
             &format!("/v1/{mount}/encrypt/{{key}}"),
             post(encrypt).put(encrypt),
@@ -700,197 +701,12 @@ pub fn public_routes(state: TransitState, mount: &str) -> Router {
             "/v1/auth/token/lookup-self",
             get(lookup_self).post(lookup_self),
         )
-        .with_state(state)
-}
-
-// ---- admin socket ----
-
-async fn admin_list_keys(State(st): State<TransitState>) -> ApiResult {
-    Ok(envelope(
-        json!({ "keys": transit(&st)?.list_keys() }),
-        Value::Null,
-    ))
-}
-
-async fn admin_read_key(State(st): State<TransitState>, Path(key): Path<String>) -> ApiResult {
-    Ok(envelope(transit(&st)?.key_metadata(&key)?, Value::Null))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateKey {
-    #[serde(rename = "type")]
-    key_type: Option<String>,
-    exportable: Option<bool>,
-    derived: Option<bool>,
-}
-
-async fn admin_create_key(
-    State(st): State<TransitState>,
-    Path(key): Path<String>,
-    body: Body,
-) -> ApiResult {
-    let t = transit(&st)?;
-    let req: CreateKey = json_body(body, st.max_body).await?;
-    if req
-        .key_type
-        .as_deref()
-        .is_some_and(|k| k != crate::transit::KEY_TYPE)
-    {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "only type aes256-gcm96 is supported".into(),
-        ));
-    }
-    if req.exportable == Some(true) || req.derived == Some(true) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "keys are never exportable or derived here".into(),
-        ));
-    }
-    Ok(envelope(t.create_key(&key).await?, Value::Null))
-}
-
-async fn admin_rotate_key(State(st): State<TransitState>, Path(key): Path<String>) -> ApiResult {
-    Ok(envelope(transit(&st)?.rotate_key(&key).await?, Value::Null))
-}
-
-async fn admin_config_key(
-    State(st): State<TransitState>,
-    Path(key): Path<String>,
-    body: Body,
-) -> ApiResult {
-    let t = transit(&st)?;
-    let cfg: KeyConfig = json_body(body, st.max_body).await?;
-    Ok(envelope(t.configure_key(&key, &cfg).await?, Value::Null))
-}
-
-async fn admin_delete_key(State(st): State<TransitState>, Path(key): Path<String>) -> ApiResult {
-    transit(&st)?.delete_key(&key).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn admin_list_policies(State(st): State<TransitState>) -> ApiResult {
-    Ok(envelope(
-        json!({ "policies": transit(&st)?.list_policies() }),
-        Value::Null,
-    ))
-}
-
-async fn admin_read_policy(State(st): State<TransitState>, Path(name): Path<String>) -> ApiResult {
-    let p = transit(&st)?.policy(&name)?;
-    Ok(envelope(
-        serde_json::to_value(p).unwrap_or(Value::Null),
-        Value::Null,
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyBody {
-    #[serde(alias = "rule")]
-    rules: Vec<crate::transit::Rule>,
-}
-
-async fn admin_write_policy(
-    State(st): State<TransitState>,
-    Path(name): Path<String>,
-    body: Body,
-) -> ApiResult {
-    let t = transit(&st)?;
-    let b: PolicyBody = json_body(body, st.max_body).await?;
-    t.write_policy(Policy {
-        name,
-        rules: b.rules,
-    })
-    .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn admin_delete_policy(
-    State(st): State<TransitState>,
-    Path(name): Path<String>,
-) -> ApiResult {
-    transit(&st)?.delete_policy(&name).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn admin_create_token(State(st): State<TransitState>, body: Body) -> ApiResult {
-    let t = transit(&st)?;
-    let req: TokenRequest = json_body(body, st.max_body).await?;
-    let (rec, token) = t.create_token(&req).await?;
-    Ok(envelope(Value::Null, auth_block(&rec, Some(&token))))
-}
-
-async fn admin_list_tokens(State(st): State<TransitState>) -> ApiResult {
-    let t = transit(&st)?;
-    let list: Vec<Value> = t
-        .list_tokens()
-        .iter()
-        .map(|r| lookup_data(r, None))
-        .collect();
-    let keys: Vec<&str> = list.iter().filter_map(|v| v["accessor"].as_str()).collect();
-    Ok(envelope(
-        json!({ "keys": keys, "tokens": list }),
-        Value::Null,
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeAccessor {
-    accessor: String,
-}
-
-async fn admin_revoke_accessor(State(st): State<TransitState>, body: Body) -> ApiResult {
-    let t = transit(&st)?;
-    let req: RevokeAccessor = json_body(body, st.max_body).await?;
-    t.revoke_accessor(&req.accessor).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Routes of the admin socket under `mount`.
-pub fn admin_routes(state: TransitState, mount: &str) -> Router {
-    Router::new()
-        .route(&format!("/v1/{mount}/keys"), get(admin_list_keys))
-        .route(
-            &format!("/v1/{mount}/keys/{{key}}"),
-            get(admin_read_key)
-                .post(admin_create_key)
-                .put(admin_create_key)
-                .delete(admin_delete_key),
-        )
-        .route(
-            &format!("/v1/{mount}/keys/{{key}}/rotate"),
-            post(admin_rotate_key).put(admin_rotate_key),
-        )
-        .route(
-            &format!("/v1/{mount}/keys/{{key}}/config"),
-            post(admin_config_key).put(admin_config_key),
-        )
-        .route("/v1/sys/policies/transit", get(admin_list_policies))
-        .route(
-            "/v1/sys/policies/transit/{name}",
-            get(admin_read_policy)
-                .put(admin_write_policy)
-                .post(admin_write_policy)
-                .delete(admin_delete_policy),
-        )
-        .route(
-            "/v1/auth/token/create",
-            post(admin_create_token).put(admin_create_token),
-        )
-        .route("/v1/auth/token/accessors", get(admin_list_tokens))
-        .route(
-            "/v1/auth/token/revoke-accessor",
-            post(admin_revoke_accessor).put(admin_revoke_accessor),
-        )
-        .with_state(state)
 }
 
 /// For fuzzing and property tests: runs `body` through the encrypt, decrypt or rewrap route's own
-/// code after authorization (`op` is "encrypt", "decrypt" or "rewrap"), and every administration
-/// body type through the parser its handler uses. Returns the status and body of the answer.
+/// code after authorization (`op` is "encrypt", "decrypt" or "rewrap"), and the public routes'
+/// other body types through the parser their handlers use (the admin routes' bodies:
+/// `admin::parse_bodies`). Returns the status and body of the answer.
 pub fn process_body(
     t: &Transit,
     op: &str,
@@ -898,18 +714,7 @@ pub fn process_body(
     body: &[u8],
     max_batch_items: usize,
 ) -> (StatusCode, Value) {
-    let _ = parse_json::<CreateKey>(body);
-    let _ = parse_json::<KeyConfig>(body);
     let _ = parse_json::<RenewRequest>(body);
-    let _ = parse_json::<RevokeAccessor>(body);
-    let _ = parse_json::<TokenRequest>(body);
-    if let Ok(p) = parse_json::<PolicyBody>(body) {
-        let _ = Policy {
-            name: "fuzz".into(),
-            rules: p.rules,
-        }
-        .validate();
-    }
     let op = match op {
         "encrypt" => Op::Encrypt,
         "decrypt" => Op::Decrypt,

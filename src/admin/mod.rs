@@ -17,8 +17,12 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use tokio::net::UnixListener;
 
+mod transit;
+
 use crate::config::AdminConfig;
 use crate::core::{Core, CoreError};
+use crate::http::Routes;
+use crate::http::transit::parse_json;
 use crate::http::{
     ApiError, error_response, hsm_status_handler, method_not_allowed, not_found, seal_status_body,
     seal_status_handler,
@@ -125,16 +129,14 @@ fn json_or_error<T: serde::Serialize>(result: Result<T, CoreError>) -> Response 
     }
 }
 
-fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+/// The admin routes parse bodies as the public ones do ([`parse_json`]: an empty body is `{}`); every
+/// admin request type takes its defaults for absent fields.
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    parse_json(body)
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct InitRequest {
     recovery_shares: Option<u32>,
     recovery_threshold: Option<u32>,
@@ -210,7 +212,7 @@ async fn seal(State(core): State<Arc<Core>>) -> Response {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct UnsealRequest {
     key: Option<String>,
     #[serde(default)]
@@ -251,7 +253,7 @@ pub struct AuditTrail {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct AuditVerifyRequest {
     #[serde(default)]
     files: Vec<std::path::PathBuf>,
@@ -379,18 +381,9 @@ async fn rekey_update(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     json_or_error(core.rekey_update(&req.key, &req.nonce).await)
 }
 
-pub fn router(
-    core: Arc<Core>,
-    transit: &crate::config::TransitConfig,
-    audit: crate::http::audit_layer::AuditCtx,
-    trail: AuditTrail,
-) -> Router {
-    let state = crate::http::transit::TransitState {
-        max_batch_items: transit.max_batch_items,
-        core: core.clone(),
-        max_body: transit.max_request_bytes,
-    };
-    Router::new()
+/// The admin socket's core routes (init, seal, unseal, rotation, rekey, audit), before state.
+fn core_routes() -> Routes<Arc<Core>> {
+    Routes::new()
         .route(
             "/v1/sys/init",
             get(crate::http::init_status_handler).put(init).post(init),
@@ -446,11 +439,31 @@ pub fn router(
                 .delete(rekey_cancel),
         )
         .route("/v1/sys/rekey/update", put(rekey_update).post(rekey_update))
+}
+
+/// Every path the admin socket serves, with the transit mount at `mount`.
+pub fn paths(mount: &str) -> Vec<String> {
+    let mut p = core_routes().paths;
+    p.extend(transit::routes(mount).paths);
+    p
+}
+
+pub fn router(
+    core: Arc<Core>,
+    transit: &crate::config::TransitConfig,
+    audit: crate::http::audit_layer::AuditCtx,
+    trail: AuditTrail,
+) -> Router {
+    let mount = transit.mount.trim_matches('/');
+    let state = crate::http::transit::TransitState {
+        max_batch_items: transit.max_batch_items,
+        core: core.clone(),
+        max_body: transit.max_request_bytes,
+    };
+    core_routes()
+        .router
         .with_state(core)
-        .merge(crate::http::transit::admin_routes(
-            state,
-            transit.mount.trim_matches('/'),
-        ))
+        .merge(transit::routes(mount).router.with_state(state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(trail))
@@ -480,4 +493,7 @@ pub fn parse_bodies(body: &[u8]) -> Vec<Result<(), String>> {
             .map(|_| ())
             .map_err(|e| e.1),
     ]
+    .into_iter()
+    .chain(transit::parse_bodies(body))
+    .collect()
 }
