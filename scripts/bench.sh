@@ -4,6 +4,7 @@
 #   scripts/bench.sh startup [RUNS]
 #   scripts/bench.sh transit [SECONDS]
 #   scripts/bench.sh hardening [idle|batch|flood|core|bao ...]
+#   scripts/bench.sh compare BEFORE_BINARY [startup|transit ...]
 #
 # startup: median time from exec of `sealkeeper server` to its first 200 from /v1/sys/health (an
 # initialized node auto-unsealing from SoftHSM over TLS), over RUNS restarts (default 25), beside a
@@ -19,6 +20,10 @@
 # the cost of the durable, group-committed audit records; and encrypt unaudited with the system
 # allocator (enc-sysa, examples/sealkeeper_system_alloc) for the cost of wiping freed memory.
 #
+# compare: startup and transit (or the ones named) for BEFORE_BINARY (an earlier release build of
+# sealkeeper) and for this tree's, one after the other in the same run, each beside its own floor;
+# SEALKEEPER_BENCH_BIN selects the daemon binary of a single startup or transit run the same way.
+#
 # hardening: health latency with 1,000 idle connections, peak RSS of the largest accepted batch,
 # audit growth under a failed-token flood, secrets left in a core dump, and OpenBao's start-to-
 # unsealed through Sealkeeper against a second OpenBao (scripts/bench_hardening.py).
@@ -27,6 +32,18 @@ cd "$(dirname "$0")/.."
 
 what=${1:-}
 case "$what" in
+  compare)
+    before=$(realpath "${2:?give the binary to compare with}")
+    shift 2
+    [ $# -gt 0 ] || set -- startup transit
+    cargo build --release --quiet --bin sealkeeper
+    for b in "$@"; do
+      echo "== $b: before ($before)"
+      SEALKEEPER_BENCH_BIN=$before "$0" "$b"
+      echo "== $b: after ($PWD/target/release/sealkeeper)"
+      "$0" "$b"
+    done
+    exit 0 ;;
   startup) RUNS=${2:-25} ;;
   transit) SECS=${2:-5} ;;
   hardening)
@@ -45,7 +62,7 @@ esac
 if [ "$what" = transit ]; then
   command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
   cargo build --release --quiet --bin sealkeeper --example https_floor --example sealkeeper_system_alloc
-  BIN=$PWD/target/release/sealkeeper
+  BIN=${SEALKEEPER_BENCH_BIN:-$PWD/target/release/sealkeeper}
   WORK=$(mktemp -d)
   trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
   free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -105,14 +122,17 @@ print(f"{sys.argv[1]:<8} {sys.argv[2]:>5} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f}")
     run enc-noau "$URL/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
     run dec-noau "$URL/decrypt/bench" "{\"ciphertext\":\"$CT\"}" "$c" | tee -a "$WORK/results"
   done
-  # The same, with the system allocator instead of the wiping one (examples/sealkeeper_system_alloc).
+  # The same, with the system allocator instead of the wiping one (examples/sealkeeper_system_alloc,
+  # built from this tree: not when another binary is measured).
   kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
-  target/release/examples/sealkeeper_system_alloc server --config "$DIR/sealkeeper.toml" 2>/dev/null &
-  for _ in $(seq 1 200); do curl -s -o /dev/null --cacert "$DIR/tls/server.crt" "https://localhost:$PORT/v1/sys/health" && break; sleep 0.05; done
-  sleep 0.5
-  for c in 1 16 64; do
-    run enc-sysa "$URL/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
-  done
+  if [ -z "${SEALKEEPER_BENCH_BIN:-}" ]; then
+    target/release/examples/sealkeeper_system_alloc server --config "$DIR/sealkeeper.toml" 2>/dev/null &
+    for _ in $(seq 1 200); do curl -s -o /dev/null --cacert "$DIR/tls/server.crt" "https://localhost:$PORT/v1/sys/health" && break; sleep 0.05; done
+    sleep 0.5
+    for c in 1 16 64; do
+      run enc-sysa "$URL/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
+    done
+  fi
   python3 - "$WORK/results" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
@@ -132,7 +152,7 @@ PY
 fi
 
 cargo build --release --quiet --bin sealkeeper --example pkcs11_floor
-BIN=$PWD/target/release/sealkeeper
+BIN=${SEALKEEPER_BENCH_BIN:-$PWD/target/release/sealkeeper}
 FLOOR=$PWD/target/release/examples/pkcs11_floor
 WORK=$(mktemp -d)
 trap 'kill %1 2>/dev/null || true; rm -rf "$WORK"' EXIT

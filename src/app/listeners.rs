@@ -3,6 +3,7 @@
 //! socket (peer credentials checked per connection).
 
 use super::*;
+use crate::locks::MutexExt;
 
 /// Limits of the public listener (`[listener]`).
 #[derive(Clone, Copy, Debug)]
@@ -354,7 +355,7 @@ pub(super) async fn serve_public(
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             if tls::is_client_certificate_error(&e) {
-                                let due = tls_warning.lock().unwrap_or_else(|p| p.into_inner()).due();
+                                let due = tls_warning.lock_recover().due();
                                 if let Some(n) = due {
                                     tracing::warn!(%peer, error = %e, suppressed = n, "TLS client certificate refused");
                                 }

@@ -12,6 +12,7 @@
 //! The table is bounded ([`MAX_ADDRESSES`] per interval); beyond that, addresses share one entry
 //! (`client_address: "other"`).
 
+use crate::locks::MutexExt;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -61,7 +62,7 @@ impl Denials {
     /// Counts a denial; true when it is the first of its kind from `ip` this interval, and so is
     /// to be recorded in full by the caller.
     pub fn note(&self, kind: DenialKind, ip: IpAddr) -> bool {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.table.lock_recover();
         let mut key = (kind, Some(ip));
         if !t.contains_key(&key) && t.len() >= MAX_ADDRESSES {
             key = (kind, None);
@@ -88,7 +89,7 @@ impl Denials {
     /// new interval.
     pub fn flush(&self) {
         let drained: Vec<_> = {
-            let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            let mut t = self.table.lock_recover();
             t.drain().collect()
         };
         for ((kind, ip), n) in drained {

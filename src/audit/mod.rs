@@ -14,6 +14,7 @@ pub mod denials;
 pub mod keys;
 pub mod verify;
 
+use crate::locks::MutexExt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -192,7 +193,7 @@ impl Audit {
 
     /// The newest keyed record made durable, if any since start.
     pub fn head(&self) -> Option<Anchor> {
-        self.head.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.head.lock_recover().clone()
     }
 
     /// Appends `event` and waits until it is durable.
@@ -360,7 +361,7 @@ impl Writer {
             self.seq = seq;
             self.prev = prev;
             if head.is_some() {
-                *self.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+                *self.head.lock_recover() = head;
             }
         } else if let Err(e) = &result {
             tracing::error!(error = %e, "audit log write failed: refusing the requests of this batch");

@@ -2,6 +2,7 @@
 //! ceremony step, sent to every [`Subscriber`]. The audit trail is the first subscriber (each
 //! event is one audit record, [`CoreEvent::to_audit`]); metrics subscribe the same way.
 
+use crate::locks::RwLockExt;
 use std::fmt;
 use std::sync::Arc;
 
@@ -247,11 +248,11 @@ pub(super) struct Subscribers(std::sync::RwLock<Vec<Arc<dyn Subscriber>>>);
 
 impl Subscribers {
     pub(super) fn add(&self, s: Arc<dyn Subscriber>) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).push(s);
+        self.0.write_recover().push(s);
     }
 
     pub(super) fn emit(&self, event: CoreEvent) {
-        for s in self.0.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        for s in self.0.read_recover().iter() {
             s.on_event(&event);
         }
     }

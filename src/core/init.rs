@@ -2,6 +2,7 @@
 //! shares handed out, and the seal state and init record stored in one transaction.
 
 use super::*;
+use crate::locks::RwLockExt;
 
 impl Core {
     /// Initializes: a new root key wrapped by every enabled seal, a keyring, and the shares
@@ -102,7 +103,7 @@ impl Core {
                 Op::put(INIT_KEY, init_json, Expect::Absent),
             ])
             .await?;
-        *self.stored.write().unwrap_or_else(|p| p.into_inner()) = Some(st.clone());
+        *self.stored.write_recover() = Some(st.clone());
         fault::point("init:after-init-record");
 
         let keys = Arc::new(UnsealedKeys::from_shared(
@@ -117,7 +118,7 @@ impl Core {
             .map(|(n, w)| UnsealedBy::new(n, &w.blob.wrapped_by))
             .or_else(|| shamir.as_ref().map(|s| UnsealedBy::new(s, "unseal-keys")))
             .unwrap_or_else(|| UnsealedBy::new("", ""));
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = State::Unsealed {
+        *self.state.write_recover() = State::Unsealed {
             init,
             keys,
             transit,
@@ -125,7 +126,7 @@ impl Core {
             by: by.clone(),
             since_unix: now_unix(),
         };
-        *self.last_error.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.last_error.write_recover() = None;
         let wrapped_by: Vec<String> = st.wrappings.keys().cloned().collect();
         tracing::info!(
             seal_type = self.seal_type(),

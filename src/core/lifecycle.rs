@@ -2,6 +2,7 @@
 //! changed seal key, and catching up seals that were down when the root key was (re)wrapped.
 
 use super::*;
+use crate::locks::RwLockExt;
 
 impl Core {
     /// A new root key: the OS CSPRNG mixed with an HSM's generator through HKDF, so that neither a
@@ -88,7 +89,7 @@ impl Core {
             key: None,
             error: Some(e.clone()),
         }));
-        *self.rewrap.write().unwrap_or_else(|p| p.into_inner()) = Some(RewrapReport {
+        *self.rewrap.write_recover() = Some(RewrapReport {
             operation: operation.to_string(),
             is_running: false,
             processed: done.len() + failed.len(),

@@ -18,9 +18,11 @@ mod types;
 
 pub use types::{CoreError, CoreOptions, SealEntry, SealKind};
 
+use crate::clock::now_unix;
+use crate::locks::RwLockExt;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -50,13 +52,6 @@ use state::{
 pub const INIT_KEY: &str = "core/init";
 const ROOT_PURPOSE: &str = "root-key";
 const INIT_FORMAT: u32 = 2;
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// The record whose presence means "initialized". Written last at init, never changed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,7 +210,7 @@ impl Core {
 
     /// The installation id (reported as `cluster_id`), when initialized; no storage access.
     pub fn installation_id(&self) -> Option<String> {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*self.state.read_recover() {
             State::Unsealed { init, .. }
             | State::Sealed {
                 init: Some(init), ..
@@ -233,17 +228,11 @@ impl Core {
     }
 
     pub fn is_initialized(&self) -> bool {
-        !matches!(
-            *self.state.read().unwrap_or_else(|p| p.into_inner()),
-            State::Uninitialized
-        )
+        !matches!(*self.state.read_recover(), State::Uninitialized)
     }
 
     pub fn is_sealed(&self) -> bool {
-        !matches!(
-            *self.state.read().unwrap_or_else(|p| p.into_inner()),
-            State::Unsealed { .. }
-        )
+        !matches!(*self.state.read_recover(), State::Unsealed { .. })
     }
 
     /// The stored seal state and its revision, read from storage (every transition reads it
@@ -259,31 +248,27 @@ impl Core {
             Ok((st, rec.revision))
         };
         let r = read.await;
-        *self.stored.write().unwrap_or_else(|p| p.into_inner()) =
-            r.as_ref().ok().map(|(st, _)| st.clone());
+        *self.stored.write_recover() = r.as_ref().ok().map(|(st, _)| st.clone());
         r
     }
 
     /// The seal state as last read or written by this node (`None` when it could not be read):
     /// what status documents show, without a storage round trip.
     fn stored_state(&self) -> Option<RootState> {
-        self.stored
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.stored.read_recover().clone()
     }
 
     async fn commit(&self, st: &RootState, rev: Revision) -> Result<(), CoreError> {
         self.storage
             .put(ROOT_STATE_KEY, &st.to_json(), Expect::Revision(rev))
             .await?;
-        *self.stored.write().unwrap_or_else(|p| p.into_inner()) = Some(st.clone());
+        *self.stored.write_recover() = Some(st.clone());
         Ok(())
     }
 
     /// The keys, when unsealed. Request handlers clone the Arc and never hold the state lock.
     pub fn keys(&self) -> Option<Arc<UnsealedKeys>> {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*self.state.read_recover() {
             State::Unsealed { keys, .. } => Some(keys.clone()),
             _ => None,
         }
@@ -306,7 +291,7 @@ impl Core {
 
     /// The audit trail's keys, when unsealed.
     pub fn audit_keys(&self) -> Option<Arc<AuditKeys>> {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*self.state.read_recover() {
             State::Unsealed { audit_keys, .. } => Some(audit_keys.clone()),
             _ => None,
         }
@@ -314,14 +299,14 @@ impl Core {
 
     /// The transit state, when unsealed.
     pub fn transit(&self) -> Option<Arc<Transit>> {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*self.state.read_recover() {
             State::Unsealed { transit, .. } => Some(transit.clone()),
             _ => None,
         }
     }
 
     fn unsealed(&self) -> Result<(InitRecord, Arc<UnsealedKeys>), CoreError> {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*self.state.read_recover() {
             State::Unsealed { init, keys, .. } => Ok((init.clone(), keys.clone())),
             State::Uninitialized => Err(CoreError::NotInitialized),
             State::Sealed { .. } => Err(CoreError::Sealed),
@@ -341,15 +326,12 @@ impl Core {
 
     fn locked(&self, bytes: &[u8]) -> Result<LockedBytes, CoreError> {
         let b = LockedBytes::from_slice(bytes, self.opts.memory)?;
-        *self
-            .memory_locked
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = b.is_locked();
+        *self.memory_locked.write_recover() = b.is_locked();
         Ok(b)
     }
 
     fn sealed_init(&self, attempt: Attempt) -> Result<Option<InitRecord>, CoreError> {
-        match &*self.state.read().unwrap_or_else(|p| p.into_inner()) {
+        match &*self.state.read_recover() {
             State::Uninitialized => Err(CoreError::NotInitialized),
             State::Unsealed { .. } => Ok(None),
             State::Sealed {
@@ -362,11 +344,7 @@ impl Core {
                 Ok(Some(init.clone()))
             }
             State::Sealed { init: None, .. } => {
-                let e = self
-                    .last_error
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                let e = self.last_error.read_recover().clone();
                 Err(CoreError::StoredState(
                     e.map(|e| e.0)
                         .unwrap_or_else(|| "init record unreadable".into()),
@@ -399,14 +377,11 @@ impl Core {
             Err(e) => {
                 if attempt == Attempt::Operator {
                     // The operator wants the node unsealed: automatic retries resume.
-                    if let State::Sealed { manual, .. } =
-                        &mut *self.state.write().unwrap_or_else(|p| p.into_inner())
-                    {
+                    if let State::Sealed { manual, .. } = &mut *self.state.write_recover() {
                         *manual = false;
                     }
                 }
-                *self.last_error.write().unwrap_or_else(|p| p.into_inner()) =
-                    Some((e.to_string(), now_unix()));
+                *self.last_error.write_recover() = Some((e.to_string(), now_unix()));
                 if matches!(e, CoreError::NeedsShares(_)) {
                     tracing::info!(reason = %e, "sealed; waiting for operators");
                 } else {
@@ -556,7 +531,7 @@ impl Core {
         }
         let keys = Arc::new(UnsealedKeys::from_shared(root, keyring));
         let (transit, audit_keys) = self.open_keyed_state(&keys).await?;
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = State::Unsealed {
+        *self.state.write_recover() = State::Unsealed {
             init,
             keys,
             transit,
@@ -564,7 +539,7 @@ impl Core {
             by,
             since_unix: now_unix(),
         };
-        *self.last_error.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.last_error.write_recover() = None;
         self.wake.notify_one();
         Ok(())
     }
@@ -575,7 +550,7 @@ impl Core {
         // Shares given before the seal do not count after it (the verification of a rekey's new
         // shares included).
         self.ceremonies().clear();
-        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.write_recover();
         match &*st {
             State::Uninitialized => Err(CoreError::NotInitialized),
             State::Sealed { init, .. } => {
@@ -599,7 +574,7 @@ impl Core {
 
     /// Drops the keys at shutdown.
     pub fn zeroize(&self) {
-        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.write_recover();
         self.audit.set_chain_key(None);
         if let State::Unsealed { init, .. } = &*st {
             *st = State::Sealed {

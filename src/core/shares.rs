@@ -2,6 +2,7 @@
 //! submitted one at a time, and the rekey of either set with its verification.
 
 use super::*;
+use crate::locks::MutexExt;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Purpose {
@@ -42,7 +43,7 @@ impl Ceremonies {
 
 impl Core {
     pub(super) fn ceremonies(&self) -> std::sync::MutexGuard<'_, Ceremonies> {
-        self.ceremonies.lock().unwrap_or_else(|p| p.into_inner())
+        self.ceremonies.lock_recover()
     }
 
     /// Takes one share towards a Shamir unseal, a break-glass recovery-key unseal or a seal

@@ -1,6 +1,7 @@
 //! Status documents: what `operator status`, `sys/seal-status` and the health answers are built from.
 
 use super::*;
+use crate::locks::RwLockExt;
 
 impl Core {
     pub fn status(&self) -> Status {
@@ -67,12 +68,8 @@ impl Core {
         let migration = stored
             .as_ref()
             .is_some_and(|st| self.migration(st).is_some());
-        let last = self
-            .last_error
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let last = self.last_error.read_recover().clone();
+        let st = self.state.read_recover();
         let (state, initialized, sealed, by, since, manual, init, terms) = match &*st {
             State::Uninitialized => (
                 "uninitialized",
@@ -135,17 +132,13 @@ impl Core {
             installation_id: init.map(|i| i.installation_id.clone()),
             recovery_shares: stored.as_ref().map(|s| s.shares.shares).unwrap_or(0),
             recovery_threshold: stored.as_ref().map(|s| s.shares.threshold).unwrap_or(0),
-            memory_locked: *self.memory_locked.read().unwrap_or_else(|p| p.into_inner()),
+            memory_locked: *self.memory_locked.read_recover(),
             dumpable: crate::secret::is_dumpable(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             fips_mode: self.opts.fips_mode,
             fips_module: crate::crypto::fips_module_active(),
             self_tests: self.opts.self_tests.borrow().clone().unwrap_or_default(),
-            hsm_self_tests: self
-                .hsm_self_tests
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            hsm_self_tests: self.hsm_self_tests.read_recover().clone(),
         }
     }
 
@@ -184,10 +177,7 @@ impl Core {
     }
 
     pub fn rewrap_report(&self) -> Option<RewrapReport> {
-        self.rewrap
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.rewrap.read_recover().clone()
     }
 }
 

@@ -2,6 +2,7 @@
 //! health probe with its catch-up, and the self-test gates that decide whether the node may serve.
 
 use super::*;
+use crate::locks::RwLockExt;
 
 impl Core {
     pub(super) async fn hsm_self_test(
@@ -13,10 +14,7 @@ impl Core {
         let results = tokio::task::spawn_blocking(move || s.self_test())
             .await
             .map_err(|e| CoreError::Internal(format!("self-test task failed: {e}")))?;
-        *self
-            .hsm_self_tests
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = results.clone();
+        *self.hsm_self_tests.write_recover() = results.clone();
         for r in &results {
             self.emit(CoreEvent::HsmSelfTest {
                 member: r.member.clone(),
@@ -60,7 +58,7 @@ impl Core {
 
     pub(super) fn wants_auto_unseal(&self) -> bool {
         matches!(
-            *self.state.read().unwrap_or_else(|p| p.into_inner()),
+            *self.state.read_recover(),
             State::Sealed {
                 init: Some(_),
                 manual: false

@@ -11,6 +11,7 @@
 //! at most [`MAX_TRACKED`] addresses are tracked; past that, expired windows are dropped, and when
 //! every tracked address is still in its window, new addresses share one overflow bucket.
 
+use crate::locks::MutexExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
@@ -81,7 +82,7 @@ impl AuthThrottle {
     /// `Err(retry_after)` when `ip` has used up its failures in the current window.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
-        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let table = self.table.lock_recover();
         let key = bucket(ip);
         let w = table
             .get(&key)
@@ -98,7 +99,7 @@ impl AuthThrottle {
     /// Counts one failed authentication of `ip`.
     pub fn failed(&self, ip: IpAddr) {
         let now = Instant::now();
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.table.lock_recover();
         let mut key = bucket(ip);
         if !table.contains_key(&key) && table.len() >= MAX_TRACKED {
             let window = self.window;
@@ -120,7 +121,7 @@ impl AuthThrottle {
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.table.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.table.lock_recover().len()
     }
 }
 

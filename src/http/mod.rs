@@ -1,9 +1,9 @@
 //! The public API (served over TLS): Vault-compatible `sys/health` and `sys/seal-status`, plus
 //! `sys/hsm-status`. Shared handlers and helpers for the admin socket live here too.
 
+use crate::clock::now_unix;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -53,13 +53,6 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method {method} is not allowed on {}", uri.path()),
     )
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Go's strconv.ParseBool, which Vault uses; a bare parameter (`?standbyok`) counts as true.

@@ -5,6 +5,7 @@
 //! tag`, AES-256-GCM with the record's storage path and the term bound as associated data, so that
 //! a record copied to another path, or to another installation, does not decrypt.
 
+use crate::locks::RwLockExt;
 use std::sync::{Arc, RwLock};
 
 use crate::crypto::{self, KEY_LEN};
@@ -47,26 +48,22 @@ impl UnsealedKeys {
 
     /// A new keyring term (after a rotation was stored).
     pub fn add_term(&self, term: u32, key: Arc<LockedBytes>) {
-        self.keyring
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((term, key));
+        self.keyring.write_recover().push((term, key));
     }
 
     /// The new root key (after a rotate-root was stored); the old one is zeroized when its last
     /// reference goes.
     pub fn replace_root(&self, root: LockedBytes) {
-        *self.root.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(root);
+        *self.root.write_recover() = Arc::new(root);
     }
 
     pub fn root(&self) -> Arc<LockedBytes> {
-        self.root.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.root.read_recover().clone()
     }
 
     pub fn latest_term(&self) -> Option<(u32, Arc<LockedBytes>)> {
         self.keyring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_recover()
             .iter()
             .max_by_key(|(t, _)| *t)
             .cloned()
@@ -74,8 +71,7 @@ impl UnsealedKeys {
 
     pub fn term(&self, term: u32) -> Option<Arc<LockedBytes>> {
         self.keyring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_recover()
             .iter()
             .find(|(t, _)| *t == term)
             .map(|(_, k)| k.clone())
@@ -83,8 +79,7 @@ impl UnsealedKeys {
 
     pub fn first_term(&self) -> Option<Arc<LockedBytes>> {
         self.keyring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_recover()
             .iter()
             .min_by_key(|(t, _)| *t)
             .map(|(_, k)| k.clone())
@@ -93,8 +88,7 @@ impl UnsealedKeys {
     pub fn terms(&self) -> Vec<u32> {
         let mut t: Vec<u32> = self
             .keyring
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_recover()
             .iter()
             .map(|(t, _)| *t)
             .collect();

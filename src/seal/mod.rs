@@ -128,10 +128,7 @@ impl WrappedBlob {
             seal_type: seal_type.to_string(),
             aad: associated_data(ctx, seal_type, seal_name),
             wrapped_by: wrapped_by.to_string(),
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_unix: crate::clock::now_unix(),
             params,
         })
     }

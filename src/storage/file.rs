@@ -9,6 +9,7 @@
 //! transaction that did not report success has no effect. One process at a time: an exclusive lock
 //! on `<path>/LOCK`. File I/O runs on tokio's blocking threads.
 
+use crate::locks::MutexExt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -132,7 +133,7 @@ impl FileStorage {
 
 impl Inner {
     fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+        self.writer.lock_recover()
     }
 
     fn io_err(&self, op: impl Into<String>) -> impl FnOnce(io::Error) -> StorageError + '_ {

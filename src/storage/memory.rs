@@ -2,6 +2,7 @@
 //! core's in-process unit tests, and by any test that needs a store whose writes can be made to
 //! fail on demand ([`MemoryStorage::fail_writes`]).
 
+use crate::locks::MutexExt;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -38,7 +39,7 @@ impl MemoryStorage {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock_recover()
     }
 
     /// Makes every later write fail with `reason` (`None`: writes work again). Reads keep working.

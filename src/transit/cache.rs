@@ -4,6 +4,7 @@
 //! saw as their expectation.
 
 use super::*;
+use crate::locks::{MutexExt, RwLockExt};
 
 /// The prefixes whose records are held in memory.
 pub(super) const CACHED: [&str; 3] = [KEY_PREFIX, policy::PREFIX, tokens::PREFIX];
@@ -72,8 +73,7 @@ impl Transit {
 
     pub(super) fn is_newer(&self, path: &str, rev: Revision) -> bool {
         self.revisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_recover()
             .get(path)
             .is_none_or(|(seen, _)| *seen < rev)
     }
@@ -81,7 +81,7 @@ impl Transit {
     /// Puts `item` in the caches as the state of `path` at `rev`, unless a newer change was
     /// applied meanwhile.
     pub(super) fn install(&self, path: &str, rev: Revision, item: Cached) {
-        let mut seen = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.revisions.lock_recover();
         if seen.get(path).is_some_and(|(r, _)| *r >= rev) {
             return;
         }
@@ -97,29 +97,17 @@ impl Transit {
             .to_string();
         match item {
             Cached::Key(k) => {
-                self.keys
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name, k);
+                self.keys.write_recover().insert(name, k);
             }
             Cached::Policy(p) => {
-                self.policies
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name, p);
+                self.policies.write_recover().insert(name, p);
             }
             Cached::Token(t) => self.tokens.insert(t),
             Cached::Removed if path.starts_with(KEY_PREFIX) => {
-                self.keys
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name);
+                self.keys.write_recover().remove(&name);
             }
             Cached::Removed if path.starts_with(policy::PREFIX) => {
-                self.policies
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name);
+                self.policies.write_recover().remove(&name);
             }
             Cached::Removed => self.tokens.remove_accessor(&name),
         }
@@ -127,12 +115,7 @@ impl Transit {
 
     /// What a write of `path` expects to find: the revision this node last saw, or nothing.
     pub(super) fn expected(&self, path: &str) -> Expect {
-        match self
-            .revisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(path)
-        {
+        match self.revisions.lock_recover().get(path) {
             Some((rev, true)) => Expect::Revision(*rev),
             _ => Expect::Absent,
         }
@@ -159,8 +142,7 @@ impl Transit {
             }
             let gone: Vec<String> = self
                 .revisions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .lock_recover()
                 .iter()
                 .filter(|(p, (_, exists))| {
                     *exists && p.starts_with(prefix) && !present.contains(p.as_str())
@@ -168,7 +150,7 @@ impl Transit {
                 .map(|(p, _)| p.clone())
                 .collect();
             for p in gone {
-                let mut seen = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+                let mut seen = self.revisions.lock_recover();
                 if let Some(entry) = seen.get_mut(&p) {
                     entry.1 = false;
                 }
@@ -195,13 +177,11 @@ impl Transit {
         // A deletion's own revision is not reported; the feed's is higher than anything before.
         let rev = self
             .revisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_recover()
             .get(path)
             .map_or(0, |(r, _)| *r);
         self.revisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_recover()
             .insert(path.to_string(), (rev, false));
         self.put_cached(path, Cached::Removed);
         Ok(())

@@ -4,13 +4,14 @@
 
 mod cache;
 
+pub(crate) use crate::clock::now_unix;
+use crate::locks::{MutexExt, RwLockExt};
 use cache::{CACHED, Cached, follow};
 pub mod policy;
 pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -27,13 +28,6 @@ pub use tokens::{TokenRecord, TokenRequest};
 
 pub const KEY_TYPE: &str = "aes256-gcm96";
 const KEY_PREFIX: &str = "transit/keys/";
-
-pub(crate) fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -215,7 +209,7 @@ impl Transit {
         }
         let t = Arc::new(t);
         let task = tokio::spawn(follow(Arc::downgrade(&t), feed));
-        *t.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        *t.watcher.lock_recover() = Some(task.abort_handle());
         Ok(t)
     }
 
@@ -284,8 +278,7 @@ impl Transit {
 
     fn key(&self, name: &str) -> Result<Arc<TransitKey>> {
         self.keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_recover()
             .get(name)
             .cloned()
             .ok_or_else(|| bad(format!("encryption key {name:?} not found")))
@@ -327,12 +320,7 @@ impl Transit {
             )));
         }
         let _w = self.write.lock().await;
-        if self
-            .keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(name)
-        {
+        if self.keys.read_recover().contains_key(name) {
             return Err(bad(format!("key {name:?} already exists")));
         }
         let mut versions = BTreeMap::new();
@@ -437,12 +425,7 @@ impl Transit {
     }
 
     pub fn list_keys(&self) -> Vec<String> {
-        self.keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.keys.read_recover().keys().cloned().collect()
     }
 
     pub fn key_metadata(&self, name: &str) -> Result<Value> {
@@ -548,20 +531,14 @@ impl Transit {
 
     pub fn policy(&self, name: &str) -> Result<Policy> {
         self.policies
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_recover()
             .get(name)
             .cloned()
             .ok_or_else(|| TransitError::NotFound(format!("policy {name:?} not found")))
     }
 
     pub fn list_policies(&self) -> Vec<String> {
-        self.policies
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.policies.read_recover().keys().cloned().collect()
     }
 
     pub async fn delete_policy(&self, name: &str) -> Result<()> {
@@ -633,7 +610,7 @@ impl Transit {
         cap: Capability,
     ) -> Result<TokenRecord> {
         let rec = self.authenticate(token)?;
-        let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
+        let policies = self.policies.read_recover();
         let allowed = rec
             .policies
             .iter()

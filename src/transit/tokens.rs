@@ -2,6 +2,7 @@
 //! from the keyring) is kept, with an accessor that names it in listings and revocations.
 //! Periodic tokens never expire while they are renewed within their period.
 
+use crate::locks::RwLockExt;
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -133,46 +134,31 @@ impl TokenStore {
     }
 
     pub fn insert(&self, rec: TokenRecord) {
-        self.by_hash
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rec.hash.clone(), rec);
+        self.by_hash.write_recover().insert(rec.hash.clone(), rec);
     }
 
     /// Finds a token by its HMAC. The map is keyed by an HMAC the caller cannot compute, so the
     /// lookup's timing reveals nothing about stored tokens.
     pub fn lookup(&self, token: &str) -> Option<TokenRecord> {
         let h = self.hash(token);
-        self.by_hash
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&h)
-            .cloned()
+        self.by_hash.read_recover().get(&h).cloned()
     }
 
     pub fn contains_accessor(&self, accessor: &str) -> bool {
         self.by_hash
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_recover()
             .values()
             .any(|r| r.accessor == accessor)
     }
 
     pub fn remove_accessor(&self, accessor: &str) {
         self.by_hash
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .write_recover()
             .retain(|_, r| r.accessor != accessor);
     }
 
     pub fn all(&self) -> Vec<TokenRecord> {
-        let mut v: Vec<_> = self
-            .by_hash
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = self.by_hash.read_recover().values().cloned().collect();
         v.sort_by(|a, b| {
             a.created_unix
                 .cmp(&b.created_unix)

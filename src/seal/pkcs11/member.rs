@@ -3,13 +3,15 @@
 //! whose call does not come back is marked down ("hung") and given no more work until that call
 //! returns, so a hanging network HSM never blocks the daemon.
 
+use crate::clock::now_unix;
+use crate::locks::MutexExt;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism as CkMechanism;
@@ -41,13 +43,6 @@ pub struct MemberSpec {
     pub mechanism: Mechanism,
     /// fips_mode: RSA keys below 2048 bits are refused.
     pub fips_mode: bool,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 type Job = Box<dyn FnOnce(&mut Worker) + Send>;
@@ -112,10 +107,7 @@ impl Member {
     }
 
     pub fn status(&self) -> MemberHealth {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.status.lock_recover().clone()
     }
 
     /// Runs `f` on the member's thread, waiting at most the member's timeout, and records the
@@ -137,11 +129,7 @@ impl Member {
         f: impl FnOnce(&mut Worker) -> Result<R, HsmError> + Send + 'static,
     ) -> Result<R, HsmError> {
         if self.stuck.load(Ordering::SeqCst) {
-            let since = self
-                .running_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map(|t| t.elapsed());
+            let since = self.running_since.lock_recover().map(|t| t.elapsed());
             return Err(HsmError::new(
                 ErrorKind::Hung,
                 format!(
@@ -162,15 +150,15 @@ impl Member {
                 if abandoned.load(Ordering::SeqCst) {
                     return;
                 }
-                *running_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                *running_since.lock_recover() = Some(Instant::now());
                 let r = f(w);
-                *running_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *running_since.lock_recover() = None;
                 stuck.store(false, Ordering::SeqCst);
                 let _ = rtx.send(r);
             })
         };
         let sent = {
-            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = self.tx.lock_recover();
             tx.as_ref().map(|t| t.send(job).is_ok()).unwrap_or(false)
         };
         if !sent {
@@ -184,12 +172,7 @@ impl Member {
             Ok(r) => r,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 abandoned.store(true, Ordering::SeqCst);
-                if self
-                    .running_since
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_some()
-                {
+                if self.running_since.lock_recover().is_some() {
                     self.stuck.store(true, Ordering::SeqCst);
                 }
                 Err(HsmError::new(
@@ -207,7 +190,7 @@ impl Member {
     }
 
     fn record<R>(&self, result: &Result<R, HsmError>) {
-        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.status.lock_recover();
         if let Err(e) = result
             && e.kind == ErrorKind::LocalResource
         {
@@ -254,7 +237,7 @@ impl Member {
             });
         }
         // Dropping the sender ends the worker loop.
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.tx.lock_recover().take();
     }
 }
 

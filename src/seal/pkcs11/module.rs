@@ -13,6 +13,7 @@
 //! module be finalized under it: the re-initialisation is skipped (and retried by the next
 //! recovery), and the stuck member is marked `hung` by its own timeout.
 
+use crate::locks::MutexExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -37,7 +38,7 @@ impl ModuleRegistry {
     }
 
     pub fn get(&self, path: &Path) -> Arc<Module> {
-        let mut map = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.modules.lock_recover();
         map.entry(path.to_path_buf())
             .or_insert_with(|| {
                 Arc::new(Module {
@@ -51,7 +52,7 @@ impl ModuleRegistry {
 
     /// C_Finalize on every loaded module (at shutdown, after the members closed their sessions).
     pub fn finalize_all(&self) {
-        let map = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.modules.lock_recover();
         for m in map.values() {
             m.finalize();
         }
@@ -82,7 +83,7 @@ struct GateState {
 
 impl Gate {
     fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock_recover()
     }
 
     fn enter(&self) {
@@ -177,7 +178,7 @@ impl Module {
     /// The initialized context and its generation, loading and initializing the module if needed.
     /// The caller holds a [`CallGuard`] (the context is only valid while it does).
     pub fn context(&self, _guard: &CallGuard<'_>) -> Result<(Pkcs11, u64), HsmError> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.lock_recover();
         if let Some(ctx) = &st.ctx {
             return Ok((ctx.clone(), st.generation));
         }
@@ -211,7 +212,7 @@ impl Module {
             );
             return false;
         }
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.lock_recover();
         if st.generation == seen {
             if let Some(ctx) = st.ctx.take() {
                 let _ = ctx.finalize();
@@ -225,10 +226,7 @@ impl Module {
     }
 
     pub fn generation(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .generation
+        self.state.lock_recover().generation
     }
 
     fn finalize(&self) {
@@ -236,7 +234,7 @@ impl Module {
             tracing::warn!(module = %self.path.display(), "PKCS#11 module not finalized at shutdown: a call is still inside it");
             return;
         }
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state.lock_recover();
         if let Some(ctx) = st.ctx.take() {
             let _ = ctx.finalize();
             st.generation += 1;
