@@ -89,7 +89,7 @@ fn rsa_oaep_init_restart_and_tamper() {
     let mut bytes = base64_decode(&ct);
     bytes[0] ^= 1;
     state["wrappings"]["hsm-pair"]["blob"]["ciphertext"] = base64_encode(&bytes).into();
-    f.write_state(&header, &state);
+    f.write_state(header, &state);
     let d = f.start();
     d.wait_unseal_attempts(1);
     assert_eq!(d.health("").status, 503);

@@ -20,18 +20,17 @@ fn initialized_fixture() -> Fixture {
     f
 }
 
-/// The seal state record is a 12-byte header (magic + revision) and JSON; the HSM pair's blob is
-/// under wrappings.hsm-pair.blob.
-fn read_blob(f: &Fixture) -> (Vec<u8>, Value, Value) {
+/// The seal state's revision, the state, and the HSM pair's blob (wrappings.hsm-pair.blob).
+fn read_blob(f: &Fixture) -> (u64, Value, Value) {
     let (h, state) = f.read_state();
     let blob = state["wrappings"]["hsm-pair"]["blob"].clone();
     (h, state, blob)
 }
 
-fn write_blob(f: &Fixture, header: &[u8], state: &Value, blob: &Value) {
+fn write_blob(f: &Fixture, revision: u64, state: &Value, blob: &Value) {
     let mut state = state.clone();
     state["wrappings"]["hsm-pair"]["blob"] = blob.clone();
-    f.write_state(header, &state);
+    f.write_state(revision, &state);
 }
 
 /// Starts, checks it stays sealed with `expect` in the error, also after an operator attempt,
@@ -62,7 +61,7 @@ fn tampered_ciphertext_is_refused_and_kept() {
     let mut ct = B64.decode(blob["ciphertext"].as_str().unwrap()).unwrap();
     ct[5] ^= 0x01;
     blob["ciphertext"] = B64.encode(ct).into();
-    write_blob(&f, &h, &state, &blob);
+    write_blob(&f, h, &state, &blob);
     assert_sealed_with(
         &f,
         "the stored blob was modified, or was wrapped by a different key",
@@ -74,7 +73,7 @@ fn tampered_header_is_refused() {
     let f = initialized_fixture();
     let (h, state, mut blob) = read_blob(&f);
     blob["purpose"] = "transit-key".into();
-    write_blob(&f, &h, &state, &blob);
+    write_blob(&f, h, &state, &blob);
     assert_sealed_with(
         &f,
         "stored blob is for \"transit-key\", expected \"root-key\"",
@@ -108,7 +107,7 @@ fn blob_wrapped_by_another_key_is_refused() {
     for k in ["installation_id", "aad"] {
         b_blob[k] = a_blob[k].clone();
     }
-    write_blob(&a, &h, &a_state, &b_blob);
+    write_blob(&a, h, &a_state, &b_blob);
     assert_sealed_with(&a, "C_Decrypt failed: CKR_");
     assert_sealed_with(&a, "or was wrapped by a different key");
 }

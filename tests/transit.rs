@@ -624,11 +624,11 @@ fn key_administration() {
 fn a_tampered_transit_record_keeps_the_node_sealed_with_its_name() {
     let mut e = env();
     e.d.stop();
-    let path = e.f.path("data/data/transit/keys/vault-prod");
-    let mut raw = std::fs::read(&path).unwrap();
-    let n = raw.len();
-    raw[n - 3] ^= 1;
-    std::fs::write(&path, raw).unwrap();
+    let rec = e.f.read_record("transit/keys/vault-prod").unwrap();
+    let mut value = rec.value;
+    let n = value.len();
+    value[n - 3] ^= 1;
+    e.f.write_record("transit/keys/vault-prod", &value, rec.revision);
     e.d = e.f.start();
     e.d.wait_unseal_attempts(1);
     assert_eq!(e.d.health("").status, 503);

@@ -438,6 +438,30 @@ impl Inner {
     }
 }
 
+/// Reads one record of the storage directory `root` without taking its lock: for inspection tools
+/// and tests. Safe while a daemon writes (records are replaced by rename); never writes.
+pub fn inspect(root: &Path, key: &str) -> Result<Option<Record>, StorageError> {
+    validate_key(key)?;
+    let path = root.join("data").join(key);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StorageError::Unavailable {
+                backend: format!("file storage {}", root.display()),
+                op: format!("reading {key}"),
+                source: Box::new(e),
+            });
+        }
+    };
+    decode_record(&bytes)
+        .map(Some)
+        .map_err(|reason| StorageError::Corrupt {
+            key: key.to_string(),
+            reason: format!("{reason} ({})", path.display()),
+        })
+}
+
 fn decode_record(bytes: &[u8]) -> Result<Record, &'static str> {
     if bytes.len() < 12 {
         return Err("shorter than its header");

@@ -64,6 +64,9 @@ pub fn wait_for_every<T>(
     }
 }
 
+/// The storage key of the seal state.
+pub const STATE_KEY: &str = "core/seal/state";
+
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -193,24 +196,46 @@ impl Fixture {
         std::fs::rename(parked, to).unwrap();
     }
 
-    /// The stored seal state (every wrapping of the root key, the keyring, the shares' verifier).
+    /// The file of the stored seal state (every wrapping of the root key, the keyring, the
+    /// shares' verifier), for the tests of the file store itself (damaged, truncated or copied
+    /// files); other tests read and write it with [`Fixture::read_state`] / [`Fixture::write_state`].
     pub fn state_path(&self) -> PathBuf {
         self.path("data/data/core/seal/state")
     }
 
-    /// The stored seal state as JSON, and its 12-byte record header.
-    pub fn read_state(&self) -> (Vec<u8>, Value) {
-        let raw = std::fs::read(self.state_path()).unwrap();
-        (
-            raw[..12].to_vec(),
-            serde_json::from_slice(&raw[12..]).unwrap(),
-        )
+    /// The stored seal state's revision and JSON, read through the storage API (without the
+    /// directory's lock: safe while a daemon runs, records are replaced by rename).
+    pub fn read_state(&self) -> (u64, Value) {
+        let rec = self.read_record(STATE_KEY).expect("a stored seal state");
+        (rec.revision, serde_json::from_slice(&rec.value).unwrap())
     }
 
-    pub fn write_state(&self, header: &[u8], state: &Value) {
-        let mut raw = header.to_vec();
-        raw.extend_from_slice(&serde_json::to_vec(state).unwrap());
-        std::fs::write(self.state_path(), raw).unwrap();
+    /// A stored record, read through the storage API (see [`Fixture::read_state`]).
+    pub fn read_record(&self, key: &str) -> Option<sealkeeper::storage::Record> {
+        sealkeeper::storage::file::inspect(&self.path("data"), key).unwrap()
+    }
+
+    /// Replaces a stored record through the storage API, expecting it at `revision`; the daemon
+    /// must be stopped.
+    pub fn write_record(&self, key: &str, value: &[u8], revision: u64) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = sealkeeper::storage::FileStorage::open(&self.path("data")).unwrap();
+        rt.block_on(sealkeeper::storage::Storage::put(
+            &store,
+            key,
+            value,
+            sealkeeper::storage::Expect::Revision(revision),
+        ))
+        .unwrap();
+    }
+
+    /// Replaces the stored seal state through the storage API, expecting it at `revision`. The
+    /// daemon must be stopped (the store is locked while it runs).
+    pub fn write_state(&self, revision: u64, state: &Value) {
+        self.write_record(STATE_KEY, &serde_json::to_vec(state).unwrap(), revision);
     }
 
     pub fn command(&self) -> Command {
