@@ -24,8 +24,7 @@ use crate::core::{Core, CoreError};
 use crate::http::Routes;
 use crate::http::transit::parse_json;
 use crate::http::{
-    ApiError, error_response, hsm_status_handler, method_not_allowed, not_found, seal_status_body,
-    seal_status_handler,
+    ApiError, error_response, hsm_status_handler, seal_status_body, seal_status_handler,
 };
 use crate::seal::Attempt;
 
@@ -460,14 +459,12 @@ pub fn router(
         core: core.clone(),
         max_body: transit.max_request_bytes,
     };
-    core_routes()
+    let router = core_routes()
         .router
         .with_state(core)
-        .merge(transit::routes(mount).router.with_state(state))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .merge(transit::routes(mount).router.with_state(state));
+    crate::http::with_json_errors(router)
         .layer(axum::Extension(trail))
-        .layer(axum::middleware::from_fn(crate::http::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             audit,
             crate::http::audit_layer::audit_requests,

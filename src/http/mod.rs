@@ -418,6 +418,15 @@ pub fn public_paths(mount: &str) -> Vec<String> {
     p
 }
 
+/// What both listeners' routers end with: a JSON 404 and 405 for unknown paths and methods, and
+/// extractor rejections in the errors envelope.
+pub fn with_json_errors(router: Router) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(json_errors))
+}
+
 /// The router of the public listener.
 pub fn public_router(
     core: Arc<Core>,
@@ -431,17 +440,12 @@ pub fn public_router(
         max_batch_items: transit.max_batch_items,
     };
     // Layers run outermost first: client address, audit, body, throttle, then the handler.
-    sys_routes()
-        .router
-        .with_state(core)
-        .merge(
-            transit::public_routes(transit.mount.trim_matches('/'))
-                .router
-                .with_state(state),
-        )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(json_errors))
+    let router = sys_routes().router.with_state(core).merge(
+        transit::public_routes(transit.mount.trim_matches('/'))
+            .router
+            .with_state(state),
+    );
+    with_json_errors(router)
         .layer(axum::middleware::from_fn_with_state(
             opts.throttle,
             client::throttle_requests,
