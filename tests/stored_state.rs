@@ -277,6 +277,12 @@ fn a_state_written_by_the_previous_format_unseals_and_is_not_rewritten() {
     copy_tree(&fixture.join("data"), &f.path("data"));
     for pin in ["hsm-a.pin", "hsm-b.pin"] {
         std::fs::copy(fixture.join(pin), f.path(pin)).unwrap();
+        // A checkout keeps no file modes but the executable bit: the PIN file must be 0600.
+        std::fs::set_permissions(
+            f.path(pin),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
     }
     let before = records(&f);
     assert!(before.contains_key("core/seal/state") && before.contains_key("transit/keys/compat"));
