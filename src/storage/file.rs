@@ -151,18 +151,7 @@ impl Inner {
     }
 
     fn read(&self, key: &str) -> Result<Option<Record>, StorageError> {
-        let path = self.path_of(key)?;
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io_err(format!("reading {key}"))(e)),
-        };
-        decode_record(&bytes)
-            .map(Some)
-            .map_err(|reason| StorageError::Corrupt {
-                key: key.to_string(),
-                reason: format!("{reason} ({})", path.display()),
-            })
+        read_record(&self.data, &self.backend, key)
     }
 
     fn sync_dir(&self, dir: &Path) -> Result<(), StorageError> {
@@ -272,11 +261,18 @@ impl Inner {
         Ok(out)
     }
 
+    /// The highest revision stored, from the records' headers only (a damaged record counts as
+    /// none: reading it reports the damage).
     fn highest_revision(&self) -> Result<Revision, StorageError> {
+        use std::io::Read;
         let mut highest = 0;
         for key in self.keys()? {
-            if let Ok(Some(r)) = self.read(&key) {
-                highest = highest.max(r.revision);
+            let mut head = [0u8; 12];
+            let read = File::open(self.data.join(&key)).and_then(|mut f| f.read_exact(&mut head));
+            if read.is_ok() && &head[..4] == MAGIC {
+                let mut rev = [0u8; 8];
+                rev.copy_from_slice(&head[4..]);
+                highest = highest.max(u64::from_be_bytes(rev));
             }
         }
         Ok(highest)
@@ -284,6 +280,13 @@ impl Inner {
 
     fn journal_path(&self) -> PathBuf {
         self.root.join(JOURNAL)
+    }
+
+    /// Removes the transaction journal durably: the commit (or the end of an undo).
+    fn remove_journal(&self) -> Result<(), StorageError> {
+        fs::remove_file(self.journal_path())
+            .map_err(self.io_err("removing the transaction journal"))?;
+        self.sync_dir(&self.root)
     }
 
     /// Undoes the transaction whose journal a crash left behind.
@@ -304,8 +307,7 @@ impl Inner {
         for u in &undo {
             self.set(&u.key, u.old.as_ref())?;
         }
-        fs::remove_file(&path).map_err(self.io_err("removing the transaction journal"))?;
-        self.sync_dir(&self.root)?;
+        self.remove_journal()?;
         tracing::warn!(
             records = undo.len(),
             "storage: undid a transaction that a crash interrupted"
@@ -400,9 +402,7 @@ impl Inner {
                 .try_for_each(|u| self.set(&u.key, u.old.as_ref()));
             let cleared = undone.and_then(|()| {
                 if journaled {
-                    fs::remove_file(self.journal_path())
-                        .map_err(self.io_err("removing the transaction journal"))?;
-                    self.sync_dir(&self.root)?;
+                    self.remove_journal()?;
                 }
                 Ok(())
             });
@@ -413,9 +413,7 @@ impl Inner {
             return Err(e);
         }
         if journaled {
-            fs::remove_file(self.journal_path())
-                .map_err(self.io_err("removing the transaction journal"))
-                .and_then(|()| self.sync_dir(&self.root))
+            self.remove_journal()
                 .inspect_err(|e| w.broken = Some(e.to_string()))?;
         }
         w.revision = revision;
@@ -441,14 +439,23 @@ impl Inner {
 /// Reads one record of the storage directory `root` without taking its lock: for inspection tools
 /// and tests. Safe while a daemon writes (records are replaced by rename); never writes.
 pub fn inspect(root: &Path, key: &str) -> Result<Option<Record>, StorageError> {
+    read_record(
+        &root.join("data"),
+        &format!("file storage {}", root.display()),
+        key,
+    )
+}
+
+/// The record `key` under the data directory `data` (`backend` names the store in errors).
+fn read_record(data: &Path, backend: &str, key: &str) -> Result<Option<Record>, StorageError> {
     validate_key(key)?;
-    let path = root.join("data").join(key);
+    let path = data.join(key);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(StorageError::Unavailable {
-                backend: format!("file storage {}", root.display()),
+                backend: backend.to_string(),
                 op: format!("reading {key}"),
                 source: Box::new(e),
             });
