@@ -23,8 +23,6 @@ pub enum AuditKeyError {
     Keyring(#[from] KeyringError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("stored record {ANCHOR_KEY} is invalid: {0}")]
-    Invalid(String),
 }
 
 pub struct AuditKeys {
@@ -69,19 +67,13 @@ impl AuditKeys {
         let Some(rec) = self.storage.get(ANCHOR_KEY).await? else {
             return Ok(None);
         };
-        let plain = self.cipher.open(ANCHOR_KEY, &rec.value)?;
-        serde_json::from_slice(&plain)
-            .map(Some)
-            .map_err(|e| AuditKeyError::Invalid(e.to_string()))
+        Ok(Some(self.cipher.open_json(ANCHOR_KEY, &rec.value)?))
     }
 
     /// Records `anchor` as the newest. Only this node's writer advances its anchor: no
     /// compare-and-swap needed.
     pub async fn store_anchor(&self, anchor: &Anchor) -> Result<(), AuditKeyError> {
-        let plain = Zeroizing::new(
-            serde_json::to_vec(anchor).map_err(|e| AuditKeyError::Invalid(e.to_string()))?,
-        );
-        let sealed = self.cipher.seal(ANCHOR_KEY, &plain)?;
+        let sealed = self.cipher.seal_json(ANCHOR_KEY, anchor)?;
         self.storage.put(ANCHOR_KEY, &sealed, Expect::Any).await?;
         Ok(())
     }

@@ -124,6 +124,26 @@ impl RecordCipher {
         Ok(out)
     }
 
+    /// `value` as JSON, sealed for `path` (the JSON is wiped once sealed).
+    pub fn seal_json<T: serde::Serialize>(&self, path: &str, value: &T) -> Result<Vec<u8>> {
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(|e| {
+            KeyringError::Record {
+                path: path.into(),
+                reason: e.to_string(),
+            }
+        })?);
+        self.seal(path, &plain)
+    }
+
+    /// The JSON record sealed for `path`, opened and parsed.
+    pub fn open_json<T: serde::de::DeserializeOwned>(&self, path: &str, data: &[u8]) -> Result<T> {
+        let plain = self.open(path, data)?;
+        serde_json::from_slice(&plain).map_err(|e| KeyringError::Record {
+            path: path.into(),
+            reason: e.to_string(),
+        })
+    }
+
     pub fn open(&self, path: &str, data: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         let invalid = |reason: String| KeyringError::Record {
             path: path.into(),

@@ -41,22 +41,13 @@ impl Transit {
         let Some(sealed) = value else {
             return Ok(Cached::Removed);
         };
-        let plain = self.cipher.open(path, sealed)?;
-        let invalid = |e: serde_json::Error| TransitError::Record {
-            path: path.into(),
-            reason: e.to_string(),
-        };
         if path.starts_with(KEY_PREFIX) {
-            let stored: StoredKey = serde_json::from_slice(&plain).map_err(invalid)?;
+            let stored: StoredKey = self.cipher.open_json(path, sealed)?;
             Ok(Cached::Key(Arc::new(self.key_from_stored(stored, path)?)))
         } else if path.starts_with(policy::PREFIX) {
-            Ok(Cached::Policy(
-                serde_json::from_slice(&plain).map_err(invalid)?,
-            ))
+            Ok(Cached::Policy(self.cipher.open_json(path, sealed)?))
         } else {
-            Ok(Cached::Token(
-                serde_json::from_slice(&plain).map_err(invalid)?,
-            ))
+            Ok(Cached::Token(self.cipher.open_json(path, sealed)?))
         }
     }
 
@@ -162,27 +153,18 @@ impl Transit {
     /// Encrypts and stores `value` at `path` if the record is still as this node last saw it;
     /// returns the new revision.
     pub(super) async fn write_json<T: Serialize>(&self, path: &str, value: &T) -> Result<Revision> {
-        let plain =
-            Zeroizing::new(serde_json::to_vec(value).map_err(|e| TransitError::Record {
-                path: path.into(),
-                reason: e.to_string(),
-            })?);
-        let sealed = self.cipher.seal(path, &plain)?;
+        let sealed = self.cipher.seal_json(path, value)?;
         Ok(self.storage.put(path, &sealed, self.expected(path)).await?)
     }
 
     /// Deletes `path` if it is still as this node last saw it, and forgets it.
     pub(super) async fn delete_record(&self, path: &str) -> Result<()> {
         self.storage.delete(path, self.expected(path)).await?;
-        // A deletion's own revision is not reported; the feed's is higher than anything before.
-        let rev = self
-            .revisions
-            .lock_recover()
-            .get(path)
-            .map_or(0, |(r, _)| *r);
-        self.revisions
-            .lock_recover()
-            .insert(path.to_string(), (rev, false));
+        // A deletion's own revision is not reported: the path keeps the revision it was seen at,
+        // now as a tombstone; the feed's echo of the deletion is higher and removes it again.
+        if let Some(seen) = self.revisions.lock_recover().get_mut(path) {
+            seen.1 = false;
+        }
         self.put_cached(path, Cached::Removed);
         Ok(())
     }
