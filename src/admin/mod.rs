@@ -23,9 +23,7 @@ use crate::config::AdminConfig;
 use crate::core::{Core, CoreError};
 use crate::http::Routes;
 use crate::http::transit::parse_json;
-use crate::http::{
-    ApiError, error_response, hsm_status_handler, seal_status_body, seal_status_handler,
-};
+use crate::http::{error_response, hsm_status_handler, seal_status_body, seal_status_handler};
 use crate::seal::Attempt;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,12 +126,6 @@ fn json_or_error<T: serde::Serialize>(result: Result<T, CoreError>) -> Response 
     }
 }
 
-/// The admin routes parse bodies as the public ones do ([`parse_json`]: an empty body is `{}`); every
-/// admin request type takes its defaults for absent fields.
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    parse_json(body)
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct InitRequest {
@@ -148,7 +140,7 @@ struct InitRequest {
 }
 
 async fn init(State(core): State<Arc<Core>>, body: Bytes) -> Response {
-    let req: InitRequest = match parse_body(&body) {
+    let req: InitRequest = match parse_json(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -221,7 +213,7 @@ struct UnsealRequest {
 }
 
 async fn unseal(State(core): State<Arc<Core>>, body: Bytes) -> Response {
-    let req: UnsealRequest = match parse_body(&body) {
+    let req: UnsealRequest = match parse_json(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -265,7 +257,7 @@ async fn audit_verify(
     axum::Extension(trail): axum::Extension<AuditTrail>,
     body: Bytes,
 ) -> Response {
-    let req: AuditVerifyRequest = match parse_body(&body) {
+    let req: AuditVerifyRequest = match parse_json(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -285,7 +277,7 @@ async fn audit_verify(
 
 /// `PUT /v1/sys/audit-hash`: the audit trail's HMAC of a value, to find it in the trail.
 async fn audit_hash(State(core): State<Arc<Core>>, body: Bytes) -> Response {
-    let req: AuditHashRequest = match parse_body(&body) {
+    let req: AuditHashRequest = match parse_json(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -328,7 +320,7 @@ struct RekeyInitRequest {
 }
 
 async fn rekey_init(State(core): State<Arc<Core>>, body: Bytes) -> Response {
-    let req: RekeyInitRequest = match parse_body(&body) {
+    let req: RekeyInitRequest = match parse_json(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -365,7 +357,7 @@ struct RekeyUpdateRequest {
 }
 
 async fn rekey_verify(State(core): State<Arc<Core>>, body: Bytes) -> Response {
-    let req: RekeyUpdateRequest = match parse_body(&body) {
+    let req: RekeyUpdateRequest = match parse_json(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -373,7 +365,7 @@ async fn rekey_verify(State(core): State<Arc<Core>>, body: Bytes) -> Response {
 }
 
 async fn rekey_update(State(core): State<Arc<Core>>, body: Bytes) -> Response {
-    let req: RekeyUpdateRequest = match parse_body(&body) {
+    let req: RekeyUpdateRequest = match parse_json(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -474,19 +466,17 @@ pub fn router(
 /// For fuzzing and property tests: the admin socket's body parsers on arbitrary bytes.
 pub fn parse_bodies(body: &[u8]) -> Vec<Result<(), String>> {
     vec![
-        parse_body::<InitRequest>(&Bytes::copy_from_slice(body))
+        parse_json::<InitRequest>(body).map(|_| ()).map_err(|e| e.1),
+        parse_json::<UnsealRequest>(body)
             .map(|_| ())
             .map_err(|e| e.1),
-        parse_body::<UnsealRequest>(&Bytes::copy_from_slice(body))
+        parse_json::<AuditHashRequest>(body)
             .map(|_| ())
             .map_err(|e| e.1),
-        parse_body::<AuditHashRequest>(&Bytes::copy_from_slice(body))
+        parse_json::<RekeyInitRequest>(body)
             .map(|_| ())
             .map_err(|e| e.1),
-        parse_body::<RekeyInitRequest>(&Bytes::copy_from_slice(body))
-            .map(|_| ())
-            .map_err(|e| e.1),
-        parse_body::<RekeyUpdateRequest>(&Bytes::copy_from_slice(body))
+        parse_json::<RekeyUpdateRequest>(body)
             .map(|_| ())
             .map_err(|e| e.1),
     ]

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::http::transit::{
-    ApiResult, TransitState, auth_block, envelope, json_body, lookup_data, transit,
+    ApiResult, TransitState, auth_block, envelope, json_body, lookup_data, parse_json, transit,
 };
 use crate::http::{ApiError, Routes};
 use crate::transit::{KeyConfig, Policy, TokenRequest};
@@ -199,7 +199,7 @@ pub fn routes(mount: &str) -> Routes<TransitState> {
 
 /// For fuzzing: the transit administration bodies through the parsers their handlers use.
 pub(super) fn parse_bodies(body: &[u8]) -> Vec<Result<(), String>> {
-    let policy = crate::http::transit::parse_json::<PolicyBody>(body).map(|p| {
+    let policy = parse_json::<PolicyBody>(body).map(|p| {
         let _ = Policy {
             name: "fuzz".into(),
             rules: p.rules,
@@ -207,10 +207,10 @@ pub(super) fn parse_bodies(body: &[u8]) -> Vec<Result<(), String>> {
         .validate();
     });
     vec![
-        crate::http::transit::parse_json::<CreateKey>(body).map(|_| ()),
-        crate::http::transit::parse_json::<KeyConfig>(body).map(|_| ()),
-        crate::http::transit::parse_json::<RevokeAccessor>(body).map(|_| ()),
-        crate::http::transit::parse_json::<TokenRequest>(body).map(|_| ()),
+        parse_json::<CreateKey>(body).map(|_| ()),
+        parse_json::<KeyConfig>(body).map(|_| ()),
+        parse_json::<RevokeAccessor>(body).map(|_| ()),
+        parse_json::<TokenRequest>(body).map(|_| ()),
         policy,
     ]
     .into_iter()

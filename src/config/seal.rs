@@ -77,7 +77,7 @@ fn parse_one(item: Spanned<DeValue<'_>>) -> Result<SealSection, SectionError> {
     let DeValue::Table(mut table) = item.into_inner() else {
         return Err(SectionError::at(span, "", "must be a table ([[seal]])"));
     };
-    let Some((type_key, ty)) = table.remove_entry("type") else {
+    let Some(ty) = table.remove("type") else {
         return Err(SectionError::at(
             span,
             "type",
@@ -91,7 +91,6 @@ fn parse_one(item: Spanned<DeValue<'_>>) -> Result<SealSection, SectionError> {
     let DeValue::String(ty) = ty.into_inner() else {
         return Err(SectionError::at(ty_span, "type", "must be a string"));
     };
-    drop(type_key);
     let mut common = DeTable::new();
     for k in COMMON_KEYS {
         if let Some((key, v)) = table.remove_entry(k) {

@@ -593,7 +593,7 @@ fn accessor_and_key(rec: &TokenRecord, key: &str) -> AuditFields {
 }
 
 pub(crate) fn auth_block(rec: &TokenRecord, token: Option<&str>) -> Value {
-    let now = crate::transit::now_unix();
+    let now = crate::clock::now_unix();
     json!({
         "client_token": token.unwrap_or(""),
         "accessor": rec.accessor,
@@ -615,7 +615,7 @@ fn rfc3339(unix: u64) -> String {
 }
 
 pub(crate) fn lookup_data(rec: &TokenRecord, id: Option<&str>) -> Value {
-    let now = crate::transit::now_unix();
+    let now = crate::clock::now_unix();
     json!({
         "accessor": rec.accessor,
         "creation_time": rec.created_unix,

@@ -241,13 +241,6 @@ pub struct SealHealth {
     pub detail: BTreeMap<String, Value>,
 }
 
-impl SealHealth {
-    /// A detail field as text ("" when absent).
-    pub fn detail_str(&self, key: &str) -> &str {
-        self.detail.get(key).and_then(Value::as_str).unwrap_or("")
-    }
-}
-
 impl MemberHealth {
     /// A detail field as text ("" when absent).
     pub fn detail_str(&self, key: &str) -> &str {

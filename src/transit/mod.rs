@@ -4,7 +4,7 @@
 
 mod cache;
 
-pub(crate) use crate::clock::now_unix;
+use crate::clock::now_unix;
 use crate::locks::{MutexExt, RwLockExt};
 use cache::{CACHED, Cached, follow};
 pub mod policy;

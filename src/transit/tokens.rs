@@ -10,7 +10,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-use super::{Result, now_unix};
+use super::Result;
+use crate::clock::now_unix;
 use crate::crypto;
 use crate::secret::LockedBytes;
 
