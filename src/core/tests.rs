@@ -49,6 +49,22 @@ async fn node(storage: Arc<MemoryStorage>, seals: &[(&str, Arc<TestSeal>)]) -> N
     Node { core, storage }
 }
 
+/// The ciphertext of `transit_round_trip` decrypts on `core` (its keyring is the one it was made
+/// under).
+fn assert_decrypts(core: &Core, ct: &str) {
+    let t = core.transit().expect("unsealed");
+    assert_eq!(&*t.decrypt("k", ct, b"").unwrap().0, b"payload");
+}
+
+/// Submits `keys` to the rekey started with `nonce`; returns the status after the last one.
+async fn rekey_with(core: &Core, keys: &[String], nonce: &str) -> RekeyStatus {
+    let mut last = None;
+    for k in keys {
+        last = Some(core.rekey_update(k, nonce).await.unwrap());
+    }
+    last.expect("at least one key")
+}
+
 /// Encrypts and decrypts with a transit key: the keyring the node unsealed with works.
 async fn transit_round_trip(core: &Core, key: &str) -> String {
     let t = core.transit().expect("unsealed");
@@ -81,8 +97,7 @@ async fn init_seal_unseal_and_restart() {
     let again = node(n.storage.clone(), &[("hsm", hsm)]).await;
     assert!(again.core.is_initialized() && again.core.is_sealed());
     again.core.unseal(Attempt::Automatic).await.unwrap();
-    let t = again.core.transit().unwrap();
-    assert_eq!(&*t.decrypt("k", &ct, b"").unwrap().0, b"payload");
+    assert_decrypts(&again.core, &ct);
     assert!(
         again.core.init(3, 2).await.is_err(),
         "a second init is refused"
@@ -101,16 +116,7 @@ async fn the_first_reachable_seal_unseals_and_an_unreachable_one_is_not_fatal() 
     let again = node(store.clone(), &[("a", a.clone()), ("b", b.clone())]).await;
     again.core.unseal(Attempt::Automatic).await.unwrap();
     assert_eq!(again.core.status().unsealed_by_seal.as_deref(), Some("b"));
-    assert_eq!(
-        &*again
-            .core
-            .transit()
-            .unwrap()
-            .decrypt("k", &ct, b"")
-            .unwrap()
-            .0,
-        b"payload"
-    );
+    assert_decrypts(&again.core, &ct);
 
     // Both unreachable: sealed with the error kept, and a later attempt succeeds.
     b.fail_with(Some(FailureKind::Unreachable));
@@ -174,16 +180,7 @@ async fn a_changed_key_still_unseals_until_rewrap_moves_the_root_key_to_it() {
     hsm.destroy_key("hsm-key");
     let third = node(store, &[("hsm", hsm)]).await;
     third.core.unseal(Attempt::Automatic).await.unwrap();
-    assert_eq!(
-        &*third
-            .core
-            .transit()
-            .unwrap()
-            .decrypt("k", &ct, b"")
-            .unwrap()
-            .0,
-        b"payload"
-    );
+    assert_decrypts(&third.core, &ct);
 }
 
 #[tokio::test]
@@ -207,16 +204,7 @@ async fn rotate_root_rewraps_everywhere_and_keeps_every_record_readable() {
         up.fail_with(None);
         let again = node(store.clone(), &[("a", a.clone()), ("b", b.clone())]).await;
         again.core.unseal(Attempt::Automatic).await.unwrap();
-        assert_eq!(
-            &*again
-                .core
-                .transit()
-                .unwrap()
-                .decrypt("k", &ct, b"")
-                .unwrap()
-                .0,
-            b"payload"
-        );
+        assert_decrypts(&again.core, &ct);
     }
 }
 
@@ -268,12 +256,7 @@ async fn recovery_keys_rekey_replaces_the_shares() {
     let n = node(store.clone(), &[("hsm", hsm)]).await;
     let init = n.core.init(3, 2).await.unwrap();
     let st = n.core.rekey_init("recovery", 5, 3).await.unwrap();
-    let nonce = st.nonce.clone();
-    let mut done = None;
-    for k in &init.recovery_keys[..2] {
-        done = Some(n.core.rekey_update(k, &nonce).await.unwrap());
-    }
-    let done = done.unwrap();
+    let done = rekey_with(&n.core, &init.recovery_keys[..2], &st.nonce).await;
     assert_eq!(done.keys.len(), 5, "{done:?}");
     // The new shares take effect once a quorum of them comes back.
     if done.verification_required {
@@ -366,11 +349,7 @@ async fn sealing_clears_every_share_ceremony() {
     let n = node(store, &[("hsm", hsm)]).await;
     let init = n.core.init(3, 2).await.unwrap();
     let st = n.core.rekey_init("recovery", 3, 2).await.unwrap();
-    let mut done = None;
-    for k in &init.recovery_keys[..2] {
-        done = Some(n.core.rekey_update(k, &st.nonce).await.unwrap());
-    }
-    let done = done.unwrap();
+    let done = rekey_with(&n.core, &init.recovery_keys[..2], &st.nonce).await;
     assert!(done.verification_required);
     let v = n
         .core
