@@ -42,17 +42,37 @@ pub fn warm_up_in_background() {
 /// A random identifier in the UUID text layout (8-4-4-4-12 hex digits), for request ids and
 /// nonces that tie share submissions together. Not a key: a generator failure gives zeros.
 pub fn random_id() -> String {
-    let mut b = [0u8; 16];
-    let _ = fill_random(&mut b);
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    RandomId::new().as_str().to_string()
+}
+
+/// [`random_id`] without an allocation (every answer's `request_id`).
+pub struct RandomId([u8; 36]);
+
+impl RandomId {
+    pub fn new() -> RandomId {
+        let mut b = [0u8; 16];
+        let _ = fill_random(&mut b);
+        let mut out = [b'-'; 36];
+        let mut at = 0;
+        for (i, byte) in b.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                at += 1;
+            }
+            hex::encode_to_slice([*byte], &mut out[at..at + 2]).unwrap_or_default();
+            at += 2;
+        }
+        RandomId(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("00000000-0000-0000-0000-000000000000")
+    }
+}
+
+impl Default for RandomId {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 pub fn random_vec(len: usize) -> Result<Vec<u8>, CryptoError> {
@@ -133,6 +153,26 @@ pub fn hkdf_sha256(
     okm.fill(out).map_err(|_| CryptoError::KeyLength(out.len()))
 }
 
+/// An HMAC-SHA-256 key whose precomputed state (the inner and outer hash states, as good as the
+/// key itself) is kept in locked memory, so that each signature skips the key setup.
+pub struct HmacKey(crate::secret::Locked<hmac::Key>);
+
+impl HmacKey {
+    pub fn new(
+        key: &[u8],
+        policy: crate::secret::MemoryPolicy,
+    ) -> Result<HmacKey, crate::secret::MemoryError> {
+        crate::secret::Locked::new(hmac::Key::new(hmac::HMAC_SHA256, key), policy).map(HmacKey)
+    }
+
+    pub fn sign(&self, data: &[u8]) -> [u8; 32] {
+        let tag = hmac::sign(&self.0, data);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     let k = hmac::Key::new(hmac::HMAC_SHA256, key);
     let tag = hmac::sign(&k, data);
@@ -207,6 +247,24 @@ mod tests {
     }
 
     #[test]
+    fn random_ids_have_the_uuid_layout_and_differ() {
+        let (a, b) = (random_id(), random_id());
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let parts: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{id}"
+            );
+            assert!(
+                id.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
     fn hkdf_rfc5869_case1() {
         let ikm = [0x0bu8; 22];
         let salt = hex::decode("000102030405060708090a0b0c").unwrap();
@@ -236,6 +294,8 @@ mod tests {
             b"what do ya want for nothing!",
             &tag
         ));
+        let key = HmacKey::new(b"Jefe", crate::secret::MemoryPolicy::AllowUnlocked).unwrap();
+        assert_eq!(key.sign(b"what do ya want for nothing?"), tag);
     }
 }
 

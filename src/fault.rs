@@ -5,6 +5,20 @@
 
 use std::time::Duration;
 
+/// Whether the operation `step` should fail now: debug builds, when `SEALKEEPER_FAULT_FAIL` names
+/// it and the file `SEALKEEPER_FAULT_FAIL_WHILE` exists (a test creates and removes it to start and
+/// end the failure). Release builds never fail here.
+pub fn failing(step: &str) -> bool {
+    if !cfg!(debug_assertions) {
+        return false;
+    }
+    if std::env::var("SEALKEEPER_FAULT_FAIL").ok().as_deref() != Some(step) {
+        return false;
+    }
+    std::env::var_os("SEALKEEPER_FAULT_FAIL_WHILE")
+        .is_some_and(|p| std::path::Path::new(&p).exists())
+}
+
 pub fn point(step: &str) {
     if !cfg!(debug_assertions) {
         return;

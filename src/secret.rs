@@ -152,6 +152,57 @@ impl Drop for LockedBytes {
     }
 }
 
+/// A value in its own locked, non-dumpable mapping, dropped in place and then zeroized with the
+/// mapping. Meant for key schedules whose type keeps its whole state inline, without pointers to
+/// heap memory (an HMAC key's precomputed inner and outer hash states): what such a value holds
+/// lives only in locked memory. (The value is built on the stack and moved in; the stack slot it
+/// passed through is overwritten by later calls, as with any key computed on the stack.)
+pub struct Locked<T> {
+    mem: LockedBytes,
+    _value: std::marker::PhantomData<T>,
+}
+
+// SAFETY: Locked<T> owns its T exclusively (like a Box<T>), so it may move to or be shared with
+// another thread exactly when T may.
+unsafe impl<T: Send> Send for Locked<T> {}
+// SAFETY: as above; shared access only hands out `&T`.
+unsafe impl<T: Sync> Sync for Locked<T> {}
+
+impl<T> Locked<T> {
+    pub fn new(value: T, policy: MemoryPolicy) -> Result<Locked<T>, MemoryError> {
+        let mem = LockedBytes::zeroed(std::mem::size_of::<T>().max(1), policy)?;
+        if std::mem::align_of::<T>() > page_size() {
+            return Err(MemoryError::Map(io::Error::other(
+                "alignment larger than a page",
+            )));
+        }
+        // SAFETY: the mapping is page-aligned (mmap), so aligned for T (checked above), at least
+        // size_of::<T>() bytes long, writable and owned by `mem` alone; nothing was there to drop.
+        unsafe { std::ptr::write(mem.ptr.as_ptr().cast::<T>(), value) };
+        Ok(Locked {
+            mem,
+            _value: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<T> std::ops::Deref for Locked<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: `new` wrote a valid T at the start of the mapping, which lives as long as self
+        // and is only reached through self.
+        unsafe { &*self.mem.ptr.as_ptr().cast::<T>() }
+    }
+}
+
+impl<T> Drop for Locked<T> {
+    fn drop(&mut self) {
+        // SAFETY: the T written by `new` is still there and is dropped exactly once, here; the
+        // mapping is zeroized and unmapped afterwards by `mem`'s own Drop.
+        unsafe { std::ptr::drop_in_place(self.mem.ptr.as_ptr().cast::<T>()) };
+    }
+}
+
 impl fmt::Debug for LockedBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "LockedBytes([REDACTED; {}])", self.len)
@@ -271,6 +322,25 @@ unsafe impl std::alloc::GlobalAlloc for WipingAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_locked_value_is_dropped_in_place_and_its_pages_are_locked() {
+        struct Counted(#[allow(dead_code)] std::sync::Arc<()>, [u8; 64]);
+        let count = std::sync::Arc::new(());
+        let v = Locked::new(
+            Counted(count.clone(), [9u8; 64]),
+            MemoryPolicy::AllowUnlocked,
+        )
+        .unwrap();
+        assert_eq!(v.1, [9u8; 64]);
+        assert_eq!(std::sync::Arc::strong_count(&count), 2);
+        drop(v);
+        assert_eq!(
+            std::sync::Arc::strong_count(&count),
+            1,
+            "the value was not dropped"
+        );
+    }
 
     #[test]
     fn locked_bytes_roundtrip_and_redacted_debug() {

@@ -526,3 +526,54 @@ fn the_keyed_chain_and_its_anchor_catch_rewrites_truncation_and_an_edited_last_r
         "{err}"
     );
 }
+
+#[test]
+fn a_failed_sync_refuses_what_it_held_takes_it_back_and_the_chain_continues() {
+    let f = audited("");
+    let flag = f.path("fail-audit-sync");
+    let d = f.start_with(|c| {
+        c.env("SEALKEEPER_FAULT_FAIL", "audit:sync")
+            .env("SEALKEEPER_FAULT_FAIL_WHILE", &flag);
+    });
+    d.init();
+    d.operator_ok(&["key", "create", "vault-prod"]);
+    let token = d.policy_and_token("prod", "vault-prod", "encrypt,decrypt");
+    assert_eq!(encrypt(&d, &token, b"before").status, 200);
+    let durable = records(&f, "audit/audit.log");
+
+    // While fdatasync fails, every request is refused (its record was written, then taken back),
+    // concurrent ones too, and the daemon stays up.
+    std::fs::write(&flag, b"").unwrap();
+    let refused: Vec<HttpResponse> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| encrypt(&d, &token, b"during")))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &refused {
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.body.contains("injected sync failure"), "{}", r.body);
+        assert!(!r.body.contains("vault:v1:"), "{}", r.body);
+    }
+    assert_eq!(d.health("").status, 200);
+    assert_eq!(
+        records(&f, "audit/audit.log").len(),
+        durable.len(),
+        "the records of the refused requests were taken back"
+    );
+
+    // Syncs work again: requests succeed, and the chain continues from the last durable record.
+    std::fs::remove_file(&flag).unwrap();
+    assert_eq!(encrypt(&d, &token, b"after").status, 200);
+    drop(d);
+    let after = records(&f, "audit/audit.log");
+    let last = &durable[durable.len() - 1];
+    let next = &after[durable.len()];
+    assert_eq!(
+        next["seq"].as_u64(),
+        last["seq"].as_u64().map(|s| s + 1),
+        "{next}"
+    );
+    let out = verify(&[f.path("audit/audit.log")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

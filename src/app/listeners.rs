@@ -223,22 +223,37 @@ struct Tracked<S> {
 impl<S, R> hyper::service::Service<R> for Tracked<S>
 where
     S: hyper::service::Service<R>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
-    >;
+    type Future = TrackedFuture<S::Future>;
 
     fn call(&self, req: R) -> Self::Future {
         self.activity.begin();
-        let guard = InFlight(self.activity.clone());
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let _guard = guard;
-            fut.await
-        })
+        TrackedFuture {
+            fut: self.inner.call(req),
+            _guard: InFlight(self.activity.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future, holding the connection's in-flight mark until it completes.
+    pub(super) struct TrackedFuture<F> {
+        #[pin]
+        fut: F,
+        _guard: InFlight,
+    }
+}
+
+impl<F: Future> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.project().fut.poll(cx)
     }
 }
 
@@ -296,7 +311,7 @@ where
 pub(super) async fn serve_public(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    router: Router,
+    app: crate::http::public::PublicApp,
     limits: ConnLimits,
     audit_denials: Arc<crate::audit::denials::Denials>,
 ) {
@@ -338,7 +353,7 @@ pub(super) async fn serve_public(
         // Small answers go out at once (no Nagle delay against the client's delayed ACK).
         let _ = stream.set_nodelay(true);
         while conns.try_join_next().is_some() {}
-        let router = router.clone();
+        let app = app.clone();
         let tls = tls.clone();
         let tls_warning = tls_warning.clone();
         let denials = audit_denials.clone();
@@ -376,20 +391,10 @@ pub(super) async fn serve_public(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| format!("sha256:{}", hex::encode(crate::crypto::sha256(c.as_ref()))));
-                    let service = TowerToHyperService::new(
-                        router
-                            .layer(axum::Extension(ConnPeer(who)))
-                            .layer(axum::Extension(PeerIp(peer.ip()))),
-                    );
-                    serve_tracked(s, service, limits, activity).await;
+                    serve_tracked(s, app.connection(who, peer.ip()), limits, activity).await;
                 }
                 None => {
-                    let service = TowerToHyperService::new(
-                        router
-                            .layer(axum::Extension(ConnPeer(who)))
-                            .layer(axum::Extension(PeerIp(peer.ip()))),
-                    );
-                    serve_tracked(stream, service, limits, activity).await;
+                    serve_tracked(stream, app.connection(who, peer.ip()), limits, activity).await;
                 }
             }
         });

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::{self, Peer};
 use crate::audit::{Audit, Event, Peer as AuditPeer};
 use crate::config::{AdminConfig, Config};
-use crate::http::audit_layer::{AuditCtx, ConnPeer, PeerIp};
+use crate::http::audit_layer::{AuditCtx, ConnPeer};
 
 use crate::core::{Core, CoreOptions, SealEntry, SealKind};
 use crate::http::{self, tls};
@@ -98,7 +98,7 @@ pub async fn run(
     };
 
     let audit = match &cfg.audit {
-        Some(a) => Audit::open(&a.path, a.max_file_bytes)
+        Some(a) => Audit::open(&a.path, a.rotate_at())
             .map_err(|e| ServerError::Startup(format!("cannot open the audit log: {e}")))?,
         None => Audit::disabled(),
     };
@@ -246,9 +246,8 @@ pub async fn run(
     tasks.spawn(serve_public(
         listeners.public,
         tls,
-        http::public_router(
-            core.clone(),
-            &cfg.transit,
+        http::public::PublicApp::new(
+            http::public::public_router(core.clone(), &cfg.transit),
             AuditCtx {
                 audit: audit.clone(),
                 core: core.clone(),
@@ -256,7 +255,7 @@ pub async fn run(
                 log_health,
                 denials: Some(denials.clone()),
             },
-            http::PublicOptions {
+            http::public::PublicOptions {
                 trusted_proxies,
                 throttle: Arc::new(crate::http::client::AuthThrottle::new(
                     cfg.listener.auth_failure_limit,

@@ -2,10 +2,13 @@
 //! fail-closed (a request whose record cannot be made durable is refused).
 //!
 //! Every record carries `seq` (1, 2, ... across files) and `prev`, the SHA-256 of the previous
-//! record's line (64 zeros before the first). A single writer task appends the records of every
-//! waiting caller and then calls fdatasync once (group commit), so concurrent requests share a sync.
-//! A failed write is truncated away, so the file never holds half a record; the next batch tries
-//! again, reopening the file, and the chain continues where it stood. SIGHUP reopens the file (after
+//! record's line (64 zeros before the first). Callers render their record's body on their own
+//! thread; one writer thread numbers and chains what is queued, appends it in one write, and hands
+//! it to a syncer thread, which calls fdatasync once for everything written since its last sync
+//! (group commit, pipelined: the next batch is written while the previous one is being synced).
+//! A caller's answer waits until its record is durable. A failed write is truncated away, so the
+//! file never holds half a record; a failed sync takes back everything written since the last
+//! durable record, and the chain continues from that record. SIGHUP reopens the file (after
 //! an external rotation); `max_file_bytes` rotates it by renaming. Either way the chain continues
 //! into the next file.
 
@@ -16,12 +19,12 @@ pub mod verify;
 
 use crate::locks::MutexExt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
@@ -64,8 +67,8 @@ pub struct Peer {
     pub forwarded_for: Option<String>,
 }
 
-/// One event. `fields` are added to the record as they are (never secrets: callers pass accessors,
-/// key names and versions, error messages).
+/// One event. `fields` are added to the record as they are, in order (never secrets: callers pass
+/// accessors, key names and versions, error messages); their names are fixed strings.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub kind: &'static str,
@@ -73,7 +76,7 @@ pub struct Event {
     pub outcome: &'static str,
     pub error: Option<String>,
     pub peer: Option<Peer>,
-    pub fields: Map<String, Value>,
+    pub fields: Vec<(&'static str, Value)>,
 }
 
 impl Event {
@@ -84,7 +87,7 @@ impl Event {
             outcome,
             error: None,
             peer: None,
-            fields: Map::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -102,14 +105,22 @@ impl Event {
         self
     }
 
-    pub fn field(mut self, k: &str, v: impl Into<Value>) -> Event {
-        self.fields.insert(k.into(), v.into());
+    /// Adds a field; a second one of the same name replaces the first.
+    pub fn field(mut self, k: &'static str, v: impl Into<Value>) -> Event {
+        let v = v.into();
+        match self.fields.iter_mut().find(|(name, _)| *name == k) {
+            Some(slot) => slot.1 = v,
+            None => self.fields.push((k, v)),
+        }
         self
     }
 }
 
+type Ack = oneshot::Sender<Result<(), AuditError>>;
+
 enum Msg {
-    Append(Box<Event>, oneshot::Sender<Result<(), AuditError>>),
+    /// A record's body, rendered by the caller: everything between `{"seq":N,` and `,"prev":`.
+    Append(String, Ack),
     Reopen,
     /// The chain key (while unsealed) or None (sealed): records are MACed while it is held.
     SetKey(Option<Zeroizing<Vec<u8>>>),
@@ -152,10 +163,23 @@ impl Audit {
     /// Opens (or creates, mode 0600) the log, reads its last record to continue the chain, and
     /// starts the writer on a blocking thread.
     pub fn open(path: &Path, max_file_bytes: Option<u64>) -> Result<Audit, AuditError> {
-        let mut w = Writer::open(path, max_file_bytes)?;
+        let w = Writer::open(path, max_file_bytes)?;
         let head = w.head.clone();
         let rotated = w.rotated.clone();
+        let shared = std::sync::Arc::new(Shared {
+            state: std::sync::Mutex::new(w),
+            written: std::sync::Condvar::new(),
+        });
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+        let spawn_err = |e: io::Error| AuditError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let syncer = shared.clone();
+        std::thread::Builder::new()
+            .name("audit-sync".into())
+            .spawn(move || syncer.run_syncer())
+            .map_err(spawn_err)?;
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
@@ -164,13 +188,12 @@ impl Audit {
                     while let Ok(m) = rx.try_recv() {
                         batch.push(m);
                     }
-                    w.handle(batch);
+                    shared.append(batch);
                 }
+                shared.state.lock_recover().closed = true;
+                shared.written.notify_one();
             })
-            .map_err(|e| AuditError::Io {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(spawn_err)?;
         Ok(Audit {
             tx: Some(tx),
             head,
@@ -200,7 +223,7 @@ impl Audit {
     pub async fn record(&self, event: Event) -> Result<(), AuditError> {
         let Some(tx) = &self.tx else { return Ok(()) };
         let (ack, done) = oneshot::channel();
-        tx.send(Msg::Append(Box::new(event), ack))
+        tx.send(Msg::Append(render_body(&event), ack))
             .map_err(|_| AuditError::Stopped)?;
         done.await.map_err(|_| AuditError::Stopped)?
     }
@@ -211,7 +234,7 @@ impl Audit {
         let Some(tx) = &self.tx else { return };
         // Sent now (so it keeps its place before a later key change); only the wait is detached.
         let (ack, done) = oneshot::channel();
-        if tx.send(Msg::Append(Box::new(event), ack)).is_err() {
+        if tx.send(Msg::Append(render_body(&event), ack)).is_err() {
             tracing::error!("audit record could not be written: the writer is not running");
             return;
         }
@@ -232,16 +255,173 @@ impl Audit {
     }
 }
 
+/// The writer's and the syncer's state, behind one lock (held for a write, never for a sync).
 struct Writer {
     path: PathBuf,
-    file: Option<File>,
+    file: Option<std::sync::Arc<File>>,
+    /// The chain's head as written (including what is not yet durable).
     seq: u64,
     prev: String,
+    /// The chain's head as durable: where a failed sync takes the chain back to.
+    durable_seq: u64,
+    durable_prev: String,
     size: u64,
     max_file_bytes: Option<u64>,
     key: Option<Zeroizing<Vec<u8>>>,
+    /// Written, not yet synced, oldest first.
+    pending: Vec<Written>,
+    closed: bool,
     head: std::sync::Arc<std::sync::Mutex<Option<Anchor>>>,
     rotated: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// One write: where it went, and whom to answer once it is durable.
+struct Written {
+    file: std::sync::Arc<File>,
+    start: u64,
+    seq: u64,
+    prev: String,
+    head: Option<Anchor>,
+    acks: Vec<Ack>,
+}
+
+struct Shared {
+    state: std::sync::Mutex<Writer>,
+    /// Signalled when something was written (or the writer stopped).
+    written: std::sync::Condvar,
+}
+
+impl Shared {
+    /// Numbers, chains and writes a batch of messages, and queues it for the syncer.
+    fn append(&self, batch: Vec<Msg>) {
+        let mut w = self.state.lock_recover();
+        let mut acks = Vec::new();
+        let mut buf = Vec::new();
+        let (mut seq, mut prev) = (w.seq, w.prev.clone());
+        let mut head = None;
+        for m in batch {
+            match m {
+                Msg::Reopen => w.file = None,
+                // Takes effect for the records after it in this batch.
+                Msg::SetKey(k) => w.key = k,
+                Msg::Append(body, ack) => {
+                    seq += 1;
+                    let mut line = chain_line(seq, &body, &prev);
+                    if let Some(k) = &w.key {
+                        let (keyed, mac) = add_mac(&line, k);
+                        line = keyed;
+                        prev = hex::encode(crate::crypto::sha256(line.as_bytes()));
+                        head = Some(Anchor {
+                            seq,
+                            line_hash: prev.clone(),
+                            mac,
+                        });
+                    } else {
+                        prev = hex::encode(crate::crypto::sha256(line.as_bytes()));
+                    }
+                    buf.extend_from_slice(line.as_bytes());
+                    buf.push(b'\n');
+                    acks.push(ack);
+                }
+            }
+        }
+        if acks.is_empty() {
+            return;
+        }
+        match w.write(&buf) {
+            Ok((file, start)) => {
+                w.seq = seq;
+                w.prev = prev.clone();
+                w.pending.push(Written {
+                    file,
+                    start,
+                    seq,
+                    prev,
+                    head,
+                    acks,
+                });
+                drop(w);
+                self.written.notify_one();
+            }
+            Err(e) => {
+                drop(w);
+                tracing::error!(error = %e, "audit log write failed: refusing the requests of this batch");
+                for ack in acks {
+                    let _ = ack.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Syncs what was written, as often as there is something, and answers its callers.
+    fn run_syncer(&self) {
+        loop {
+            let mut w = self.state.lock_recover();
+            while w.pending.is_empty() && !w.closed {
+                w = self
+                    .written
+                    .wait(w)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if w.pending.is_empty() {
+                return;
+            }
+            let batch = std::mem::take(&mut w.pending);
+            let path = w.path.clone();
+            drop(w);
+            let mut synced: Vec<&std::sync::Arc<File>> = Vec::new();
+            let mut result = Ok(());
+            for b in &batch {
+                if !synced.iter().any(|f| std::sync::Arc::ptr_eq(f, &b.file)) {
+                    synced.push(&b.file);
+                    result = result.and_then(|()| sync(&b.file));
+                }
+            }
+            let mut w = self.state.lock_recover();
+            match result {
+                Ok(()) => {
+                    if let Some(last) = batch.last() {
+                        w.durable_seq = last.seq;
+                        w.durable_prev.clone_from(&last.prev);
+                    }
+                    if let Some(h) = batch.iter().rev().find_map(|b| b.head.clone()) {
+                        *w.head.lock_recover() = Some(h);
+                    }
+                    drop(w);
+                    for ack in batch.into_iter().flat_map(|b| b.acks) {
+                        let _ = ack.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    // Nothing written since the last durable record is known to be on disk: take
+                    // it all back (the batches written meanwhile chain onto it), newest first.
+                    let later = std::mem::take(&mut w.pending);
+                    let all: Vec<Written> = batch.into_iter().chain(later).collect();
+                    for b in all.iter().rev() {
+                        let _ = b.file.set_len(b.start);
+                        let _ = b.file.sync_data();
+                    }
+                    w.seq = w.durable_seq;
+                    w.prev = w.durable_prev.clone();
+                    w.file = None;
+                    drop(w);
+                    let e = io_err(&path, e);
+                    tracing::error!(error = %e, "audit log sync failed: refusing the requests written since the last durable record");
+                    for ack in all.into_iter().flat_map(|b| b.acks) {
+                        let _ = ack.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// fdatasync, or an injected failure (debug builds, for the tests).
+fn sync(f: &File) -> io::Result<()> {
+    if crate::fault::failing("audit:sync") {
+        return Err(io::Error::other("injected sync failure (audit:sync)"));
+    }
+    f.sync_data()
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> AuditError {
@@ -260,22 +440,58 @@ fn open_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// The last non-blank line of `f` (without its newline), read backwards from the end in chunks:
+/// start-up does not depend on the log's size.
+fn last_line(f: &mut File) -> io::Result<Option<Vec<u8>>> {
+    const CHUNK: u64 = 64 * 1024;
+    /// A record longer than this is not one the writer made.
+    const MAX_LINE: usize = 64 * 1024 * 1024;
+    let mut end = f.seek(SeekFrom::End(0))?;
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let start = end.saturating_sub(CHUNK);
+        let mut chunk = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        // The last non-blank line, when its start is in what has been read.
+        let mut line_end = tail.len();
+        while let Some(nl) = tail[..line_end].iter().rposition(|&b| b == b'\n') {
+            if tail[nl + 1..line_end].iter().all(u8::is_ascii_whitespace) {
+                line_end = nl;
+                continue;
+            }
+            return Ok(Some(strip_cr(&tail[nl + 1..line_end])));
+        }
+        if start == 0 {
+            let first = &tail[..line_end];
+            return Ok((!first.iter().all(u8::is_ascii_whitespace)).then(|| strip_cr(first)));
+        }
+        if tail.len() > MAX_LINE {
+            return Err(io::Error::other(format!(
+                "its last record is longer than {MAX_LINE} bytes"
+            )));
+        }
+        end = start;
+    }
+}
+
+fn strip_cr(line: &[u8]) -> Vec<u8> {
+    line.strip_suffix(b"\r").unwrap_or(line).to_vec()
+}
+
 /// (last seq, hash of last line) of an existing log, or None when it has no record.
 fn tail_of(path: &Path) -> Result<Option<(u64, String)>, AuditError> {
-    let f = match File::open(path) {
+    let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path, e)),
     };
-    let mut last = None;
-    for line in io::BufReader::new(f).lines() {
-        let line = line.map_err(|e| io_err(path, e))?;
-        if !line.trim().is_empty() {
-            last = Some(line);
-        }
-    }
-    let Some(line) = last else { return Ok(None) };
-    let v: Value = serde_json::from_str(&line).map_err(|e| {
+    let Some(line) = last_line(&mut f).map_err(|e| io_err(path, e))? else {
+        return Ok(None);
+    };
+    let v: Value = serde_json::from_slice(&line).map_err(|e| {
         io_err(
             path,
             format!("its last record is not valid JSON ({e}); run `sealkeeper audit verify`"),
@@ -284,10 +500,7 @@ fn tail_of(path: &Path) -> Result<Option<(u64, String)>, AuditError> {
     let seq = v["seq"]
         .as_u64()
         .ok_or_else(|| io_err(path, "its last record has no seq"))?;
-    Ok(Some((
-        seq,
-        hex::encode(crate::crypto::sha256(line.as_bytes())),
-    )))
+    Ok(Some((seq, hex::encode(crate::crypto::sha256(&line)))))
 }
 
 fn now_rfc3339() -> String {
@@ -312,66 +525,24 @@ impl Writer {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Writer {
             path: path.to_path_buf(),
-            file: Some(file),
+            file: Some(std::sync::Arc::new(file)),
             seq,
+            durable_seq: seq,
+            durable_prev: prev.clone(),
             prev,
             size,
             max_file_bytes,
             key: None,
+            pending: Vec::new(),
+            closed: false,
             head: Default::default(),
             rotated: Default::default(),
         })
     }
 
-    fn handle(&mut self, batch: Vec<Msg>) {
-        let mut acks = Vec::new();
-        let mut lines = Vec::new();
-        let (mut seq, mut prev) = (self.seq, self.prev.clone());
-        let mut head = None;
-        for m in batch {
-            match m {
-                Msg::Reopen => self.file = None,
-                // Takes effect for the records after it in this batch.
-                Msg::SetKey(k) => self.key = k,
-                Msg::Append(ev, ack) => {
-                    seq += 1;
-                    let mut line = render(&ev, seq, &prev);
-                    if let Some(k) = &self.key {
-                        let (keyed, mac) = add_mac(&line, k);
-                        line = keyed;
-                        prev = hex::encode(crate::crypto::sha256(line.as_bytes()));
-                        head = Some(Anchor {
-                            seq,
-                            line_hash: prev.clone(),
-                            mac,
-                        });
-                    } else {
-                        prev = hex::encode(crate::crypto::sha256(line.as_bytes()));
-                    }
-                    lines.push(line);
-                    acks.push(ack);
-                }
-            }
-        }
-        if acks.is_empty() {
-            return;
-        }
-        let result = self.write(&lines);
-        if result.is_ok() {
-            self.seq = seq;
-            self.prev = prev;
-            if head.is_some() {
-                *self.head.lock_recover() = head;
-            }
-        } else if let Err(e) = &result {
-            tracing::error!(error = %e, "audit log write failed: refusing the requests of this batch");
-        }
-        for ack in acks {
-            let _ = ack.send(result.clone());
-        }
-    }
-
-    fn write(&mut self, lines: &[String]) -> Result<(), AuditError> {
+    /// Appends `buf` (whole lines); returns the file and where the write started. A failed write
+    /// is cut back, and the file is reopened next time.
+    fn write(&mut self, buf: &[u8]) -> Result<(std::sync::Arc<File>, u64), AuditError> {
         if let Some(max) = self.max_file_bytes
             && self.size >= max
         {
@@ -380,22 +551,16 @@ impl Writer {
         if self.file.is_none() {
             let f = open_file(&self.path).map_err(|e| io_err(&self.path, e))?;
             self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
-            self.file = Some(f);
+            self.file = Some(std::sync::Arc::new(f));
         }
-        let Some(f) = self.file.as_mut() else {
+        let Some(f) = self.file.clone() else {
             return Err(io_err(&self.path, "not open"));
         };
-        let mut buf = Vec::new();
-        for l in lines {
-            buf.extend_from_slice(l.as_bytes());
-            buf.push(b'\n');
-        }
-        let start = f.seek(SeekFrom::End(0)).unwrap_or(self.size);
-        let written = f.write_all(&buf).and_then(|_| f.sync_data());
-        match written {
+        let start = (&*f).seek(SeekFrom::End(0)).unwrap_or(self.size);
+        match (&*f).write_all(buf) {
             Ok(()) => {
                 self.size = start + buf.len() as u64;
-                Ok(())
+                Ok((f, start))
             }
             Err(e) => {
                 // Never leave half a record: cut the file back, and reopen next time.
@@ -468,27 +633,86 @@ fn newest_rotated(path: &Path) -> Option<PathBuf> {
     found.pop()
 }
 
-fn render(ev: &Event, seq: u64, prev: &str) -> String {
-    let mut rec = Map::new();
-    rec.insert("seq".into(), json!(seq));
-    rec.insert("time".into(), json!(now_rfc3339()));
-    rec.insert("type".into(), json!(ev.kind));
-    rec.insert("operation".into(), json!(ev.operation));
-    rec.insert("outcome".into(), json!(ev.outcome));
-    if let Some(e) = &ev.error {
-        rec.insert("error".into(), json!(e));
+/// A record's body: `time`, `type`, `operation`, `outcome`, `error`, `peer`, then the event's
+/// fields in their order, serialized straight from the event (no intermediate tree), without the
+/// braces. The writer puts `seq` before it and `prev` (and `mac`) after it. A field named like one
+/// of the record's own keys is left out.
+fn render_body(ev: &Event) -> String {
+    struct Fields<'a>(&'a [(&'static str, Value)]);
+    impl Serialize for Fields<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            const OWN: [&str; 9] = [
+                "seq",
+                "time",
+                "type",
+                "operation",
+                "outcome",
+                "error",
+                "peer",
+                "prev",
+                "mac",
+            ];
+            let mut m = s.serialize_map(None)?;
+            for (k, v) in self.0.iter().filter(|(k, _)| !OWN.contains(k)) {
+                m.serialize_entry(k, v)?;
+            }
+            m.end()
+        }
     }
-    if let Some(p) = &ev.peer {
-        rec.insert(
-            "peer".into(),
-            serde_json::to_value(p).unwrap_or(Value::Null),
-        );
+    #[derive(Serialize)]
+    struct Body<'a> {
+        time: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        operation: &'a str,
+        outcome: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peer: Option<&'a Peer>,
+        #[serde(flatten)]
+        fields: Fields<'a>,
     }
-    for (k, v) in &ev.fields {
-        rec.insert(k.clone(), v.clone());
+    let time = now_rfc3339();
+    let body = Body {
+        time: &time,
+        kind: ev.kind,
+        operation: &ev.operation,
+        outcome: ev.outcome,
+        error: ev.error.as_deref(),
+        peer: ev.peer.as_ref(),
+        fields: Fields(&ev.fields),
+    };
+    let mut out = Vec::with_capacity(256 + ev.operation.len());
+    if serde_json::to_writer(&mut out, &body).is_err() {
+        // Serializing strings and numbers cannot fail; keep the record regardless.
+        out = format!("{{\"time\":\"{time}\",\"type\":\"unrenderable\"}}").into_bytes();
     }
-    rec.insert("prev".into(), json!(prev));
-    Value::Object(rec).to_string()
+    let text = String::from_utf8(out).unwrap_or_default();
+    text.strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A whole record's line (before its `mac`), as the writer makes it.
+#[cfg(test)]
+pub(crate) fn render(ev: &Event, seq: u64, prev: &str) -> String {
+    chain_line(seq, &render_body(ev), prev)
+}
+
+/// The record's line (before its `mac`): `{"seq":N,<body>,"prev":"<hash>"}`.
+fn chain_line(seq: u64, body: &str, prev: &str) -> String {
+    let mut line = String::with_capacity(body.len() + prev.len() + 40);
+    line.push_str("{\"seq\":");
+    line.push_str(&seq.to_string());
+    line.push(',');
+    line.push_str(body);
+    line.push_str(",\"prev\":\"");
+    line.push_str(prev);
+    line.push_str("\"}");
+    line
 }
 
 /// The suffix a keyed record ends with: `,"mac":"<64 hex>"}`.
@@ -519,4 +743,38 @@ pub(crate) fn mac_ok(key: &[u8], content: &str, mac: &str) -> bool {
         .ok()
         .and_then(|m| <[u8; 32]>::try_from(m).ok())
         .is_some_and(|m| crate::crypto::hmac_sha256_verify(key, content.as_bytes(), &m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_of(content: &[u8]) -> Option<Vec<u8>> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, content).unwrap();
+        last_line(&mut File::open(&p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_last_line_is_found_from_the_end_whatever_the_size() {
+        assert_eq!(last_of(b""), None);
+        assert_eq!(last_of(b"\n \n"), None);
+        assert_eq!(last_of(b"{\"seq\":1}"), Some(b"{\"seq\":1}".to_vec()));
+        assert_eq!(last_of(b"a\nb\n\n  \n"), Some(b"b".to_vec()));
+        assert_eq!(last_of(b"a\r\nb\r\n"), Some(b"b".to_vec()));
+        // Lines that straddle the 64 KiB chunks, and a last line longer than a chunk.
+        let mut big = Vec::new();
+        for i in 0..5000 {
+            big.extend_from_slice(
+                format!("{{\"seq\":{i},\"pad\":\"{}\"}}\n", "x".repeat(97)).as_bytes(),
+            );
+        }
+        let want = format!("{{\"seq\":4999,\"pad\":\"{}\"}}", "x".repeat(97));
+        assert_eq!(last_of(&big), Some(want.into_bytes()));
+        let long = "y".repeat(200_000);
+        big.extend_from_slice(long.as_bytes());
+        big.extend_from_slice(b"\n\n");
+        assert_eq!(last_of(&big), Some(long.into_bytes()));
+    }
 }

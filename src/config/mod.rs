@@ -149,12 +149,16 @@ fn default_auth_failure_limit() -> u32 {
     20
 }
 
+/// The audit file's rotation size when `audit.max_file_bytes` is unset: 256 MiB.
+pub const DEFAULT_AUDIT_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// The audit log (JSON lines, hash-chained). Created with mode 0600.
     pub path: PathBuf,
     /// Rotate (rename to `<path>.<time>`) when the file reaches this size; the chain continues.
+    /// Unset: [`DEFAULT_AUDIT_FILE_BYTES`]; 0: never (rotation left to logrotate and SIGHUP).
     pub max_file_bytes: Option<u64>,
     /// Also record `/v1/sys/health` probes (off: load balancers probe every few seconds).
     #[serde(default)]
@@ -167,6 +171,17 @@ pub struct AuditConfig {
     /// and at shutdown): truncation and edits up to the anchor are detected.
     #[serde(default = "d_10s", with = "humantime_serde")]
     pub anchor_interval: Duration,
+}
+
+impl AuditConfig {
+    /// The size at which the file is rotated, or None when it never is.
+    pub fn rotate_at(&self) -> Option<u64> {
+        match self.max_file_bytes {
+            None => Some(DEFAULT_AUDIT_FILE_BYTES),
+            Some(0) => None,
+            Some(n) => Some(n),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -16,6 +16,7 @@ use crate::core::Core;
 
 pub mod audit_layer;
 pub mod client;
+pub mod public;
 pub mod tls;
 pub mod transit;
 pub mod wiped;
@@ -31,9 +32,11 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let fields = audit_layer::AuditFields::with("error", self.1.clone());
-        let resp = (self.0, axum::Json(json!({ "errors": [self.1] }))).into_response();
-        audit_layer::annotate(resp, fields)
+        audit_layer::note(|| audit_layer::AuditFields {
+            error: Some(self.1.clone()),
+            ..Default::default()
+        });
+        (self.0, axum::Json(json!({ "errors": [self.1] }))).into_response()
     }
 }
 
@@ -150,7 +153,12 @@ pub fn status_has_body(code: StatusCode) -> bool {
 /// Every error answer in Vault's `{"errors": [...]}` envelope: an extractor's rejection (a path
 /// that is not UTF-8, a bad query string) is plain text otherwise.
 pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let resp = next.run(req).await;
+    errors_as_json(next.run(req).await).await
+}
+
+/// `resp` as it is, unless it is an error answer whose body is not JSON: then the same status
+/// with its text in the errors envelope.
+pub async fn errors_as_json(resp: Response) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()
@@ -293,83 +301,6 @@ pub struct BodyLimits {
     pub budget: Arc<tokio::sync::Semaphore>,
 }
 
-/// Reads every request body (within the limit and the read timeout) before the handler runs, so
-/// that an early answer (503 while sealed, 403, 404, 405, 429) never leaves a client's body unread:
-/// over HTTP/2 an answer sent before the body reset the stream for some clients (curl 7.88).
-pub async fn buffer_body(
-    State(limits): State<BodyLimits>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    use http_body_util::BodyExt;
-    let (parts, body) = req.into_parts();
-    // The body's share of the memory budget: its declared length, or the limit when it has none.
-    let declared = parts
-        .headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let share = u32::try_from(declared.unwrap_or(limits.max_bytes).min(limits.max_bytes))
-        .unwrap_or(u32::MAX);
-    let _held = match tokio::time::timeout(
-        limits.read_timeout,
-        limits.budget.clone().acquire_many_owned(share),
-    )
-    .await
-    {
-        Ok(Ok(p)) => p,
-        _ => {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many large requests at once; try again",
-            );
-        }
-    };
-    let limited = http_body_util::Limited::new(body, limits.max_bytes);
-    let bytes = match tokio::time::timeout(limits.read_timeout, limited.collect()).await {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "request body is larger than the limit of {} bytes",
-                    limits.max_bytes
-                ),
-            );
-        }
-        Ok(Err(_)) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read",
-            );
-        }
-        Err(_) => {
-            return error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {}",
-                    humantime::format_duration(limits.read_timeout)
-                ),
-            );
-        }
-    };
-    next.run(axum::extract::Request::from_parts(
-        parts,
-        axum::body::Body::from(bytes),
-    ))
-    .await
-}
-
-/// What the public router needs besides the core: client addresses, throttling and body limits.
-pub struct PublicOptions {
-    pub trusted_proxies: Vec<client::Cidr>,
-    pub throttle: Arc<client::AuthThrottle>,
-    pub body: BodyLimits,
-}
-
 /// A router and the paths it was given, so that the route set can be checked (a test compares
 /// the public listener's paths with an allow-list and probes every admin path on it). Built
 /// without state; `with_state` comes last.
@@ -400,7 +331,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 }
 
 /// The public listener's own routes (sys), before state.
-fn sys_routes() -> Routes<Arc<Core>> {
+pub(crate) fn sys_routes() -> Routes<Arc<Core>> {
     Routes::new()
         .route("/v1/sys/health", get(health_handler).head(health_handler))
         .route("/v1/sys/seal-status", get(seal_status_handler))
@@ -425,38 +356,4 @@ pub fn with_json_errors(router: Router) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(json_errors))
-}
-
-/// The router of the public listener.
-pub fn public_router(
-    core: Arc<Core>,
-    transit: &crate::config::TransitConfig,
-    audit: audit_layer::AuditCtx,
-    opts: PublicOptions,
-) -> Router {
-    let state = transit::TransitState {
-        core: core.clone(),
-        max_body: transit.max_request_bytes,
-        max_batch_items: transit.max_batch_items,
-    };
-    // Layers run outermost first: client address, audit, body, throttle, then the handler.
-    let router = sys_routes().router.with_state(core).merge(
-        transit::public_routes(transit.mount.trim_matches('/'))
-            .router
-            .with_state(state),
-    );
-    with_json_errors(router)
-        .layer(axum::middleware::from_fn_with_state(
-            opts.throttle,
-            client::throttle_requests,
-        ))
-        .layer(axum::middleware::from_fn_with_state(opts.body, buffer_body))
-        .layer(axum::middleware::from_fn_with_state(
-            audit,
-            audit_layer::audit_requests,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(opts.trusted_proxies),
-            client::resolve_client,
-        ))
 }

@@ -7,19 +7,19 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::ApiError;
 use super::Routes;
 use super::audit_layer::{AuditFields, annotate};
-use super::wiped::WipedString;
+use super::wiped::{Wipe, WipedString};
 use crate::core::Core;
 use crate::transit::{Capability, TokenRecord, Transit, TransitError, decode_b64};
 
@@ -86,25 +86,45 @@ pub(crate) fn transit(st: &TransitState) -> Result<Arc<Transit>, ApiError> {
 }
 
 /// Vault's response envelope.
-pub(crate) fn envelope(data: Value, auth: Value) -> Response {
+pub(crate) fn envelope<D: Serialize + Wipe>(data: D, auth: Value) -> Response {
     envelope_with(data, auth, Value::Null)
 }
 
-pub(crate) fn envelope_with(data: Value, auth: Value, warnings: Value) -> Response {
-    // Plaintexts, data keys and tokens travel in these answers: wiped once sent.
-    super::wiped::json_response(
+pub(crate) fn envelope_with<D: Serialize + Wipe>(
+    mut data: D,
+    mut auth: Value,
+    warnings: Value,
+) -> Response {
+    #[derive(Serialize)]
+    struct Envelope<'a, D> {
+        request_id: &'a str,
+        lease_id: &'static str,
+        renewable: bool,
+        lease_duration: u64,
+        data: &'a D,
+        wrap_info: Option<()>,
+        warnings: &'a Value,
+        auth: &'a Value,
+    }
+    let id = crate::crypto::RandomId::new();
+    // Plaintexts, data keys and tokens travel in these answers: wiped once serialized and once
+    // sent.
+    let resp = super::wiped::json_response(
         StatusCode::OK,
-        json!({
-            "request_id": crate::crypto::random_id(),
-            "lease_id": "",
-            "renewable": false,
-            "lease_duration": 0,
-            "data": data,
-            "wrap_info": null,
-            "warnings": warnings,
-            "auth": auth,
-        }),
-    )
+        &Envelope {
+            request_id: id.as_str(),
+            lease_id: "",
+            renewable: false,
+            lease_duration: 0,
+            data: &data,
+            wrap_info: None,
+            warnings: &warnings,
+            auth: &auth,
+        },
+    );
+    data.wipe();
+    auth.wipe();
+    resp
 }
 
 /// The request's token record if it may do `cap` on `key`, else the answer to send: a failed
@@ -115,7 +135,7 @@ fn authorized(
     headers: &HeaderMap,
     key: &str,
     cap: Capability,
-) -> Result<TokenRecord, Box<Response>> {
+) -> Result<Arc<TokenRecord>, Box<Response>> {
     t.authorize(token_of(headers), key, cap)
         .map_err(|e| Box::new(denial(e, Some((key, cap)))))
 }
@@ -125,21 +145,18 @@ fn denial(e: TransitError, target: Option<(&str, Capability)>) -> Response {
         TransitError::PolicyDenied { accessor } => {
             let (key, cap) = target.unzip();
             tracing::info!(%accessor, key = key.unwrap_or(""), capability = ?cap, "request denied by policy");
-            let mut fields = AuditFields::with("accessor", accessor);
-            if let Some(k) = key {
-                fields.0.insert("key".into(), json!(k));
-            }
             annotate(
                 ApiError(StatusCode::FORBIDDEN, "permission denied".into()).into_response(),
-                fields,
+                || AuditFields {
+                    accessor: Some(accessor),
+                    key: key.map(str::to_string),
+                    ..Default::default()
+                },
             )
         }
         TransitError::Forbidden(_) => {
-            let mut resp = ApiError::from(e).into_response();
-            resp.extensions_mut().insert(super::client::Denied(
-                crate::audit::denials::DenialKind::Authentication,
-            ));
-            resp
+            super::audit_layer::note_denied(crate::audit::denials::DenialKind::Authentication);
+            ApiError::from(e).into_response()
         }
         other => ApiError::from(other).into_response(),
     }
@@ -350,14 +367,34 @@ fn aad_of(item: &Item) -> Result<zeroize::Zeroizing<Vec<u8>>, TransitError> {
     }
 }
 
+/// One item's answer, single or in a batch.
+#[derive(Debug, Default, Serialize)]
+struct ItemOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ciphertext: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plaintext: Option<WipedString>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+// The plaintext wipes itself when dropped.
+impl Wipe for ItemOut {}
+
+#[derive(Serialize)]
+struct BatchOut {
+    batch_results: Vec<ItemOut>,
+}
+
+impl Wipe for BatchOut {}
+
 /// One item's answer and the key version it used (for the audit record; a decrypt answer does
 /// not carry it, as in Vault).
-fn one_versioned(
-    t: &Transit,
-    op: Op,
-    key: &str,
-    item: &Item,
-) -> Result<(Value, u32), TransitError> {
+fn one(t: &Transit, op: Op, key: &str, item: &Item) -> Result<(ItemOut, u32), TransitError> {
     let aad = aad_of(item)?;
     let (mut out, version) = match op {
         Op::Encrypt => {
@@ -367,7 +404,12 @@ fn one_versioned(
                 .ok_or_else(|| TransitError::BadRequest("missing plaintext".into()))?;
             let pt = decode_b64("plaintext", p)?;
             let (ct, v) = t.encrypt(key, &pt, &aad, item.key_version)?;
-            (json!({ "ciphertext": ct, "key_version": v }), v)
+            let out = ItemOut {
+                ciphertext: Some(ct),
+                key_version: Some(v),
+                ..ItemOut::default()
+            };
+            (out, v)
         }
         Op::Decrypt => {
             let c = item
@@ -375,7 +417,11 @@ fn one_versioned(
                 .as_deref()
                 .ok_or_else(|| TransitError::BadRequest("missing ciphertext".into()))?;
             let (pt, v) = t.decrypt(key, c, &aad)?;
-            (json!({ "plaintext": B64.encode(&*pt) }), v)
+            let out = ItemOut {
+                plaintext: Some(WipedString::from(B64.encode(&*pt))),
+                ..ItemOut::default()
+            };
+            (out, v)
         }
         Op::Rewrap => {
             let c = item
@@ -383,36 +429,28 @@ fn one_versioned(
                 .as_deref()
                 .ok_or_else(|| TransitError::BadRequest("missing ciphertext".into()))?;
             let (ct, v) = t.rewrap(key, c, &aad, item.key_version)?;
-            (json!({ "ciphertext": ct, "key_version": v }), v)
+            let out = ItemOut {
+                ciphertext: Some(ct),
+                key_version: Some(v),
+                ..ItemOut::default()
+            };
+            (out, v)
         }
     };
-    if let Some(r) = &item.reference {
-        out["reference"] = json!(r);
-    }
+    out.reference.clone_from(&item.reference);
     Ok((out, version))
 }
 
-fn one(t: &Transit, op: Op, key: &str, item: &Item) -> Result<Value, TransitError> {
-    one_versioned(t, op, key, item).map(|(v, _)| v)
-}
-
-async fn operation(
-    st: TransitState,
-    op: Op,
-    key: String,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
+async fn operation(st: TransitState, op: Op, key: String, req: Request) -> ApiResult {
     let t = transit(&st)?;
-    let rec = match authorized(&t, &headers, &key, op.capability()) {
+    let rec = match authorized(&t, req.headers(), &key, op.capability()) {
         Ok(r) => r,
         Err(resp) => return Ok(*resp),
     };
-    let fields = accessor_and_key(&rec, &key);
-    let result = operation_inner(&st, &t, op, &key, body).await;
+    let result = operation_inner(&st, &t, op, &key, req.into_body()).await;
     Ok(annotate(
         result.unwrap_or_else(IntoResponse::into_response),
-        fields,
+        || accessor_and_key(&rec, &key),
     ))
 }
 
@@ -451,11 +489,11 @@ fn operation_on(t: &Transit, op: Op, key: &str, bytes: &[u8], max_batch_items: u
         ));
     }
     let Some(batch) = req.batch_input.take() else {
-        let (data, version) = one_versioned(t, op, key, &req.item())?;
-        return Ok(annotate(
-            envelope(data, Value::Null),
-            AuditFields::with("key_version", version),
-        ));
+        let (data, version) = one(t, op, key, &req.item())?;
+        return Ok(annotate(envelope(data, Value::Null), || AuditFields {
+            key_version: Some(version),
+            ..Default::default()
+        }));
     };
     if batch.is_empty() {
         return Err(ApiError(
@@ -465,25 +503,28 @@ fn operation_on(t: &Transit, op: Op, key: &str, bytes: &[u8], max_batch_items: u
     }
     let mut failed = 0usize;
     let mut internal_error = false;
-    let results: Vec<Value> = batch
+    let results: Vec<ItemOut> = batch
         .iter()
         .map(|item| match one(t, op, key, item) {
-            Ok(v) => v,
+            Ok((v, _)) => v,
             Err(e) => {
                 failed += 1;
                 internal_error |=
                     !matches!(e, TransitError::BadRequest(_) | TransitError::NotFound(_));
-                let mut v = json!({ "error": ApiError::from(e).1 });
-                if let Some(r) = &item.reference {
-                    v["reference"] = json!(r);
+                ItemOut {
+                    error: Some(ApiError::from(e).1),
+                    reference: item.reference.clone(),
+                    ..ItemOut::default()
                 }
-                v
             }
         })
         .collect();
     let total = batch.len();
     drop(batch);
-    let mut fields = AuditFields::with("batch_items", total);
+    let mut fields = AuditFields {
+        batch_items: Some(total),
+        ..Default::default()
+    };
     let mut warnings = Value::Null;
     let mut status = StatusCode::OK;
     if failed > 0 {
@@ -497,38 +538,41 @@ fn operation_on(t: &Transit, op: Op, key: &str, bytes: &[u8], max_batch_items: u
         if let Some(w) = warning {
             warnings = json!([w]);
         }
-        fields.0.insert("batch_failed".into(), json!(failed));
+        fields.batch_failed = Some(failed);
     }
-    let mut resp = envelope_with(json!({ "batch_results": results }), Value::Null, warnings);
+    let mut resp = envelope_with(
+        BatchOut {
+            batch_results: results,
+        },
+        Value::Null,
+        warnings,
+    );
     *resp.status_mut() = status;
-    Ok(annotate(resp, fields))
+    Ok(annotate(resp, || fields))
 }
 
 async fn encrypt(
     State(st): State<TransitState>,
     Path(key): Path<String>,
-    h: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> ApiResult {
-    operation(st, Op::Encrypt, key, h, body).await
+    operation(st, Op::Encrypt, key, req).await
 }
 
 async fn decrypt(
     State(st): State<TransitState>,
     Path(key): Path<String>,
-    h: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> ApiResult {
-    operation(st, Op::Decrypt, key, h, body).await
+    operation(st, Op::Decrypt, key, req).await
 }
 
 async fn rewrap(
     State(st): State<TransitState>,
     Path(key): Path<String>,
-    h: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> ApiResult {
-    operation(st, Op::Rewrap, key, h, body).await
+    operation(st, Op::Rewrap, key, req).await
 }
 
 async fn datakey(
@@ -555,14 +599,15 @@ async fn datakey(
     };
     let aad = aad_of(&req.item())?;
     let (dk, ct, v) = t.datakey(&key, req.bits.unwrap_or(256), &aad)?;
-    let mut data = json!({ "ciphertext": ct, "key_version": v });
-    if with_plaintext {
-        data["plaintext"] = json!(B64.encode(&*dk));
-    }
-    Ok(annotate(
-        envelope(data, Value::Null),
-        accessor_and_key(&rec, &key),
-    ))
+    let data = ItemOut {
+        ciphertext: Some(ct),
+        key_version: Some(v),
+        plaintext: with_plaintext.then(|| WipedString::from(B64.encode(&*dk))),
+        ..ItemOut::default()
+    };
+    Ok(annotate(envelope(data, Value::Null), || {
+        accessor_and_key(&rec, &key)
+    }))
 }
 
 async fn read_key(
@@ -577,19 +622,16 @@ async fn read_key(
     };
     Ok(annotate(
         envelope(t.key_metadata(&key)?, Value::Null),
-        accessor_and_key(&rec, &key),
+        || accessor_and_key(&rec, &key),
     ))
 }
 
 fn accessor_and_key(rec: &TokenRecord, key: &str) -> AuditFields {
-    AuditFields(
-        [
-            ("accessor".to_string(), json!(rec.accessor)),
-            ("key".to_string(), json!(key)),
-        ]
-        .into_iter()
-        .collect(),
-    )
+    AuditFields {
+        accessor: Some(rec.accessor.clone()),
+        key: Some(key.to_string()),
+        ..Default::default()
+    }
 }
 
 pub(crate) fn auth_block(rec: &TokenRecord, token: Option<&str>) -> Value {
@@ -656,7 +698,10 @@ async fn renew_self(State(st): State<TransitState>, headers: HeaderMap, body: Bo
     let rec = t.renew(token, req.increment).await?;
     Ok(annotate(
         envelope(Value::Null, auth_block(&rec, token)),
-        AuditFields::with("accessor", rec.accessor.clone()),
+        || AuditFields {
+            accessor: Some(rec.accessor.clone()),
+            ..Default::default()
+        },
     ))
 }
 
@@ -669,7 +714,10 @@ async fn lookup_self(State(st): State<TransitState>, headers: HeaderMap) -> ApiR
     };
     Ok(annotate(
         envelope(lookup_data(&rec, token), Value::Null),
-        AuditFields::with("accessor", rec.accessor.clone()),
+        || AuditFields {
+            accessor: Some(rec.accessor.clone()),
+            ..Default::default()
+        },
     ))
 }
 

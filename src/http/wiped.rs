@@ -33,6 +33,30 @@ impl Drop for WipedString {
     }
 }
 
+impl From<String> for WipedString {
+    fn from(s: String) -> WipedString {
+        WipedString(s)
+    }
+}
+
+impl serde::Serialize for WipedString {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// A value whose secrets can be zeroized in place once it has been serialized into an answer.
+/// Types whose secret parts wipe themselves on drop (a [`WipedString`]) need do nothing.
+pub trait Wipe {
+    fn wipe(&mut self) {}
+}
+
+impl Wipe for Value {
+    fn wipe(&mut self) {
+        wipe_value(self);
+    }
+}
+
 impl<'de> Deserialize<'de> for WipedString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<WipedString, D::Error> {
         String::deserialize(d).map(WipedString)
@@ -53,20 +77,6 @@ pub fn wipe_value(v: &mut Value) {
     }
 }
 
-fn text_len(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.len() + 2,
-        Value::Array(a) => a.iter().map(text_len).sum::<usize>() + a.len() + 2,
-        Value::Object(o) => {
-            o.iter()
-                .map(|(k, x)| k.len() + 4 + text_len(x))
-                .sum::<usize>()
-                + 2
-        }
-        _ => 24,
-    }
-}
-
 /// Bytes that are zeroized when the last reference (hyper's, after writing) is dropped.
 struct WipeOnDrop(Vec<u8>);
 
@@ -82,13 +92,11 @@ impl Drop for WipeOnDrop {
     }
 }
 
-/// A JSON answer whose tree is wiped once serialized, and whose body is wiped once sent. The buffer
-/// is sized up front so that serializing does not leave reallocated copies behind.
-pub fn json_response(status: StatusCode, mut v: Value) -> Response {
-    // Escapes can only lengthen strings a little; the margin keeps one allocation in practice.
-    let mut buf = Vec::with_capacity(text_len(&v) + text_len(&v) / 8 + 64);
-    let written = serde_json::to_writer(&mut buf, &v);
-    wipe_value(&mut v);
+/// A JSON answer whose body is wiped once sent. (A buffer that grows while serializing leaves no
+/// copy behind: the daemon's allocator wipes every block it frees.)
+pub fn json_response<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
+    let mut buf = Vec::with_capacity(1024);
+    let written = serde_json::to_writer(&mut buf, v);
     if written.is_err() {
         buf.zeroize();
         return (

@@ -196,7 +196,7 @@ impl Transit {
             cipher,
             memory,
             keys: RwLock::new(BTreeMap::new()),
-            tokens: tokens::TokenStore::new(token_key),
+            tokens: tokens::TokenStore::new(token_key, memory)?,
             policies: RwLock::new(BTreeMap::new()),
             write: tokio::sync::Mutex::new(()),
             revisions: Mutex::new(HashMap::new()),
@@ -588,7 +588,7 @@ impl Transit {
     }
 
     /// The token's record, if it is valid now.
-    pub fn authenticate(&self, token: Option<&str>) -> Result<TokenRecord> {
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Arc<TokenRecord>> {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or_else(|| TransitError::Forbidden("missing client token".into()))?;
@@ -608,7 +608,7 @@ impl Transit {
         token: Option<&str>,
         name: &str,
         cap: Capability,
-    ) -> Result<TokenRecord> {
+    ) -> Result<Arc<TokenRecord>> {
         let rec = self.authenticate(token)?;
         let policies = self.policies.read_recover();
         let allowed = rec

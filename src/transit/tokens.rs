@@ -4,7 +4,7 @@
 
 use crate::locks::RwLockExt;
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -85,21 +85,27 @@ pub fn parse_duration(s: &str) -> std::result::Result<u64, String> {
         .map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// The records by the HMAC of their token. A record is shared (`Arc`), so a lookup on the request
+/// path copies nothing.
 pub struct TokenStore {
-    key: LockedBytes,
-    by_hash: RwLock<HashMap<String, TokenRecord>>,
+    key: crypto::HmacKey,
+    by_hash: RwLock<HashMap<[u8; 32], Arc<TokenRecord>>>,
 }
 
 impl TokenStore {
-    pub fn new(key: LockedBytes) -> TokenStore {
-        TokenStore {
-            key,
+    pub fn new(key: LockedBytes, memory: crate::secret::MemoryPolicy) -> Result<TokenStore> {
+        Ok(TokenStore {
+            key: crypto::HmacKey::new(key.as_slice(), memory)?,
             by_hash: RwLock::new(HashMap::new()),
-        }
+        })
+    }
+
+    fn tag(&self, token: &str) -> [u8; 32] {
+        self.key.sign(token.as_bytes())
     }
 
     fn hash(&self, token: &str) -> String {
-        hex::encode(crypto::hmac_sha256(self.key.as_slice(), token.as_bytes()))
+        hex::encode(self.tag(token))
     }
 
     /// A new token and its record (not yet stored).
@@ -134,14 +140,19 @@ impl TokenStore {
         Ok((rec, token))
     }
 
+    /// Adds or replaces a record (a record whose stored hash is not 64 hex digits names no token
+    /// that could be presented, and is left out).
     pub fn insert(&self, rec: TokenRecord) {
-        self.by_hash.write_recover().insert(rec.hash.clone(), rec);
+        let mut tag = [0u8; 32];
+        if hex::decode_to_slice(&rec.hash, &mut tag).is_ok() {
+            self.by_hash.write_recover().insert(tag, Arc::new(rec));
+        }
     }
 
     /// Finds a token by its HMAC. The map is keyed by an HMAC the caller cannot compute, so the
     /// lookup's timing reveals nothing about stored tokens.
-    pub fn lookup(&self, token: &str) -> Option<TokenRecord> {
-        let h = self.hash(token);
+    pub fn lookup(&self, token: &str) -> Option<Arc<TokenRecord>> {
+        let h = self.tag(token);
         self.by_hash.read_recover().get(&h).cloned()
     }
 
@@ -159,7 +170,12 @@ impl TokenStore {
     }
 
     pub fn all(&self) -> Vec<TokenRecord> {
-        let mut v: Vec<_> = self.by_hash.read_recover().values().cloned().collect();
+        let mut v: Vec<TokenRecord> = self
+            .by_hash
+            .read_recover()
+            .values()
+            .map(|r| TokenRecord::clone(r))
+            .collect();
         v.sort_by(|a, b| {
             a.created_unix
                 .cmp(&b.created_unix)
