@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks. Results go to BENCHMARKS.md by hand, with the command and the machine.
 #
-#   scripts/bench.sh startup [RUNS]
+#   scripts/bench.sh startup [RUNS]          (AUDIT_RECORDS=N: with an audit log of N records)
 #   scripts/bench.sh transit [SECONDS]
+#   scripts/bench.sh heap
 #   scripts/bench.sh hardening [idle|batch|flood|core|bao ...]
 #   scripts/bench.sh compare BEFORE_BINARY [startup|transit ...]
 #
@@ -19,6 +20,14 @@
 # fixed JSON body; and once more with the audit trail switched off (enc-noau, dec-noau), to report
 # the cost of the durable, group-committed audit records; and encrypt unaudited with the system
 # allocator (enc-sysa, examples/sealkeeper_system_alloc) for the cost of wiping freed memory.
+#
+# The transit run also measures the disk's own sync rate (write a 300-byte line and fdatasync it,
+# 2,000 times, beside the audit log) and reports the audited rate at one connection against it, and
+# at 16 and 64 connections against the bound that one sync in flight at a time allows: N / (sync
+# time + the unaudited response time N / unaudited req/s).
+#
+# heap: heap calls (malloc, free, realloc, calloc: uprobes on libc, `perf probe`) per request of an
+# unaudited encrypt at 16 connections, beside the floor's per request.
 #
 # compare: startup and transit (or the ones named) for BEFORE_BINARY (an earlier release build of
 # sealkeeper) and for this tree's, one after the other in the same run, each beside its own floor;
@@ -45,6 +54,48 @@ case "$what" in
     done
     exit 0 ;;
   startup) RUNS=${2:-25} ;;
+  heap)
+    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+    command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
+    cargo build --release --quiet --bin sealkeeper --example https_floor
+    LIBC=$(ldconfig -p | awk '/libc.so.6 .*x86-64/ {print $NF; exit}')
+    for f in malloc free realloc calloc; do perf probe -q -x "$LIBC" --add "$f" 2>/dev/null || true; done
+    BIN=${SEALKEEPER_BENCH_BIN:-$PWD/target/release/sealkeeper}
+    WORK=$(mktemp -d)
+    trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+    free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+    PORT=$(free_port); FLOOR_PORT=$(free_port)
+    DIR=$(scripts/setup-softhsm.sh --dir "$WORK/demo" --port "$PORT")
+    export SOFTHSM2_CONF=$DIR/softhsm2.conf SEALKEEPER_SOCKET=$DIR/admin.sock
+    sed -i '/^\[audit\]$/,/^path = /d' "$DIR/sealkeeper.toml"
+    "$BIN" server --config "$DIR/sealkeeper.toml" 2>/dev/null &
+    DAEMON=$!
+    for _ in $(seq 1 200); do [ -S "$SEALKEEPER_SOCKET" ] && break; sleep 0.05; done
+    "$BIN" operator init --recovery-shares 1 --recovery-threshold 1 >/dev/null
+    "$BIN" operator key create bench >/dev/null
+    "$BIN" operator policy write bench --key bench --capabilities encrypt,decrypt >/dev/null
+    TOKEN=$("$BIN" operator token create --policy bench --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_token"])')
+    target/release/examples/https_floor "127.0.0.1:$FLOOR_PORT" "$DIR/tls/server.crt" "$DIR/tls/server.key" &
+    FLOOR=$!
+    cat > "$WORK/put.lua" <<'LUA'
+wrk.method = "PUT"
+wrk.body = os.getenv("BODY")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Vault-Token"] = os.getenv("TOKEN")
+LUA
+    BODY="{\"plaintext\":\"$(head -c 32 /dev/urandom | base64 -w0)\"}"
+    count() { # pid url -> heap calls per request
+      perf stat -x, -o "$WORK/stat" -e probe_libc:malloc,probe_libc:free,probe_libc:realloc,probe_libc:calloc -p "$1" -- sleep 3.6 &
+      local st=$!; sleep 0.3
+      local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c16 -d3s -s "$WORK/put.lua" "$2" | awk '/requests in/ {print $1}')
+      wait $st
+      awk -F, -v n="$n" '/probe_libc/ {s += $1} END {printf "%.1f", s / n}' "$WORK/stat"
+    }
+    sleep 0.5
+    d=$(count $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench")
+    f=$(count $FLOOR "https://localhost:$FLOOR_PORT/")
+    echo "heap calls per request (unaudited encrypt, 16 connections): sealkeeper $d, floor $f, ratio $(python3 -c "print(f'{$d/$f:.2f}')")"
+    exit 0 ;;
   transit) SECS=${2:-5} ;;
   hardening)
     cargo build --release --quiet --bin sealkeeper
@@ -111,6 +162,20 @@ print(f"{sys.argv[1]:<8} {sys.argv[2]:>5} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f}")
     run encrypt "$URL/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
     run decrypt "$URL/decrypt/bench" "{\"ciphertext\":\"$CT\"}" "$c" | tee -a "$WORK/results"
   done
+  # The disk's own sync rate beside the audit log: one 300-byte line and one fdatasync at a time.
+  python3 - "$DIR/sync-floor" <<'PY' | tee -a "$WORK/results"
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+line, n = b"x" * 299 + b"\n", 2000
+t0 = time.perf_counter()
+for _ in range(n):
+    os.write(fd, line)
+    os.fdatasync(fd)
+dt = time.perf_counter() - t0
+os.close(fd)
+os.unlink(sys.argv[1])
+print(f"sync         1 {n / dt:10.0f} {dt / n * 1000:8.2f} {0:8.2f}")
+PY
   # The same daemon and state without the audit trail.
   kill -TERM "$DAEMON"; wait "$DAEMON" 2>/dev/null || true
   sed -i '/^\[audit\]$/,/^path = /d' "$DIR/sealkeeper.toml"
@@ -137,9 +202,20 @@ print(f"{sys.argv[1]:<8} {sys.argv[2]:>5} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f}")
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
 floor = {r[1]: float(r[2]) for r in rows if r[0] == "floor"}
+sync = next((float(r[2]) for r in rows if r[0] == "sync"), None)
 plain = {(r[0][:3], r[1]): float(r[2]) for r in rows if r[0].endswith("-noau")}
 sysa = {r[1]: float(r[2]) for r in rows if r[0] == "enc-sysa"}
 for r in rows:
+    if r[0] in ("encrypt", "decrypt") and sync:
+        n = int(r[1])
+        if n == 1:
+            print(f"{r[0]:<8} {n:>5} conns: {float(r[2]) / sync:.2f}x the disk's own sync rate ({sync:.0f}/s)")
+        elif (r[0][:3], r[1]) in plain:
+            bound = n / (1 / sync + n / plain[(r[0][:3], r[1])])
+            print(f"{r[0]:<8} {n:>5} conns: {float(r[2]) / bound:.2f}x the one-sync-at-a-time bound ({bound:.0f}/s)")
+for r in rows:
+    if r[0] == "sync":
+        continue
     if r[0] == "enc-sysa":
         print(f"enc-noau {r[1]:>5} conns: wiping allocator / system allocator {plain[('enc', r[1])] / float(r[2]):.2f}")
     elif r[0] != "floor":
@@ -165,6 +241,21 @@ export SOFTHSM2_CONF=$DIR/softhsm2.conf SEALKEEPER_SOCKET=$DIR/admin.sock
 for _ in $(seq 1 200); do [ -S "$SEALKEEPER_SOCKET" ] && break; sleep 0.05; done
 "$BIN" operator init --recovery-shares 1 --recovery-threshold 1 >/dev/null
 kill -TERM %1; wait %1 || true
+if [ -n "${AUDIT_RECORDS:-}" ]; then
+  # A long trail: N records (about 400 bytes each) before the real ones; start-up reads its tail.
+  python3 - "$DIR/audit.log" "$AUDIT_RECORDS" <<'PY'
+import sys
+path, n = sys.argv[1], int(sys.argv[2])
+old = open(path).read().splitlines()
+pad = "x" * 250
+with open(path, "w") as f:
+    for i in range(1, n + 1):
+        f.write('{"seq":%d,"time":"2026-12-01T00:00:00.000000Z","type":"request","operation":"PUT /v1/transit/encrypt/k","outcome":"ok","pad":"%s","prev":"%s"}\n' % (i, pad, "0" * 64))
+    for line in old:
+        f.write(line + "\n")
+PY
+  echo "audit log: $(wc -l < "$DIR/audit.log") records, $(du -h "$DIR/audit.log" | cut -f1)"
+fi
 
 python3 - "$BIN" "$FLOOR" "$DIR" "$PORT" "$RUNS" <<'PY'
 import http.client, os, signal, ssl, statistics, subprocess, sys, time

@@ -26,7 +26,9 @@ pub enum AuditKeyError {
 }
 
 pub struct AuditKeys {
-    hmac_key: LockedBytes,
+    /// Both keys' precomputed HMAC states live in locked memory (no key setup per record).
+    hmac_key: crypto::HmacKey,
+    chain_mac: Arc<crypto::HmacKey>,
     chain_key: LockedBytes,
     cipher: RecordCipher,
     storage: Arc<dyn Storage>,
@@ -40,9 +42,15 @@ impl AuditKeys {
         memory: MemoryPolicy,
     ) -> Result<AuditKeys, AuditKeyError> {
         let cipher = RecordCipher::new(keys);
+        let hmac_key = cipher.derive_key(b"sealkeeper audit hmac v1", memory)?;
+        let chain_key = cipher.derive_key(b"sealkeeper audit chain v1", memory)?;
+        let memory_err = |e| AuditKeyError::Keyring(KeyringError::Memory(e));
         Ok(AuditKeys {
-            hmac_key: cipher.derive_key(b"sealkeeper audit hmac v1", memory)?,
-            chain_key: cipher.derive_key(b"sealkeeper audit chain v1", memory)?,
+            hmac_key: crypto::HmacKey::new(hmac_key.as_slice(), memory).map_err(memory_err)?,
+            chain_mac: Arc::new(
+                crypto::HmacKey::new(chain_key.as_slice(), memory).map_err(memory_err)?,
+            ),
+            chain_key,
             cipher,
             storage,
         })
@@ -51,13 +59,15 @@ impl AuditKeys {
     /// `hmac-sha256:<hex>` of a value, as the audit trail writes values that must not appear in
     /// clear (Vault's convention); an operator holding a value checks it with `operator audit-hash`.
     pub fn hmac(&self, value: &[u8]) -> String {
-        format!(
-            "hmac-sha256:{}",
-            hex::encode(crypto::hmac_sha256(self.hmac_key.as_slice(), value))
-        )
+        format!("hmac-sha256:{}", hex::encode(self.hmac_key.sign(value)))
     }
 
-    /// A copy of the chain key for the audit writer (which keeps it until seal).
+    /// The chain key's HMAC, for the audit writer (which keeps it until seal).
+    pub fn chain_mac(&self) -> Arc<crypto::HmacKey> {
+        self.chain_mac.clone()
+    }
+
+    /// A copy of the chain key, to verify the trail against the anchor.
     pub fn chain_key(&self) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(self.chain_key.as_slice().to_vec())
     }

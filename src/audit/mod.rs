@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use zeroize::Zeroizing;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -123,7 +122,7 @@ enum Msg {
     Append(String, Ack),
     Reopen,
     /// The chain key (while unsealed) or None (sealed): records are MACed while it is held.
-    SetKey(Option<Zeroizing<Vec<u8>>>),
+    SetKey(Option<std::sync::Arc<crate::crypto::HmacKey>>),
 }
 
 /// The newest durable record: what the daemon anchors in its sealed state.
@@ -203,7 +202,7 @@ impl Audit {
 
     /// Gives the writer the chain key (at unseal) or takes it away (at seal). Records sent before
     /// this call are written before the change.
-    pub fn set_chain_key(&self, key: Option<Zeroizing<Vec<u8>>>) {
+    pub fn set_chain_key(&self, key: Option<std::sync::Arc<crate::crypto::HmacKey>>) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Msg::SetKey(key));
         }
@@ -267,7 +266,7 @@ struct Writer {
     durable_prev: String,
     size: u64,
     max_file_bytes: Option<u64>,
-    key: Option<Zeroizing<Vec<u8>>>,
+    key: Option<std::sync::Arc<crate::crypto::HmacKey>>,
     /// Written, not yet synced, oldest first.
     pending: Vec<Written>,
     closed: bool,
@@ -720,8 +719,8 @@ const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
 
 /// Appends `"mac"`, the HMAC-SHA256 under the chain key of the line as rendered without it (which
 /// includes `prev`, the hash of the previous line: so the MAC covers the whole chain before it).
-fn add_mac(line: &str, key: &[u8]) -> (String, String) {
-    let mac = hex::encode(crate::crypto::hmac_sha256(key, line.as_bytes()));
+pub(crate) fn add_mac(line: &str, key: &crate::crypto::HmacKey) -> (String, String) {
+    let mac = hex::encode(key.sign(line.as_bytes()));
     let body = line.strip_suffix('}').unwrap_or(line);
     (format!("{body},\"mac\":\"{mac}\"}}"), mac)
 }

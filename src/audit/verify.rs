@@ -289,7 +289,10 @@ mod keyed_tests {
         let mut anchor = None;
         let lines = (1..=n)
             .map(|seq| {
-                let (line, mac) = add_mac(&render(&Event::new("t", "op", "ok"), seq, &prev), KEY);
+                let key =
+                    crate::crypto::HmacKey::new(KEY, crate::secret::MemoryPolicy::AllowUnlocked)
+                        .unwrap();
+                let (line, mac) = add_mac(&render(&Event::new("t", "op", "ok"), seq, &prev), &key);
                 prev = hex::encode(crate::crypto::sha256(line.as_bytes()));
                 anchor = Some(Anchor {
                     seq,

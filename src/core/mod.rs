@@ -285,7 +285,7 @@ impl Core {
             AuditKeys::derive(keys.clone(), self.storage.clone(), self.opts.memory)
                 .map_err(|e| CoreError::StoredState(e.to_string()))?,
         );
-        self.audit.set_chain_key(Some(audit_keys.chain_key()));
+        self.audit.set_chain_key(Some(audit_keys.chain_mac()));
         Ok((transit, audit_keys))
     }
 
