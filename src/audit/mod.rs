@@ -187,7 +187,17 @@ impl Audit {
                     while let Ok(m) = rx.try_recv() {
                         batch.push(m);
                     }
-                    shared.append(batch);
+                    if shared.append(batch) {
+                        if rx.is_empty() {
+                            // Nothing else is waiting: sync here unless the syncer is busy (it
+                            // then takes this batch next), saving a hand-off to it.
+                            shared.sync_here_if_idle();
+                        } else {
+                            // More is waiting: the syncer syncs this batch while this thread
+                            // writes the next one.
+                            shared.written.notify_one();
+                        }
+                    }
                 }
                 shared.state.lock_recover().closed = true;
                 shared.written.notify_one();
@@ -269,6 +279,9 @@ struct Writer {
     key: Option<std::sync::Arc<crate::crypto::HmacKey>>,
     /// Written, not yet synced, oldest first.
     pending: Vec<Written>,
+    /// A sync is in flight (on either thread): at most one at a time, so acknowledgements go out
+    /// in the order the records were written.
+    syncing: bool,
     closed: bool,
     head: std::sync::Arc<std::sync::Mutex<Option<Anchor>>>,
     rotated: std::sync::Arc<tokio::sync::Notify>,
@@ -291,8 +304,9 @@ struct Shared {
 }
 
 impl Shared {
-    /// Numbers, chains and writes a batch of messages, and queues it for the syncer.
-    fn append(&self, batch: Vec<Msg>) {
+    /// Numbers, chains and writes a batch of messages, and queues it to be synced. Returns whether
+    /// something was queued.
+    fn append(&self, batch: Vec<Msg>) -> bool {
         let mut w = self.state.lock_recover();
         let mut acks = Vec::new();
         let mut buf = Vec::new();
@@ -325,7 +339,7 @@ impl Shared {
             }
         }
         if acks.is_empty() {
-            return;
+            return false;
         }
         match w.write(&buf) {
             Ok((file, start)) => {
@@ -339,8 +353,7 @@ impl Shared {
                     head,
                     acks,
                 });
-                drop(w);
-                self.written.notify_one();
+                true
             }
             Err(e) => {
                 drop(w);
@@ -348,15 +361,25 @@ impl Shared {
                 for ack in acks {
                     let _ = ack.send(Err(e.clone()));
                 }
+                false
             }
         }
     }
 
-    /// Syncs what was written, as often as there is something, and answers its callers.
+    /// Syncs what is queued on the calling thread, unless a sync is already in flight.
+    fn sync_here_if_idle(&self) {
+        let w = self.state.lock_recover();
+        if !w.syncing && !w.pending.is_empty() {
+            self.sync_pending(w);
+        }
+    }
+
+    /// Syncs what was written, as often as there is something and no sync is in flight, and
+    /// answers its callers.
     fn run_syncer(&self) {
         loop {
             let mut w = self.state.lock_recover();
-            while w.pending.is_empty() && !w.closed {
+            while (w.pending.is_empty() || w.syncing) && !w.closed {
                 w = self
                     .written
                     .wait(w)
@@ -365,50 +388,65 @@ impl Shared {
             if w.pending.is_empty() {
                 return;
             }
-            let batch = std::mem::take(&mut w.pending);
-            let path = w.path.clone();
-            drop(w);
-            let mut synced: Vec<&std::sync::Arc<File>> = Vec::new();
-            let mut result = Ok(());
-            for b in &batch {
-                if !synced.iter().any(|f| std::sync::Arc::ptr_eq(f, &b.file)) {
-                    synced.push(&b.file);
-                    result = result.and_then(|()| sync(&b.file));
+            if !w.syncing {
+                self.sync_pending(w);
+            }
+        }
+    }
+
+    /// Takes everything queued, syncs it without the lock, and answers its callers: durable, or
+    /// refused and taken back (with everything written since, newest first) when the sync fails.
+    fn sync_pending(&self, mut w: std::sync::MutexGuard<'_, Writer>) {
+        w.syncing = true;
+        let batch = std::mem::take(&mut w.pending);
+        let path = w.path.clone();
+        drop(w);
+        let mut synced: Vec<&std::sync::Arc<File>> = Vec::new();
+        let mut result = Ok(());
+        for b in &batch {
+            if !synced.iter().any(|f| std::sync::Arc::ptr_eq(f, &b.file)) {
+                synced.push(&b.file);
+                result = result.and_then(|()| sync(&b.file));
+            }
+        }
+        let mut w = self.state.lock_recover();
+        w.syncing = false;
+        match result {
+            Ok(()) => {
+                if let Some(last) = batch.last() {
+                    w.durable_seq = last.seq;
+                    w.durable_prev.clone_from(&last.prev);
+                }
+                if let Some(h) = batch.iter().rev().find_map(|b| b.head.clone()) {
+                    *w.head.lock_recover() = Some(h);
+                }
+                let more = !w.pending.is_empty();
+                drop(w);
+                if more {
+                    // Written while this sync ran, by the writer: the syncer takes it.
+                    self.written.notify_one();
+                }
+                for ack in batch.into_iter().flat_map(|b| b.acks) {
+                    let _ = ack.send(Ok(()));
                 }
             }
-            let mut w = self.state.lock_recover();
-            match result {
-                Ok(()) => {
-                    if let Some(last) = batch.last() {
-                        w.durable_seq = last.seq;
-                        w.durable_prev.clone_from(&last.prev);
-                    }
-                    if let Some(h) = batch.iter().rev().find_map(|b| b.head.clone()) {
-                        *w.head.lock_recover() = Some(h);
-                    }
-                    drop(w);
-                    for ack in batch.into_iter().flat_map(|b| b.acks) {
-                        let _ = ack.send(Ok(()));
-                    }
+            Err(e) => {
+                // Nothing written since the last durable record is known to be on disk: take it
+                // all back (the batches written meanwhile chain onto it), newest first.
+                let later = std::mem::take(&mut w.pending);
+                let all: Vec<Written> = batch.into_iter().chain(later).collect();
+                for b in all.iter().rev() {
+                    let _ = b.file.set_len(b.start);
+                    let _ = b.file.sync_data();
                 }
-                Err(e) => {
-                    // Nothing written since the last durable record is known to be on disk: take
-                    // it all back (the batches written meanwhile chain onto it), newest first.
-                    let later = std::mem::take(&mut w.pending);
-                    let all: Vec<Written> = batch.into_iter().chain(later).collect();
-                    for b in all.iter().rev() {
-                        let _ = b.file.set_len(b.start);
-                        let _ = b.file.sync_data();
-                    }
-                    w.seq = w.durable_seq;
-                    w.prev = w.durable_prev.clone();
-                    w.file = None;
-                    drop(w);
-                    let e = io_err(&path, e);
-                    tracing::error!(error = %e, "audit log sync failed: refusing the requests written since the last durable record");
-                    for ack in all.into_iter().flat_map(|b| b.acks) {
-                        let _ = ack.send(Err(e.clone()));
-                    }
+                w.seq = w.durable_seq;
+                w.prev = w.durable_prev.clone();
+                w.file = None;
+                drop(w);
+                let e = io_err(&path, e);
+                tracing::error!(error = %e, "audit log sync failed: refusing the requests written since the last durable record");
+                for ack in all.into_iter().flat_map(|b| b.acks) {
+                    let _ = ack.send(Err(e.clone()));
                 }
             }
         }
@@ -533,6 +571,7 @@ impl Writer {
             max_file_bytes,
             key: None,
             pending: Vec::new(),
+            syncing: false,
             closed: false,
             head: Default::default(),
             rotated: Default::default(),
