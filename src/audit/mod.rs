@@ -3,9 +3,10 @@
 //!
 //! Every record carries `seq` (1, 2, ... across files) and `prev`, the SHA-256 of the previous
 //! record's line (64 zeros before the first). Callers render their record's body on their own
-//! thread; one writer thread numbers and chains what is queued, appends it in one write, and hands
-//! it to a syncer thread, which calls fdatasync once for everything written since its last sync
-//! (group commit, pipelined: the next batch is written while the previous one is being synced).
+//! thread; one writer thread numbers and chains what is queued and appends it in one write. One
+//! fdatasync at a time covers everything written before it (group commit): the writer runs it
+//! itself when nothing else is queued, else the syncer thread does while the writer writes the next
+//! batch (pipelined).
 //! A caller's answer waits until its record is durable. A failed write is truncated away, so the
 //! file never holds half a record; a failed sync takes back everything written since the last
 //! durable record, and the chain continues from that record. SIGHUP reopens the file (after
