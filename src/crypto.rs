@@ -171,6 +171,11 @@ impl HmacKey {
         out.copy_from_slice(tag.as_ref());
         out
     }
+
+    /// Constant-time check of a tag.
+    pub fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
+        hmac::verify(&self.0, data, tag).is_ok()
+    }
 }
 
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -296,6 +301,8 @@ mod tests {
         ));
         let key = HmacKey::new(b"Jefe", crate::secret::MemoryPolicy::AllowUnlocked).unwrap();
         assert_eq!(key.sign(b"what do ya want for nothing?"), tag);
+        assert!(key.verify(b"what do ya want for nothing?", &tag));
+        assert!(!key.verify(b"what do ya want for nothing!", &tag));
     }
 }
 

@@ -73,7 +73,7 @@ pub async fn check(
         .await
         .map_err(|e| CheckError::Refused(format!("the stored anchor cannot be read: {e}")))?;
     let anchors: Vec<Anchor> = stored.into_iter().chain(audit.head()).collect();
-    let key = transit.chain_key();
+    let key = transit.chain_mac();
     drop(transit);
     let (log, files) = (log.to_path_buf(), files.to_vec());
     // Reading the files is blocking work.
@@ -82,7 +82,7 @@ pub async fn check(
         Ok(verify_with(
             &files,
             &Keys {
-                chain_key: Some(key.as_slice()),
+                chain_key: Some(&key),
                 anchors: &anchors,
             },
         )?)

@@ -5,12 +5,10 @@
 
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
-
 use super::Anchor;
 use crate::crypto;
 use crate::keyring::{KeyringError, RecordCipher, UnsealedKeys};
-use crate::secret::{LockedBytes, MemoryPolicy};
+use crate::secret::MemoryPolicy;
 use crate::storage::{Expect, Storage, StorageError};
 
 /// Where the audit trail's anchor is kept.
@@ -29,7 +27,6 @@ pub struct AuditKeys {
     /// Both keys' precomputed HMAC states live in locked memory (no key setup per record).
     hmac_key: crypto::HmacKey,
     chain_mac: Arc<crypto::HmacKey>,
-    chain_key: LockedBytes,
     cipher: RecordCipher,
     storage: Arc<dyn Storage>,
 }
@@ -50,7 +47,6 @@ impl AuditKeys {
             chain_mac: Arc::new(
                 crypto::HmacKey::new(chain_key.as_slice(), memory).map_err(memory_err)?,
             ),
-            chain_key,
             cipher,
             storage,
         })
@@ -62,14 +58,10 @@ impl AuditKeys {
         format!("hmac-sha256:{}", hex::encode(self.hmac_key.sign(value)))
     }
 
-    /// The chain key's HMAC, for the audit writer (which keeps it until seal).
+    /// The chain key (its HMAC state), for the audit writer (which keeps it until seal) and for
+    /// verifying the trail against the anchor.
     pub fn chain_mac(&self) -> Arc<crypto::HmacKey> {
         self.chain_mac.clone()
-    }
-
-    /// A copy of the chain key, to verify the trail against the anchor.
-    pub fn chain_key(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(self.chain_key.as_slice().to_vec())
     }
 
     /// The newest anchor (seq, hash and mac of a keyed record), if one was stored.

@@ -400,7 +400,6 @@ impl Shared {
     fn sync_pending(&self, mut w: std::sync::MutexGuard<'_, Writer>) {
         w.syncing = true;
         let batch = std::mem::take(&mut w.pending);
-        let path = w.path.clone();
         drop(w);
         let mut synced: Vec<&std::sync::Arc<File>> = Vec::new();
         let mut result = Ok(());
@@ -443,8 +442,8 @@ impl Shared {
                 w.seq = w.durable_seq;
                 w.prev = w.durable_prev.clone();
                 w.file = None;
+                let e = io_err(&w.path, e);
                 drop(w);
-                let e = io_err(&path, e);
                 tracing::error!(error = %e, "audit log sync failed: refusing the requests written since the last durable record");
                 for ack in all.into_iter().flat_map(|b| b.acks) {
                     let _ = ack.send(Err(e.clone()));
@@ -783,11 +782,11 @@ pub(crate) fn split_mac(line: &str) -> Option<(String, &str)> {
 }
 
 /// Whether `mac` is the chain key's MAC of `content` (constant time).
-pub(crate) fn mac_ok(key: &[u8], content: &str, mac: &str) -> bool {
+pub(crate) fn mac_ok(key: &crate::crypto::HmacKey, content: &str, mac: &str) -> bool {
     hex::decode(mac)
         .ok()
         .and_then(|m| <[u8; 32]>::try_from(m).ok())
-        .is_some_and(|m| crate::crypto::hmac_sha256_verify(key, content.as_bytes(), &m))
+        .is_some_and(|m| key.verify(content.as_bytes(), &m))
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub struct Report {
 #[derive(Default)]
 pub struct Keys<'a> {
     /// The chain key: every `mac` must verify under it.
-    pub chain_key: Option<&'a [u8]>,
+    pub chain_key: Option<&'a crate::crypto::HmacKey>,
     /// The daemon's anchors (the stored one, this run's newest keyed record): each record they
     /// name must be present and unchanged.
     pub anchors: &'a [super::Anchor],
@@ -283,16 +283,18 @@ mod keyed_tests {
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
+    fn key() -> crate::crypto::HmacKey {
+        crate::crypto::HmacKey::new(KEY, crate::secret::MemoryPolicy::AllowUnlocked).unwrap()
+    }
+
     /// A keyed chain; returns the lines and an anchor on the last one.
     fn keyed_chain(n: u64) -> (Vec<String>, Anchor) {
         let mut prev = GENESIS.to_string();
         let mut anchor = None;
         let lines = (1..=n)
             .map(|seq| {
-                let key =
-                    crate::crypto::HmacKey::new(KEY, crate::secret::MemoryPolicy::AllowUnlocked)
-                        .unwrap();
-                let (line, mac) = add_mac(&render(&Event::new("t", "op", "ok"), seq, &prev), &key);
+                let (line, mac) =
+                    add_mac(&render(&Event::new("t", "op", "ok"), seq, &prev), &key());
                 prev = hex::encode(crate::crypto::sha256(line.as_bytes()));
                 anchor = Some(Anchor {
                     seq,
@@ -314,7 +316,7 @@ mod keyed_tests {
         verify_with(
             &[p],
             &Keys {
-                chain_key: Some(KEY),
+                chain_key: Some(&key()),
                 anchors: &anchors,
             },
         )

@@ -119,7 +119,8 @@ impl PublicService {
         let (parts, body) = req.into_parts();
         let body = match read_body(&parts, body, &shared.opts.body).await {
             Ok(b) => b,
-            Err(resp) => return super::errors_as_json(resp).await,
+            // Already in the errors envelope.
+            Err(resp) => return resp,
         };
         if !parts.uri.path().starts_with("/v1/sys/")
             && let Err(wait) = shared.opts.throttle.check(client)
