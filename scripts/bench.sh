@@ -58,48 +58,7 @@ case "$what" in
     done
     exit 0 ;;
   startup) RUNS=${2:-25} ;;
-  heap)
-    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-    command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
-    cargo build --release --quiet --bin sealkeeper --example https_floor
-    LIBC=$(ldconfig -p | awk '/libc.so.6 .*x86-64/ {print $NF; exit}')
-    for f in malloc free realloc calloc; do perf probe -q -x "$LIBC" --add "$f" 2>/dev/null || true; done
-    BIN=${SEALKEEPER_BENCH_BIN:-$PWD/target/release/sealkeeper}
-    WORK=$(mktemp -d)
-    trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-    free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-    PORT=$(free_port); FLOOR_PORT=$(free_port)
-    DIR=$(scripts/setup-softhsm.sh --dir "$WORK/demo" --port "$PORT")
-    export SOFTHSM2_CONF=$DIR/softhsm2.conf SEALKEEPER_SOCKET=$DIR/admin.sock
-    sed -i '/^\[audit\]$/,/^path = /d' "$DIR/sealkeeper.toml"
-    "$BIN" server --config "$DIR/sealkeeper.toml" 2>/dev/null &
-    DAEMON=$!
-    for _ in $(seq 1 200); do [ -S "$SEALKEEPER_SOCKET" ] && break; sleep 0.05; done
-    "$BIN" operator init --recovery-shares 1 --recovery-threshold 1 >/dev/null
-    "$BIN" operator key create bench >/dev/null
-    "$BIN" operator policy write bench --key bench --capabilities encrypt,decrypt >/dev/null
-    TOKEN=$("$BIN" operator token create --policy bench --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_token"])')
-    target/release/examples/https_floor "127.0.0.1:$FLOOR_PORT" "$DIR/tls/server.crt" "$DIR/tls/server.key" &
-    FLOOR=$!
-    cat > "$WORK/put.lua" <<'LUA'
-wrk.method = "PUT"
-wrk.body = os.getenv("BODY")
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-Vault-Token"] = os.getenv("TOKEN")
-LUA
-    BODY="{\"plaintext\":\"$(head -c 32 /dev/urandom | base64 -w0)\"}"
-    count() { # pid url -> heap calls per request
-      perf stat -x, -o "$WORK/stat" -e probe_libc:malloc,probe_libc:free,probe_libc:realloc,probe_libc:calloc -p "$1" -- sleep 3.6 &
-      local st=$!; sleep 0.3
-      local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c16 -d3s -s "$WORK/put.lua" "$2" | awk '/requests in/ {print $1}')
-      wait $st
-      awk -F, -v n="$n" '/probe_libc/ {s += $1} END {printf "%.1f", s / n}' "$WORK/stat"
-    }
-    sleep 0.5
-    d=$(count $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench")
-    f=$(count $FLOOR "https://localhost:$FLOOR_PORT/")
-    echo "heap calls per request (unaudited encrypt, 16 connections): sealkeeper $d, floor $f, ratio $(python3 -c "print(f'{$d/$f:.2f}')")"
-    exit 0 ;;
+  heap) ;;
   transit) SECS=${2:-5} ;;
   hardening)
     cargo build --release --quiet --bin sealkeeper
@@ -114,9 +73,15 @@ LUA
   *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2 ;;
 esac
 
-if [ "$what" = transit ]; then
+if [ "$what" = transit ] || [ "$what" = heap ]; then
+  # One initialized daemon with a key, a policy and a token (unaudited for heap), and the floor.
   command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-  cargo build --release --quiet --bin sealkeeper --example https_floor --example sealkeeper_system_alloc
+  if [ "$what" = heap ]; then
+    command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
+    cargo build --release --quiet --bin sealkeeper --example https_floor
+  else
+    cargo build --release --quiet --bin sealkeeper --example https_floor --example sealkeeper_system_alloc
+  fi
   BIN=${SEALKEEPER_BENCH_BIN:-$PWD/target/release/sealkeeper}
   WORK=$(mktemp -d)
   trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -125,6 +90,7 @@ if [ "$what" = transit ]; then
   FLOOR_PORT=$(free_port)
   DIR=$(scripts/setup-softhsm.sh --dir "$WORK/demo" --port "$PORT")
   export SOFTHSM2_CONF=$DIR/softhsm2.conf SEALKEEPER_SOCKET=$DIR/admin.sock
+  [ "$what" = heap ] && sed -i '/^\[audit\]$/,/^path = /d' "$DIR/sealkeeper.toml"
   "$BIN" server --config "$DIR/sealkeeper.toml" 2>/dev/null &
   DAEMON=$!
   for _ in $(seq 1 200); do [ -S "$SEALKEEPER_SOCKET" ] && break; sleep 0.05; done
@@ -133,17 +99,38 @@ if [ "$what" = transit ]; then
   "$BIN" operator policy write bench --key bench --capabilities encrypt,decrypt >/dev/null
   TOKEN=$("$BIN" operator token create --policy bench --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_token"])')
   PLAINTEXT=$(head -c 32 /dev/urandom | base64 -w0)
-  URL=https://localhost:$PORT/v1/transit
-  CT=$(curl -s --cacert "$DIR/tls/server.crt" -H "X-Vault-Token: $TOKEN" -X PUT -d "{\"plaintext\":\"$PLAINTEXT\"}" "$URL/encrypt/bench" \
-       | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["ciphertext"])')
   target/release/examples/https_floor "127.0.0.1:$FLOOR_PORT" "$DIR/tls/server.crt" "$DIR/tls/server.key" &
-  sleep 0.3
+  FLOOR=$!
   cat > "$WORK/put.lua" <<'LUA'
 wrk.method = "PUT"
 wrk.body = os.getenv("BODY")
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Vault-Token"] = os.getenv("TOKEN")
 LUA
+  sleep 0.3
+fi
+
+if [ "$what" = heap ]; then
+  LIBC=$(ldconfig -p | awk '/libc.so.6 .*x86-64/ {print $NF; exit}')
+  for f in malloc free realloc calloc; do perf probe -q -x "$LIBC" --add "$f" 2>/dev/null || true; done
+  BODY="{\"plaintext\":\"$PLAINTEXT\"}"
+  count() { # pid url -> heap calls per request
+    perf stat -x, -o "$WORK/stat" -e probe_libc:malloc,probe_libc:free,probe_libc:realloc,probe_libc:calloc -p "$1" -- sleep 3.6 &
+    local st=$!; sleep 0.3
+    local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c16 -d3s -s "$WORK/put.lua" "$2" | awk '/requests in/ {print $1}')
+    wait $st
+    awk -F, -v n="$n" '/probe_libc/ {s += $1} END {printf "%.1f", s / n}' "$WORK/stat"
+  }
+  d=$(count $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench")
+  f=$(count $FLOOR "https://localhost:$FLOOR_PORT/")
+  echo "heap calls per request (unaudited encrypt, 16 connections): sealkeeper $d, floor $f, ratio $(python3 -c "print(f'{$d/$f:.2f}')")"
+  exit 0
+fi
+
+if [ "$what" = transit ]; then
+  URL=https://localhost:$PORT/v1/transit
+  CT=$(curl -s --cacert "$DIR/tls/server.crt" -H "X-Vault-Token: $TOKEN" -X PUT -d "{\"plaintext\":\"$PLAINTEXT\"}" "$URL/encrypt/bench" \
+       | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["ciphertext"])')
   run() { # name url body conns -> "name conns rps p50 p99"
     local threads=2; [ "$4" -lt 2 ] && threads=1
     BODY=$3 TOKEN=$TOKEN wrk -t"$threads" -c"$4" -d"${SECS}s" --latency -s "$WORK/put.lua" "$2" | python3 -c '
