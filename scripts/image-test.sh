@@ -57,9 +57,18 @@ wait_health() { # code seconds
 }
 monitor() { python3 -c 'import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(0.3); s.recv(65536); s.sendall((sys.argv[2]+"\n").encode()); time.sleep(0.5)' "$WORK/monitor.sock" "$1"; }
 
+# The console line comes from the first-boot unit after init returns, so it can reach the
+# console after health is already 200: wait for the line itself, not for the health answer.
+wait_console() { # pattern seconds
+  local end=$(( $(date +%s) + $2 ))
+  while [ "$(date +%s)" -lt "$end" ]; do grep -q "$1" "$WORK/console.log" && return 0; sleep 1; done
+  return 1
+}
+
 wait_health 200 300
 BOOT1=$(date +%s)
-grep -q "Recovery Key 1:" "$WORK/console.log" || { echo "image-test: no operator init on first boot" >&2; exit 1; }
+wait_console "Recovery Key 1:" 60 || { echo "image-test: no operator init on first boot" >&2; tail -30 "$WORK/console.log" >&2; exit 1; }
+wait_console "root-mount: " 60 || { echo "image-test: no root-mount line on the console" >&2; exit 1; }
 grep -q "root-mount: ro," "$WORK/console.log" || { echo "image-test: the root file system is not read-only:" >&2; grep root-mount "$WORK/console.log" >&2; exit 1; }
 echo "first boot: initialized inside the VM, /v1/sys/health 200 ($(( BOOT1 - BUILT ))s)"
 
