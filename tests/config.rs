@@ -161,3 +161,15 @@ fn bad_seal_lists_are_refused_with_the_seal_named() {
     let e = start_fails(&f);
     assert!(e.contains("every [[seal]] is disabled"), "{e}");
 }
+
+#[test]
+#[cfg(not(feature = "awskms"))]
+fn a_cloud_seal_in_a_build_without_it_names_the_feature_to_build() {
+    let f = Fixture::new();
+    f.set_seals("[[seal]]\ntype = \"awskms\"\nname = \"aws\"\nkms_key_id = \"k\"\n");
+    let e = start_fails(&f);
+    assert!(
+        e.contains("built without the \"awskms\" seal") && e.contains("--features awskms"),
+        "{e}"
+    );
+}

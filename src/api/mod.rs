@@ -41,6 +41,13 @@ pub struct SealInfo {
     pub wrapped_by_configured_key: Option<bool>,
     #[serde(default)]
     pub wrapped_by_member: Option<String>,
+    /// Each member's health (HSMs of a pair, KMS regions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<crate::seal::MemberHealth>,
+    /// What the seal type adds (PKCS#11: `key_label`; awskms: `kms_key_id` and where each value
+    /// came from: `kms_key_id_from`, `region_from`, `credentials_from`).
+    #[serde(flatten)]
+    pub detail: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// Everything `operator status` and `/v1/sys/hsm-status` report.

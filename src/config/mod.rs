@@ -306,18 +306,27 @@ impl Config {
                 ),
             });
         }
-        if cfg.seal.iter().any(|s| s.backend.has_inline_secret())
+        if let Some(s) = cfg.seal.iter().find(|s| s.backend.has_inline_secret())
             && let Ok(meta) = std::fs::metadata(path)
             && meta.permissions().mode() & 0o077 != 0
         {
+            let (key, what, better) = if s.seal_type() == "pkcs11" {
+                ("seal.hsm.pin", "an inline PIN", "pin_file / pin_credential")
+            } else {
+                (
+                    "seal.secret_key",
+                    "an inline cloud secret",
+                    "an instance or workload role, or a credentials file",
+                )
+            };
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line: 1,
                 column: 1,
-                key: KeyName("seal.hsm.pin".into()),
+                key: KeyName(key.into()),
                 message: format!(
-                    "the config holds an inline PIN but is readable by group or others (mode {:o}); \
-                             chmod 0600 it, or better use pin_file / pin_credential",
+                    "the config holds {what} but is readable by group or others (mode {:o}); \
+                             chmod 0600 it, or better use {better}",
                     meta.permissions().mode() & 0o777
                 ),
             });

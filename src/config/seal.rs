@@ -102,14 +102,18 @@ fn parse_one(item: Spanned<DeValue<'_>>) -> Result<SealSection, SectionError> {
     )?;
     let backend =
         registry::parse(&ty, Spanned::new(span, DeValue::Table(table))).ok_or_else(|| {
-            SectionError::at(
-                ty_span,
-                "type",
-                format!(
+            let message = match registry::OPTIONAL_TYPES.iter().find(|(t, _)| *t == ty) {
+                Some((_, feature)) => format!(
+                    "this sealkeeper was built without the {ty:?} seal: build it with `--features {feature}` \
+                     (or `--features cloud`); this build supports: {}",
+                    quoted(registry::TYPES).join(", ")
+                ),
+                None => format!(
                     "unknown seal type {ty:?}; supported: {}",
                     quoted(registry::TYPES).join(", ")
                 ),
-            )
+            };
+            SectionError::at(ty_span.clone(), "type", message)
         })??;
     Ok(SealSection {
         name: c.name,

@@ -111,10 +111,10 @@ impl Core {
             vec![(1, Arc::new(self.locked(&term_key)?))],
         ));
         let (transit, audit_keys) = self.open_keyed_state(&keys).await?;
-        let by = st
-            .wrappings
-            .iter()
-            .next()
+        // The seal an unseal would use now: the first by priority that wrapped it.
+        let by = self
+            .enabled_autos()
+            .find_map(|(e, _)| st.wrappings.get(&e.name).map(|w| (&e.name, w)))
             .map(|(n, w)| UnsealedBy::new(n, &w.blob.wrapped_by))
             .or_else(|| shamir.as_ref().map(|s| UnsealedBy::new(s, "unseal-keys")))
             .unwrap_or_else(|| UnsealedBy::new("", ""));

@@ -38,7 +38,14 @@ impl Core {
                 wrapped_by_key: None,
                 wrapped_by_configured_key: None,
                 wrapped_by_member: None,
+                members: Vec::new(),
+                detail: Default::default(),
             };
+            if let SealKind::Auto(a) = &s.kind {
+                let h = a.status();
+                info.members = h.members;
+                info.detail = h.detail;
+            }
             if let Some(st) = &stored {
                 match &s.kind {
                     SealKind::Auto(a) => {

@@ -10,6 +10,8 @@
 //! only that seal reads. A blob from another installation, seal or purpose is refused before any
 //! HSM or KMS is asked, and the key identity lets a later rotation find the key that wrapped it.
 
+#[cfg(feature = "awskms")]
+pub mod awskms;
 pub mod pkcs11;
 pub mod registry;
 #[cfg(test)]
@@ -191,6 +193,12 @@ pub enum MemberState {
     PinRejected,
     /// A call did not return within the member's timeout.
     Hung,
+    /// A KMS refused the credentials or their permissions: needs an operator.
+    Denied,
+    /// The key is disabled, pending deletion, missing or unavailable: needs an operator.
+    KeyUnavailable,
+    /// A KMS answered with a rate limit (retried with backoff).
+    Throttled,
 }
 
 impl MemberState {
@@ -201,6 +209,9 @@ impl MemberState {
             MemberState::Down => "down",
             MemberState::PinRejected => "pin_rejected",
             MemberState::Hung => "hung",
+            MemberState::Denied => "denied",
+            MemberState::KeyUnavailable => "key_unavailable",
+            MemberState::Throttled => "throttled",
         }
     }
 }

@@ -13,7 +13,15 @@ use super::pkcs11::{ModuleRegistry, Pkcs11Config, Pkcs11Seal};
 use crate::located::{Problem, SectionError};
 
 /// The seal types, as `type = "..."` names them.
-pub const TYPES: &[&str] = &["pkcs11", "shamir"];
+pub const TYPES: &[&str] = &[
+    "pkcs11",
+    "shamir",
+    #[cfg(feature = "awskms")]
+    "awskms",
+];
+
+/// Cloud seal types a build may leave out, and the cargo feature that adds each.
+pub const OPTIONAL_TYPES: &[(&str, &str)] = &[("awskms", "awskms")];
 
 /// The type-specific part of a `[[seal]]` section.
 #[derive(Debug)]
@@ -21,6 +29,8 @@ pub enum SealBackendConfig {
     Pkcs11(Pkcs11Config),
     /// Unseal keys typed by operators: nothing to configure.
     Shamir,
+    #[cfg(feature = "awskms")]
+    AwsKms(Box<super::awskms::AwsKmsConfig>),
 }
 
 /// Parses the rest of a section (every key but `type` and the common ones) as `ty` says; `None`
@@ -32,6 +42,10 @@ pub fn parse(
     Some(match ty {
         "pkcs11" => Pkcs11Config::deserialize(rest.into_deserializer())
             .map(SealBackendConfig::Pkcs11)
+            .map_err(SectionError::from),
+        #[cfg(feature = "awskms")]
+        "awskms" => super::awskms::AwsKmsConfig::deserialize(rest.into_deserializer())
+            .map(|c| SealBackendConfig::AwsKms(Box::new(c)))
             .map_err(SectionError::from),
         "shamir" => match rest.into_inner() {
             DeValue::Table(t) => match t.iter().next() {
@@ -60,6 +74,8 @@ impl SealBackendConfig {
         match self {
             SealBackendConfig::Pkcs11(_) => super::pkcs11::SEAL_TYPE,
             SealBackendConfig::Shamir => "shamir",
+            #[cfg(feature = "awskms")]
+            SealBackendConfig::AwsKms(_) => super::awskms::SEAL_TYPE,
         }
     }
 
@@ -68,6 +84,8 @@ impl SealBackendConfig {
         match self {
             SealBackendConfig::Pkcs11(c) => c.validate(fips_mode),
             SealBackendConfig::Shamir => Vec::new(),
+            #[cfg(feature = "awskms")]
+            SealBackendConfig::AwsKms(c) => c.validate(&super::awskms::config::process_env),
         }
     }
 
@@ -76,6 +94,8 @@ impl SealBackendConfig {
         match self {
             SealBackendConfig::Pkcs11(c) => c.warnings(),
             SealBackendConfig::Shamir => Vec::new(),
+            #[cfg(feature = "awskms")]
+            SealBackendConfig::AwsKms(c) => c.warnings(),
         }
     }
 
@@ -84,6 +104,8 @@ impl SealBackendConfig {
         match self {
             SealBackendConfig::Pkcs11(c) => c.has_inline_pin(),
             SealBackendConfig::Shamir => false,
+            #[cfg(feature = "awskms")]
+            SealBackendConfig::AwsKms(c) => c.has_inline_secret(),
         }
     }
 
@@ -97,6 +119,12 @@ impl SealBackendConfig {
                 ctx.fips_mode,
             ))),
             SealBackendConfig::Shamir => None,
+            #[cfg(feature = "awskms")]
+            SealBackendConfig::AwsKms(c) => Some(Arc::new(super::awskms::AwsKmsSeal::from_config(
+                name,
+                c,
+                ctx.fips_mode,
+            ))),
         }
     }
 }

@@ -938,3 +938,82 @@ pub fn strings(v: &Value) -> Vec<String> {
         .map(|s| s.as_str().unwrap().to_string())
         .collect()
 }
+
+/// A TCP relay on a loopback port to `target`, which a test can take down (the listener closes and
+/// every relayed connection is cut) and bring back on the same port: a KMS region or endpoint that
+/// goes away and returns.
+pub struct Relay {
+    pub port: u16,
+    target: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn start(target: u16) -> Relay {
+        let mut r = Relay {
+            port: free_port(),
+            target,
+            stop: Default::default(),
+            thread: None,
+        };
+        r.up();
+        r
+    }
+
+    /// Accepts again on the relay's port.
+    pub fn up(&mut self) {
+        use std::sync::atomic::Ordering;
+        assert!(self.thread.is_none(), "the relay is already up");
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.stop = stop.clone();
+        let target = self.target;
+        self.thread = Some(std::thread::spawn(move || {
+            let mut open: Vec<TcpStream> = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                            continue;
+                        };
+                        open.push(client.try_clone().unwrap());
+                        open.push(server.try_clone().unwrap());
+                        for (mut from, mut to) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server, client),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => break,
+                }
+            }
+            for s in open {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }));
+    }
+
+    /// Closes the listener and cuts every relayed connection.
+    pub fn down(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.down();
+    }
+}

@@ -113,25 +113,48 @@ pub(super) fn print_status(s: &Status) {
                 "no wrapping"
             },
             match (&w.wrapped_by_key, w.wrapped_by_configured_key) {
-                (Some(k), Some(false)) => format!(
-                    " (HSM key {k}, not the configured key: run `sealkeeper operator rewrap`)"
-                ),
-                (Some(k), _) => format!(" (HSM key {k})"),
+                (Some(k), Some(false)) =>
+                    format!(" (key {k}, not the configured key: run `sealkeeper operator rewrap`)"),
+                (Some(k), _) if w.seal_type == "pkcs11" => format!(" (HSM key {k})"),
+                (Some(k), _) => format!(" (key {k})"),
                 _ => String::new(),
             }
         );
+        for (k, v) in w.detail.iter().filter(|(k, _)| k.ends_with("_from")) {
+            println!("  {:<14} {k} {}", "", v.as_str().unwrap_or_default());
+        }
     }
-    println!("HSM members");
-    for m in &s.seal.members {
-        println!(
-            "  {:<12} {:<13} {} (checked {})",
-            m.name,
-            m.state,
-            m.detail_str("token"),
-            ago(m.last_checked_unix)
-        );
-        if let Some(e) = &m.last_error {
-            println!("  {:<12} {}", "", e);
+    // The first seal's members, then every other seal's (KMS regions, a second HSM pair).
+    let mut groups = vec![("HSM members".to_string(), s.seal.members.clone())];
+    for w in s
+        .seals
+        .iter()
+        .filter(|w| w.name != s.seal.name && !w.members.is_empty())
+    {
+        groups.push((format!("Members of {}", w.name), w.members.clone()));
+    }
+    for (i, (title, members)) in groups.into_iter().enumerate() {
+        let title = if i == 0 && s.seal.seal_type != "pkcs11" {
+            format!("Members of {}", s.seal.name)
+        } else {
+            title
+        };
+        println!("{title}");
+        for m in &members {
+            let what = match m.detail_str("token") {
+                "" => m.detail_str("endpoint").to_string(),
+                t => t.to_string(),
+            };
+            println!(
+                "  {:<12} {:<15} {} (checked {})",
+                m.name,
+                m.state,
+                what,
+                ago(m.last_checked_unix)
+            );
+            if let Some(e) = &m.last_error {
+                println!("  {:<12} {}", "", e);
+            }
         }
     }
 }
