@@ -126,6 +126,9 @@ CONF
 Description=Test image: initialize Sealkeeper once (recovery key printed on the console)
 After=sealkeeper.service
 Requires=sealkeeper.service
+# The serial getty hangs up ttyS0 when it starts (vhangup), which cuts off a writer that has it
+# open: it starts only after the recovery key is on the console.
+Before=serial-getty@ttyS0.service getty.target
 ConditionPathExists=!/var/lib/sealkeeper/data/core/init
 
 [Service]

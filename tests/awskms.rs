@@ -683,3 +683,62 @@ fn a_bad_awskms_section_is_refused_with_the_line_and_what_is_wrong() {
     let e = f.start_fails();
     assert!(e.contains("kms_key_id is required"), "{e}");
 }
+
+#[test]
+fn seal_probe_checks_kms_reports_where_values_came_from_and_fails_when_kms_is_away() {
+    let moto = Moto::start();
+    let arn = moto.create_key("us-east-1");
+    let mut relay = Relay::start(moto.port);
+    let f = Fixture::new();
+    // The file names a key that does not exist; the environment's key id wins, as in Vault.
+    f.set_seals(&aws_seal(
+        "aws",
+        "alias/not-this-one",
+        &format!("http://127.0.0.1:{}", relay.port),
+        "",
+    ));
+    let probe = || {
+        let mut c = f.command();
+        quiet_aws_env(&mut c, f.dir.path());
+        let out = c
+            .args(["seal", "probe", "--format", "json", "--config"])
+            .arg(f.config_path())
+            .env("AWSKMS_WRAPPER_KEY_ID", &arn)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
+        (out.status.code().unwrap(), v)
+    };
+    let (code, v) = probe();
+    assert_eq!(code, 0, "{v:#}");
+    let s = &v["seals"][0];
+    assert_eq!(s["detail"]["kms_key_id"], arn.as_str(), "{v:#}");
+    assert_eq!(
+        s["detail"]["kms_key_id_from"], "env AWSKMS_WRAPPER_KEY_ID",
+        "{v:#}"
+    );
+    assert!(
+        s["detail"]["credentials_from"]
+            .as_str()
+            .unwrap()
+            .starts_with("default chain"),
+        "{v:#}"
+    );
+    let m = &s["members"][0];
+    assert_eq!(
+        (m["name"].as_str(), m["round_trip_ok"].as_bool()),
+        (Some("us-east-1"), Some(true)),
+        "{v:#}"
+    );
+    assert_eq!(m["key_state"], "Enabled", "{v:#}");
+
+    relay.down();
+    let (code, v) = probe();
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["restart_would_unseal"], false);
+    let e = v["seals"][0]["members"][0]["round_trip_error"]
+        .as_str()
+        .unwrap();
+    assert!(e.contains("cannot reach"), "{e}");
+}

@@ -1,4 +1,4 @@
-//! `sealkeeper hsm probe` against SoftHSM, including its failures.
+//! `sealkeeper hsm probe` and `sealkeeper seal probe` against SoftHSM, including their failures.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -195,6 +195,74 @@ fn a_mechanism_the_token_cannot_do_with_this_key_is_reported() {
     assert!(
         out.status.success(),
         "SHA-1 OAEP works on SoftHSM: {}",
+        stderr(&out)
+    );
+}
+
+fn seal_probe(f: &Fixture, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["seal", "probe", "--config"])
+        .arg(f.config_path())
+        .args(args)
+        .env("SOFTHSM2_CONF", f.softhsm_conf())
+        .output()
+        .unwrap()
+}
+
+fn seal_probe_json(f: &Fixture) -> (i32, Value) {
+    let out = seal_probe(f, &["--format", "json"]);
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
+    (out.status.code().unwrap(), v)
+}
+
+#[test]
+fn seal_probe_checks_each_member_and_says_whether_a_restart_would_unseal() {
+    let f = Fixture::new();
+    let data = f.path("data");
+    let listing = |p: &std::path::Path| if p.exists() { walk(p) } else { vec![] };
+    let before = listing(&data);
+    let (code, v) = seal_probe_json(&f);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["restart_would_unseal"], true);
+    assert_eq!(v["unseals_with"], "hsm-pair");
+    let members = v["seals"][0]["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{v:#}");
+    for m in members {
+        assert_eq!(m["round_trip_ok"], true, "{v:#}");
+        assert!(m["round_trip_ms"].is_u64(), "{v:#}");
+    }
+    // No stored state is touched.
+    assert_eq!(listing(&data), before, "the probe wrote storage");
+
+    // One member away: a restart still unseals, and the table names the member.
+    let a = f.remove_token("sealkeeper-a");
+    let out = seal_probe(&f, &[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("A restart now would unseal with seal hsm-pair"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hsm-a") && text.contains("round trip failed"),
+        "{text}"
+    );
+
+    // Both away: it would not, and says so with exit code 1.
+    let _b = f.remove_token("sealkeeper-b");
+    let out = seal_probe(&f, &[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("would NOT unseal"), "{text}");
+    f.restore_token(&a);
+
+    // --seal names one seal; an unknown name is an error naming the configured ones.
+    let out = seal_probe(&f, &["--seal", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("configured: hsm-pair"),
+        "{}",
         stderr(&out)
     );
 }

@@ -2,6 +2,7 @@
 
 pub mod hsm;
 pub mod operator;
+pub mod seal;
 pub mod server;
 
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ pub enum Command {
     /// Inspect HSMs (PKCS#11 modules) without a daemon.
     #[command(subcommand)]
     Hsm(hsm::HsmCommand),
+    /// Check the configured seals (HSM pairs, cloud KMS) without a daemon, before a restart.
+    #[command(subcommand)]
+    Seal(seal::SealCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Server(args) => server::run(args),
         Command::Operator(args) => operator::run(args),
         Command::Hsm(cmd) => hsm::run(cmd),
+        Command::Seal(cmd) => seal::run(cmd),
         Command::Audit(AuditCommand::Verify { files }) => {
             match crate::audit::verify::verify_with(&files, &Default::default()) {
                 Ok(r) => {

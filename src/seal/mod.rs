@@ -266,6 +266,9 @@ pub struct MemberSelfTest {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How long the round trip took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<u64>,
 }
 
 /// Result of a successful unwrap: the plaintext (zeroized on drop) and who produced it.

@@ -208,6 +208,7 @@ impl Seal for TestSeal {
             member: format!("{}-member", self.name),
             ok: self.failing.lock().unwrap().is_none(),
             error: None,
+            elapsed_ms: None,
         }]
     }
 

@@ -325,7 +325,7 @@ async fn call(
     }
 }
 
-fn print_json(v: &Value) -> Result<(), String> {
+pub(crate) fn print_json(v: &Value) -> Result<(), String> {
     println!(
         "{}",
         serde_json::to_string_pretty(v).map_err(|e| e.to_string())?

@@ -832,6 +832,7 @@ impl Seal for AwsKmsSeal {
         self.members
             .iter()
             .map(|m| {
+                let started = Instant::now();
                 let probe = [0x5au8; 32];
                 let aad = "sealkeeper/self-test";
                 let r = self
@@ -851,6 +852,7 @@ impl Seal for AwsKmsSeal {
                     member: m.region.clone(),
                     ok: r.is_ok(),
                     error: r.err().map(|e| e.to_string()),
+                    elapsed_ms: Some(started.elapsed().as_millis() as u64),
                 }
             })
             .collect()

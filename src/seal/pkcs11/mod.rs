@@ -424,6 +424,7 @@ impl Seal for Pkcs11Seal {
             .iter()
             .map(|m| {
                 let mechanism = self.mechanism;
+                let started = std::time::Instant::now();
                 let result = m
                     .call(move |w| w.round_trip(mechanism, b"sealkeeper/self-test"))
                     .map_err(|e| e.to_string());
@@ -431,6 +432,7 @@ impl Seal for Pkcs11Seal {
                     member: m.name().to_string(),
                     ok: result.is_ok(),
                     error: result.err(),
+                    elapsed_ms: Some(started.elapsed().as_millis() as u64),
                 }
             })
             .collect()
