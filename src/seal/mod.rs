@@ -12,6 +12,10 @@
 
 #[cfg(feature = "awskms")]
 pub mod awskms;
+#[cfg(feature = "azurekeyvault")]
+pub mod azurekeyvault;
+#[cfg(any(feature = "awskms", feature = "azurekeyvault"))]
+pub mod cloud;
 pub mod pkcs11;
 pub mod registry;
 #[cfg(test)]

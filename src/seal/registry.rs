@@ -18,10 +18,13 @@ pub const TYPES: &[&str] = &[
     "shamir",
     #[cfg(feature = "awskms")]
     "awskms",
+    #[cfg(feature = "azurekeyvault")]
+    "azurekeyvault",
 ];
 
 /// Cloud seal types a build may leave out, and the cargo feature that adds each.
-pub const OPTIONAL_TYPES: &[(&str, &str)] = &[("awskms", "awskms")];
+pub const OPTIONAL_TYPES: &[(&str, &str)] =
+    &[("awskms", "awskms"), ("azurekeyvault", "azurekeyvault")];
 
 /// The type-specific part of a `[[seal]]` section.
 #[derive(Debug)]
@@ -31,6 +34,8 @@ pub enum SealBackendConfig {
     Shamir,
     #[cfg(feature = "awskms")]
     AwsKms(Box<super::awskms::AwsKmsConfig>),
+    #[cfg(feature = "azurekeyvault")]
+    AzureKeyVault(Box<super::azurekeyvault::AzureKeyVaultConfig>),
 }
 
 /// Parses the rest of a section (every key but `type` and the common ones) as `ty` says; `None`
@@ -47,6 +52,12 @@ pub fn parse(
         "awskms" => super::awskms::AwsKmsConfig::deserialize(rest.into_deserializer())
             .map(|c| SealBackendConfig::AwsKms(Box::new(c)))
             .map_err(SectionError::from),
+        #[cfg(feature = "azurekeyvault")]
+        "azurekeyvault" => {
+            super::azurekeyvault::AzureKeyVaultConfig::deserialize(rest.into_deserializer())
+                .map(|c| SealBackendConfig::AzureKeyVault(Box::new(c)))
+                .map_err(SectionError::from)
+        }
         "shamir" => match rest.into_inner() {
             DeValue::Table(t) => match t.iter().next() {
                 Some((k, _)) => Err(SectionError::at(
@@ -76,6 +87,8 @@ impl SealBackendConfig {
             SealBackendConfig::Shamir => "shamir",
             #[cfg(feature = "awskms")]
             SealBackendConfig::AwsKms(_) => super::awskms::SEAL_TYPE,
+            #[cfg(feature = "azurekeyvault")]
+            SealBackendConfig::AzureKeyVault(_) => super::azurekeyvault::SEAL_TYPE,
         }
     }
 
@@ -86,6 +99,8 @@ impl SealBackendConfig {
             SealBackendConfig::Shamir => Vec::new(),
             #[cfg(feature = "awskms")]
             SealBackendConfig::AwsKms(c) => c.validate(&super::awskms::config::process_env),
+            #[cfg(feature = "azurekeyvault")]
+            SealBackendConfig::AzureKeyVault(c) => c.validate(&super::cloud::process_env),
         }
     }
 
@@ -96,6 +111,8 @@ impl SealBackendConfig {
             SealBackendConfig::Shamir => Vec::new(),
             #[cfg(feature = "awskms")]
             SealBackendConfig::AwsKms(c) => c.warnings(),
+            #[cfg(feature = "azurekeyvault")]
+            SealBackendConfig::AzureKeyVault(c) => c.warnings(),
         }
     }
 
@@ -106,6 +123,8 @@ impl SealBackendConfig {
             SealBackendConfig::Shamir => false,
             #[cfg(feature = "awskms")]
             SealBackendConfig::AwsKms(c) => c.has_inline_secret(),
+            #[cfg(feature = "azurekeyvault")]
+            SealBackendConfig::AzureKeyVault(c) => c.has_inline_secret(),
         }
     }
 
@@ -125,6 +144,10 @@ impl SealBackendConfig {
                 c,
                 ctx.fips_mode,
             ))),
+            #[cfg(feature = "azurekeyvault")]
+            SealBackendConfig::AzureKeyVault(c) => Some(Arc::new(
+                super::azurekeyvault::AzureKeyVaultSeal::from_config(name, c),
+            )),
         }
     }
 }

@@ -22,6 +22,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::located::{Problem, Seg, problem};
+pub use crate::seal::cloud::{Env, Source, check_endpoint, process_env};
 
 pub const ENV_KEY_ID: [&str; 2] = ["AWSKMS_WRAPPER_KEY_ID", "VAULT_AWSKMS_SEAL_KEY_ID"];
 pub const ENV_REGION: [&str; 2] = ["AWS_REGION", "AWS_DEFAULT_REGION"];
@@ -55,24 +56,6 @@ pub struct AwsKmsConfig {
     pub timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub denied_retry: Option<Duration>,
-}
-
-/// Where a value came from, as `operator status` and `seal probe` show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Config(&'static str),
-    Env(&'static str),
-    Default,
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::Config(k) => write!(f, "config {k}"),
-            Source::Env(v) => write!(f, "env {v}"),
-            Source::Default => f.write_str("default"),
-        }
-    }
 }
 
 /// How credentials are found.
@@ -129,13 +112,6 @@ pub struct Resolved {
     pub credentials: Credentials,
     pub timeout: Duration,
     pub denied_retry: Duration,
-}
-
-/// The environment, as a function (tests pass their own).
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 impl AwsKmsConfig {
@@ -376,36 +352,6 @@ fn valid_region(r: &str) -> bool {
         && r.contains('-')
 }
 
-/// An endpoint is `https://`; plain `http://` only to a loopback address (a local emulator).
-pub fn check_endpoint(e: &str) -> Result<(), String> {
-    let (scheme, rest) = e
-        .split_once("://")
-        .ok_or_else(|| format!("{e:?} is not a URL (https://host[:port])"))?;
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = match host.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
-        _ => host,
-    };
-    if host.is_empty() || host.contains('@') {
-        return Err(format!("{e:?} has no host (or has user information)"));
-    }
-    match scheme {
-        "https" => Ok(()),
-        "http" if is_loopback(host) => Ok(()),
-        "http" => Err(format!(
-            "{e:?} is plain http to a host that is not loopback: use https"
-        )),
-        _ => Err(format!("{e:?} must be an https:// URL")),
-    }
-}
-
-fn is_loopback(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost"
-        || h.parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,13 +360,7 @@ mod tests {
         toml::from_str(s).unwrap()
     }
 
-    fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |n| {
-            vars.iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use crate::seal::cloud::env_of;
 
     #[test]
     fn the_environment_overrides_the_file_as_in_vault() {

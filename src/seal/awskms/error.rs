@@ -1,91 +1,12 @@
 //! AWS KMS failures, told apart by what they need: a retry (unreachable, timed out, throttled) or
 //! an operator (denied, key unavailable), with the provider's error code and what to check.
 
-use std::fmt;
-use std::time::Duration;
-
 use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 
 use crate::seal::FailureKind;
-
-#[derive(Debug, Clone)]
-pub struct KmsError {
-    pub kind: FailureKind,
-    /// The KMS operation (`Decrypt`, `DescribeKey`, ...).
-    pub op: &'static str,
-    /// The provider's error code (`AccessDeniedException`), when it answered with one.
-    pub code: Option<String>,
-    pub message: String,
-    /// What an operator should check.
-    pub hint: Option<String>,
-    /// A rate limit answer (ThrottlingException, 429): retried like an unreachable region.
-    pub throttled: bool,
-    /// Not asked again: the answer is the one the region gave before (see `denied_retry`).
-    pub held: bool,
-}
-
-impl KmsError {
-    pub fn new(
-        kind: FailureKind,
-        op: &'static str,
-        code: Option<String>,
-        message: impl Into<String>,
-        hint: Option<String>,
-    ) -> KmsError {
-        KmsError {
-            kind,
-            op,
-            code,
-            message: message.into(),
-            hint,
-            throttled: false,
-            held: false,
-        }
-    }
-
-    pub fn other(op: &'static str, message: impl Into<String>) -> KmsError {
-        KmsError::new(FailureKind::Other, op, None, message, None)
-    }
-
-    pub fn local(op: &'static str, message: impl Into<String>) -> KmsError {
-        KmsError::new(FailureKind::LocalResource, op, None, message, None)
-    }
-
-    pub fn timeout(op: &'static str, after: Duration) -> KmsError {
-        KmsError::new(
-            FailureKind::Timeout,
-            op,
-            None,
-            format!("no answer within {after:?}"),
-            Some("check the network path to the KMS endpoint".into()),
-        )
-    }
-
-    pub(super) fn held(mut self) -> KmsError {
-        self.held = true;
-        self
-    }
-}
-
-impl fmt::Display for KmsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.op)?;
-        if let Some(c) = &self.code {
-            write!(f, ": {c}")?;
-        }
-        write!(f, ": {}", self.message)?;
-        if let Some(h) = &self.hint {
-            write!(f, " (check: {h})")?;
-        }
-        if self.held {
-            f.write_str(" [not asked again until denied_retry has passed, or `operator unseal`]")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for KmsError {}
+pub use crate::seal::cloud::KmsError;
+use crate::seal::cloud::chain;
 
 /// What an error code means and what to check.
 pub fn classify_code(
@@ -245,21 +166,6 @@ fn credentials_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         cur = err.source();
     }
     None
-}
-
-/// An error and its sources, one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

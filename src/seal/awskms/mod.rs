@@ -32,11 +32,11 @@ pub use config::AwsKmsConfig;
 use config::{Credentials, Resolved};
 pub use error::KmsError;
 
+use super::cloud::{Runner, Tracker};
 use super::{
-    Attempt, BlobContext, BlobError, Failure, FailureKind, MemberHealth, MemberSelfTest,
-    MemberState, Seal, SealError, SealHealth, Unwrapped, WrappedBlob, associated_data,
+    Attempt, BlobContext, BlobError, Failure, FailureKind, MemberHealth, MemberSelfTest, Seal,
+    SealError, SealHealth, Unwrapped, WrappedBlob, associated_data,
 };
-use crate::clock::now_unix;
 use crate::locks::MutexExt;
 
 pub const SEAL_TYPE: &str = "awskms";
@@ -68,9 +68,7 @@ struct Member {
     region: String,
     endpoint: Option<String>,
     client: tokio::sync::OnceCell<Client>,
-    health: Mutex<MemberHealth>,
-    /// Set after a denied or key-unavailable answer: automatic calls wait until then.
-    held: Mutex<Option<(Instant, KmsError)>>,
+    health: Tracker,
     key: Mutex<Option<KeyFacts>>,
 }
 
@@ -98,7 +96,7 @@ pub struct AwsKmsSeal {
     credentials_from: String,
     settings: Arc<ClientSettings>,
     members: Vec<Arc<Member>>,
-    rt: Option<tokio::runtime::Runtime>,
+    runner: Runner,
 }
 
 impl AwsKmsSeal {
@@ -133,16 +131,13 @@ impl AwsKmsSeal {
                     region: region.clone(),
                     endpoint,
                     client: tokio::sync::OnceCell::new(),
-                    health: Mutex::new(MemberHealth {
-                        name: region.clone(),
-                        state: MemberState::Unknown,
-                        healthy: false,
-                        last_error: None,
-                        last_checked_unix: None,
-                        unhealthy_since_unix: None,
+                    health: Tracker::new(
+                        name,
+                        "AWS KMS region",
+                        region,
                         detail,
-                    }),
-                    held: Mutex::new(None),
+                        resolved.denied_retry,
+                    ),
                     key: Mutex::new(None),
                 })
             })
@@ -160,13 +155,7 @@ impl AwsKmsSeal {
             timeout: resolved.timeout,
             fips_mode,
         });
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(format!("awskms-{name}"))
-            .enable_all()
-            .build()
-            .map_err(|e| tracing::error!(seal = %name, error = %e, "cannot start the awskms seal's runtime"))
-            .ok();
+        let runner = Runner::new(format!("awskms-{name}"), resolved.timeout);
         AwsKmsSeal {
             name: name.to_string(),
             key_id,
@@ -174,33 +163,16 @@ impl AwsKmsSeal {
             resolved,
             settings,
             members,
-            rt,
+            runner,
         }
     }
 
-    /// Runs `f` on the seal's runtime with the seal's timeout and waits for it.
     fn run<T: Send + 'static>(
         &self,
         op: &'static str,
         f: impl Future<Output = Result<T, KmsError>> + Send + 'static,
     ) -> Result<T, KmsError> {
-        let timeout = self.settings.timeout;
-        let Some(rt) = &self.rt else {
-            return Err(KmsError::local(
-                op,
-                "the seal's runtime could not be started",
-            ));
-        };
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        rt.spawn(async move {
-            let r = match tokio::time::timeout(timeout, f).await {
-                Ok(r) => r,
-                Err(_) => Err(KmsError::timeout(op, timeout)),
-            };
-            let _ = tx.send(r);
-        });
-        rx.recv_timeout(timeout + Duration::from_secs(1))
-            .unwrap_or_else(|_| Err(KmsError::timeout(op, timeout)))
+        self.runner.run(op, f)
     }
 
     fn client_fut(
@@ -230,74 +202,6 @@ impl AwsKmsSeal {
         key.to_string()
     }
 
-    /// Records a member's outcome in its health, and holds it after an answer that needs an
-    /// operator.
-    fn record<T>(&self, m: &Member, r: &Result<T, KmsError>, held_for: Duration) {
-        let mut h = m.health.lock_recover();
-        if let Err(e) = r
-            && e.kind == FailureKind::LocalResource
-        {
-            return;
-        }
-        h.last_checked_unix = Some(now_unix());
-        let (state, healthy) = match r {
-            Ok(_) => (MemberState::Healthy, true),
-            Err(e) => match e.kind {
-                // KMS answered and refused the ciphertext: the region itself is fine.
-                FailureKind::Authentication => (MemberState::Healthy, true),
-                FailureKind::Denied => (MemberState::Denied, false),
-                FailureKind::KeyUnavailable => (MemberState::KeyUnavailable, false),
-                FailureKind::Timeout => (MemberState::Hung, false),
-                _ if e.throttled => (MemberState::Throttled, false),
-                _ => (MemberState::Down, false),
-            },
-        };
-        if healthy {
-            h.unhealthy_since_unix = None;
-        } else if h.healthy || h.unhealthy_since_unix.is_none() {
-            h.unhealthy_since_unix = Some(now_unix());
-        }
-        if h.state != state {
-            match r {
-                Ok(_) => {
-                    tracing::info!(seal = %self.name, member = %m.region, "AWS KMS region is healthy")
-                }
-                Err(e) => {
-                    tracing::warn!(seal = %self.name, member = %m.region, state = state.as_str(), error = %e, "AWS KMS region is unhealthy")
-                }
-            }
-        }
-        h.state = state;
-        h.healthy = healthy;
-        h.last_error = r.as_ref().err().map(|e| e.to_string());
-        let mut held = m.held.lock_recover();
-        match r {
-            Err(e) if matches!(e.kind, FailureKind::Denied | FailureKind::KeyUnavailable) => {
-                *held = Some((Instant::now() + held_for, e.clone()));
-                h.detail.insert(
-                    "retry_after_unix".into(),
-                    (now_unix() + held_for.as_secs()).into(),
-                );
-            }
-            Err(_) => {}
-            Ok(_) => {
-                *held = None;
-                h.detail.remove("retry_after_unix");
-            }
-        }
-    }
-
-    /// The error a held member answered, while automatic attempts must leave it alone.
-    fn held(&self, m: &Member, attempt: Attempt) -> Option<KmsError> {
-        if attempt == Attempt::Operator {
-            return None;
-        }
-        match &*m.held.lock_recover() {
-            Some((until, e)) if Instant::now() < *until => Some(e.clone().held()),
-            _ => None,
-        }
-    }
-
     /// DescribeKey in the member's region: the key must be enabled, symmetric and for encryption.
     fn describe(&self, m: &Arc<Member>) -> Result<KeyFacts, KmsError> {
         let client = self.client_fut(m);
@@ -316,9 +220,8 @@ impl AwsKmsSeal {
             check_metadata(&md)
         });
         if let Ok(f) = &facts {
-            let mut h = m.health.lock_recover();
-            h.detail.insert("key_arn".into(), f.arn.clone().into());
-            h.detail.insert("key_state".into(), f.state.clone().into());
+            m.health.set_detail("key_arn", f.arn.clone().into());
+            m.health.set_detail("key_state", f.state.clone().into());
             *m.key.lock_recover() = Some(f.clone());
         }
         facts
@@ -430,11 +333,11 @@ impl AwsKmsSeal {
         ct: &[u8],
         attempt: Attempt,
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-        if let Some(e) = self.held(m, attempt) {
+        if let Some(e) = m.health.held(attempt) {
             return Err(e);
         }
         let r = self.decrypt(m, &p.key_arn, &blob.aad, ct.to_vec());
-        self.record(m, &r, self.resolved.denied_retry);
+        m.health.record(&r);
         r
     }
 
@@ -669,7 +572,7 @@ impl Seal for AwsKmsSeal {
         let mut errors = Vec::new();
         for m in &self.members {
             let r = self.encrypt(m, &aad, plaintext);
-            self.record(m, &r, self.resolved.denied_retry);
+            m.health.record(&r);
             match r {
                 Ok((key_arn, ct)) => {
                     let params = AwsKmsParams {
@@ -747,11 +650,7 @@ impl Seal for AwsKmsSeal {
     }
 
     fn status(&self) -> SealHealth {
-        let members: Vec<MemberHealth> = self
-            .members
-            .iter()
-            .map(|m| m.health.lock_recover().clone())
-            .collect();
+        let members: Vec<MemberHealth> = self.members.iter().map(|m| m.health.snapshot()).collect();
         let key_from = self
             .resolved
             .key_id
@@ -786,11 +685,11 @@ impl Seal for AwsKmsSeal {
 
     fn probe(&self) {
         for m in &self.members {
-            if self.held(m, Attempt::Automatic).is_some() {
+            if m.health.held(Attempt::Automatic).is_some() {
                 continue;
             }
             let r = self.describe(m);
-            self.record(m, &r, self.resolved.denied_retry);
+            m.health.record(&r);
         }
     }
 
@@ -868,15 +767,6 @@ impl Seal for AwsKmsSeal {
         Self::params(blob)
             .map(|p| p.key_arn)
             .unwrap_or_else(|_| "(unreadable blob)".into())
-    }
-}
-
-impl Drop for AwsKmsSeal {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks on its tasks, which an async caller's thread must not do.
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
