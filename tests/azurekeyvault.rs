@@ -726,3 +726,99 @@ fn the_local_key_vault_is_faithful_to_microsofts_python_sdk() {
         "{log:?}"
     );
 }
+
+#[test]
+fn an_inline_client_secret_works_is_warned_about_and_never_shown_and_seal_probe_checks_the_vault() {
+    let vault = FakeVault::start();
+    vault.add_version("unseal");
+    let f = Fixture::new();
+    f.set_seals(&azure_seal(
+        &vault,
+        &format!("client_secret = \"{SECRET}\""),
+    ));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(f.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut d = f.start_with(|c| azure_env(c, &vault));
+    d.init();
+    let st = d.status_json();
+    assert_eq!(
+        seal_info(&st, "azure")["credentials_from"],
+        format!("client secret (config client_secret) of client {CLIENT}"),
+        "{st:#}"
+    );
+    assert!(
+        d.log()
+            .contains("client_secret in the config file; this is discouraged"),
+        "{}",
+        d.log()
+    );
+    d.stop();
+    for text in [
+        d.log(),
+        st.to_string(),
+        std::fs::read_to_string(f.path("audit.log")).unwrap(),
+    ] {
+        assert!(
+            !text.contains(SECRET),
+            "the client secret was shown: {text}"
+        );
+    }
+
+    let probe = || {
+        let mut c = f.command();
+        azure_env(&mut c, &vault);
+        let out = c
+            .args(["seal", "probe", "--format", "json", "--config"])
+            .arg(f.config_path())
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
+        (out.status.code().unwrap(), v)
+    };
+    let (code, v) = probe();
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["seals"][0]["members"][0]["round_trip_ok"], true, "{v:#}");
+    vault.set_enabled("unseal", false);
+    let (code, v) = probe();
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(
+        v["seals"][0]["members"][0]["state"], "key_unavailable",
+        "{v:#}"
+    );
+
+    std::fs::set_permissions(f.config_path(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let e = f.start_fails();
+    assert!(
+        e.contains("inline cloud secret but is readable by group or others"),
+        "{e}"
+    );
+}
+
+#[test]
+fn beside_the_hsm_pair_the_vault_unseals_when_the_pair_is_away() {
+    let vault = FakeVault::start();
+    vault.add_version("unseal");
+    let f = Fixture::new();
+    let pair = f.pkcs11_seal(
+        "hsm-pair",
+        &["sealkeeper-a", "sealkeeper-b"],
+        "sealkeeper-root",
+        "priority = 1",
+    );
+    f.set_seals(&format!("{pair}{}", azure_seal(&vault, "priority = 2")));
+    let mut d = start(&f, &vault, SECRET);
+    d.init();
+    let st = d.status_json();
+    assert_eq!(st["unsealed_by_seal"], "hsm-pair", "{st:#}");
+    assert_eq!(seal_info(&st, "azure")["wrapping_current"], true, "{st:#}");
+    let mut tp = TransitProbe::new(&d);
+    let ct = tp.encrypt(&d, "pair and vault");
+    d.stop();
+    let _a = f.remove_token("sealkeeper-a");
+    let _b = f.remove_token("sealkeeper-b");
+    let d = start(&f, &vault, SECRET);
+    d.wait_health(200, Duration::from_secs(20));
+    assert_eq!(d.status_json()["unsealed_by_seal"], "azure");
+    tp.assert_decrypts(&d, &ct, "pair and vault");
+}
