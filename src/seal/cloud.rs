@@ -264,6 +264,46 @@ impl Tracker {
     }
 }
 
+/// A one-member seal's failure as a [`super::SealError`].
+pub fn failed(seal: &str, member: &str, summary: &'static str, e: KmsError) -> super::SealError {
+    super::SealError::Members {
+        seal: seal.to_string(),
+        summary,
+        errors: vec![super::Failure {
+            member: member.to_string(),
+            kind: e.kind,
+            source: std::sync::Arc::new(e),
+        }],
+    }
+}
+
+impl Tracker {
+    /// A one-member seal's health.
+    pub fn seal_health(
+        &self,
+        seal_type: &str,
+        detail: std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> super::SealHealth {
+        let member = self.snapshot();
+        super::SealHealth {
+            name: self.seal.clone(),
+            seal_type: seal_type.to_string(),
+            healthy: member.healthy,
+            members: vec![member],
+            detail,
+        }
+    }
+
+    /// The probe of a one-member seal: `check` unless the member is held.
+    pub fn probe<T>(&self, check: impl FnOnce() -> Result<T, KmsError>) {
+        if self.held(Attempt::Automatic).is_some() {
+            return;
+        }
+        let r = check();
+        self.record(&r);
+    }
+}
+
 /// An error and its sources, on one line.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();

@@ -14,8 +14,10 @@
 pub mod awskms;
 #[cfg(feature = "azurekeyvault")]
 pub mod azurekeyvault;
-#[cfg(any(feature = "awskms", feature = "azurekeyvault"))]
+#[cfg(any(feature = "awskms", feature = "azurekeyvault", feature = "gcpckms"))]
 pub mod cloud;
+#[cfg(feature = "gcpckms")]
+pub mod gcpckms;
 pub mod pkcs11;
 pub mod registry;
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub const TYPES: &[&str] = &[
     "awskms",
     #[cfg(feature = "azurekeyvault")]
     "azurekeyvault",
+    #[cfg(feature = "gcpckms")]
+    "gcpckms",
 ];
 
 /// Cloud seal types a build may leave out, and the cargo feature that adds each.
@@ -36,6 +38,8 @@ pub enum SealBackendConfig {
     AwsKms(Box<super::awskms::AwsKmsConfig>),
     #[cfg(feature = "azurekeyvault")]
     AzureKeyVault(Box<super::azurekeyvault::AzureKeyVaultConfig>),
+    #[cfg(feature = "gcpckms")]
+    GcpCkms(Box<super::gcpckms::GcpCkmsConfig>),
 }
 
 /// Parses the rest of a section (every key but `type` and the common ones) as `ty` says; `None`
@@ -58,6 +62,10 @@ pub fn parse(
                 .map(|c| SealBackendConfig::AzureKeyVault(Box::new(c)))
                 .map_err(SectionError::from)
         }
+        #[cfg(feature = "gcpckms")]
+        "gcpckms" => super::gcpckms::GcpCkmsConfig::deserialize(rest.into_deserializer())
+            .map(|c| SealBackendConfig::GcpCkms(Box::new(c)))
+            .map_err(SectionError::from),
         "shamir" => match rest.into_inner() {
             DeValue::Table(t) => match t.iter().next() {
                 Some((k, _)) => Err(SectionError::at(
@@ -89,6 +97,8 @@ impl SealBackendConfig {
             SealBackendConfig::AwsKms(_) => super::awskms::SEAL_TYPE,
             #[cfg(feature = "azurekeyvault")]
             SealBackendConfig::AzureKeyVault(_) => super::azurekeyvault::SEAL_TYPE,
+            #[cfg(feature = "gcpckms")]
+            SealBackendConfig::GcpCkms(_) => super::gcpckms::SEAL_TYPE,
         }
     }
 
@@ -101,6 +111,8 @@ impl SealBackendConfig {
             SealBackendConfig::AwsKms(c) => c.validate(&super::awskms::config::process_env),
             #[cfg(feature = "azurekeyvault")]
             SealBackendConfig::AzureKeyVault(c) => c.validate(&super::cloud::process_env),
+            #[cfg(feature = "gcpckms")]
+            SealBackendConfig::GcpCkms(c) => c.validate(&super::cloud::process_env),
         }
     }
 
@@ -113,6 +125,8 @@ impl SealBackendConfig {
             SealBackendConfig::AwsKms(c) => c.warnings(),
             #[cfg(feature = "azurekeyvault")]
             SealBackendConfig::AzureKeyVault(c) => c.warnings(),
+            #[cfg(feature = "gcpckms")]
+            SealBackendConfig::GcpCkms(c) => c.warnings(),
         }
     }
 
@@ -125,6 +139,8 @@ impl SealBackendConfig {
             SealBackendConfig::AwsKms(c) => c.has_inline_secret(),
             #[cfg(feature = "azurekeyvault")]
             SealBackendConfig::AzureKeyVault(c) => c.has_inline_secret(),
+            #[cfg(feature = "gcpckms")]
+            SealBackendConfig::GcpCkms(c) => c.has_inline_secret(),
         }
     }
 
@@ -148,6 +164,10 @@ impl SealBackendConfig {
             SealBackendConfig::AzureKeyVault(c) => Some(Arc::new(
                 super::azurekeyvault::AzureKeyVaultSeal::from_config(name, c),
             )),
+            #[cfg(feature = "gcpckms")]
+            SealBackendConfig::GcpCkms(c) => {
+                Some(Arc::new(super::gcpckms::GcpCkmsSeal::from_config(name, c)))
+            }
         }
     }
 }

@@ -28,8 +28,8 @@ use config::{Cloud, Credentials, Resolved};
 
 use super::cloud::{KmsError, Runner, Tracker};
 use super::{
-    Attempt, BlobContext, BlobError, Failure, FailureKind, MemberSelfTest, Seal, SealError,
-    SealHealth, Unwrapped, WrappedBlob, associated_data,
+    Attempt, BlobContext, BlobError, FailureKind, MemberSelfTest, Seal, SealError, SealHealth,
+    Unwrapped, WrappedBlob, associated_data,
 };
 use crate::crypto;
 use crate::locks::MutexExt;
@@ -629,7 +629,6 @@ impl Seal for AzureKeyVaultSeal {
     }
 
     fn status(&self) -> SealHealth {
-        let member = self.health.snapshot();
         let r = &self.settings.resolved;
         let mut detail = std::collections::BTreeMap::new();
         detail.insert("key_name".to_string(), self.key_name.clone().into());
@@ -643,21 +642,11 @@ impl Seal for AzureKeyVaultSeal {
             "credentials_from".to_string(),
             self.credentials_from.clone().into(),
         );
-        SealHealth {
-            name: self.name.clone(),
-            seal_type: SEAL_TYPE.to_string(),
-            healthy: member.healthy,
-            members: vec![member],
-            detail,
-        }
+        self.health.seal_health(SEAL_TYPE, detail)
     }
 
     fn probe(&self) {
-        if self.health.held(Attempt::Automatic).is_some() {
-            return;
-        }
-        let r = self.describe();
-        self.health.record(&r);
+        self.health.probe(|| self.describe());
     }
 
     fn verify_members(
@@ -727,15 +716,7 @@ impl Seal for AzureKeyVaultSeal {
 
 impl AzureKeyVaultSeal {
     fn failed(&self, summary: &'static str, e: KmsError) -> SealError {
-        SealError::Members {
-            seal: self.name.clone(),
-            summary,
-            errors: vec![Failure {
-                member: self.member.clone(),
-                kind: e.kind,
-                source: Arc::new(e),
-            }],
-        }
+        super::cloud::failed(&self.name, &self.health.snapshot().name, summary, e)
     }
 }
 
