@@ -674,15 +674,87 @@ fn denied_disabled_throttled_and_away_are_told_apart() {
     d.wait_health(200, Duration::from_secs(20));
     drop(d);
 
-    // Away: the vault's port closed. Sealed and retrying, not crashed.
-    drop(vault);
+    // Away at start: the vault (and Entra ID) behind a relay that is down. Sealed and retrying,
+    // not crashed; it unseals when the vault returns.
+    let mut relay = Relay::start(vault.port);
+    let via = format!("https://127.0.0.1:{}", relay.port);
+    f.set_seals(&azure_seal(&vault, "").replace(&vault.url(), &via));
+    relay.down();
     let d = f.start_with(|c| {
+        azure_env(c, &vault);
         c.env("AZURE_CLIENT_SECRET", SECRET)
-            .env("AZURE_AUTHORITY_HOST", "https://127.0.0.1:9");
+            .env("AZURE_AUTHORITY_HOST", &via);
     });
-    let st = d.wait_unseal_attempts(2);
+    let st = d.wait_unseal_attempts(3);
     assert_eq!(d.health("").status, 503);
     assert_eq!(vault_member(&st)["healthy"], false, "{st:#}");
+    assert!(
+        d.last_unseal_error().contains("cannot reach"),
+        "{}",
+        d.last_unseal_error()
+    );
+    relay.up();
+    d.wait_health(200, Duration::from_secs(30));
+}
+
+#[test]
+fn migration_from_the_hsm_pair_to_the_vault_and_back() {
+    let vault = FakeVault::start();
+    vault.add_version("unseal");
+    let f = Fixture::new();
+    let pair = f.pkcs11_seal(
+        "hsm-pair",
+        &["sealkeeper-a", "sealkeeper-b"],
+        "sealkeeper-root",
+        "",
+    );
+    let azure = azure_seal(&vault, "");
+    f.set_seals(&pair);
+    let mut d = start(&f, &vault, SECRET);
+    let recovery = strings(&d.init()["recovery_keys_base64"]);
+    let mut tp = TransitProbe::new(&d);
+    let ct = tp.encrypt(&d, "to the vault");
+    d.stop();
+    let migrate = |f: &Fixture, seals: String| {
+        f.set_seals(&seals);
+        let mut d = start(f, &vault, SECRET);
+        d.wait_unseal_attempts(1);
+        assert_eq!(d.get("/v1/sys/seal-status").json()["migration"], true);
+        for k in &recovery[..2] {
+            d.operator_ok(&["unseal", "--migrate", "--key", k]);
+        }
+        d.wait_health(200, Duration::from_secs(10));
+        d.stop();
+    };
+    migrate(
+        &f,
+        format!(
+            "{}{azure}",
+            pair.replacen("mechanism", "disabled = true\nmechanism", 1)
+        ),
+    );
+    f.set_seals(&azure);
+    let a = f.remove_token("sealkeeper-a");
+    let b = f.remove_token("sealkeeper-b");
+    let mut d = start(&f, &vault, SECRET);
+    d.wait_health(200, Duration::from_secs(20));
+    assert_eq!(d.status_json()["unsealed_by_seal"], "azure");
+    tp.assert_decrypts(&d, &ct, "to the vault");
+    d.stop();
+    f.restore_token(&a);
+    f.restore_token(&b);
+    migrate(
+        &f,
+        format!(
+            "{pair}{}",
+            azure.replacen("key_name", "disabled = true\nkey_name", 1)
+        ),
+    );
+    f.set_seals(&pair);
+    let d = start(&f, &vault, SECRET);
+    d.wait_health(200, Duration::from_secs(20));
+    assert_eq!(d.status_json()["unsealed_by_seal"], "hsm-pair");
+    tp.assert_decrypts(&d, &ct, "to the vault");
 }
 
 /// The fake speaks what Microsoft's own Python SDK expects too: token, challenge, get key,

@@ -203,6 +203,34 @@ fn init_restart_and_the_ciphertext_is_bound_to_its_aad() {
     d.wait_health(200, Duration::from_secs(20));
     assert_eq!(d.status_json()["unsealed_by_seal"], "gcp");
     tp.assert_decrypts(&d, &ct, "gcp");
+
+    // seal probe: the crypto key found, a round trip, exit 0; with the key gone, exit 1.
+    let probe = || {
+        let out = f
+            .command()
+            .args(["seal", "probe", "--format", "json", "--config"])
+            .arg(f.config_path())
+            .env("GCE_METADATA_HOST", "127.0.0.1:9")
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
+        (out.status.code().unwrap(), v)
+    };
+    let (code, v) = probe();
+    assert_eq!(code, 0, "{v:#}");
+    let m = &v["seals"][0]["members"][0];
+    assert_eq!(m["round_trip_ok"], true, "{v:#}");
+    assert_eq!(
+        m["primary_version"],
+        format!("{KEY}/cryptoKeyVersions/1"),
+        "{v:#}"
+    );
+    drop(d);
+    drop(kms);
+    let (code, v) = probe();
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["restart_would_unseal"], false);
 }
 
 #[test]
@@ -270,4 +298,65 @@ fn a_missing_crypto_key_needs_an_operator_and_beside_the_pair_the_pair_unseals()
         e.contains("check project, region, key_ring, crypto_key"),
         "{e}"
     );
+}
+
+#[test]
+fn migration_from_the_hsm_pair_to_cloud_kms_and_back() {
+    let kms = Drongo::start();
+    kms.create_key();
+    let f = Fixture::new();
+    let pair = f.pkcs11_seal(
+        "hsm-pair",
+        &["sealkeeper-a", "sealkeeper-b"],
+        "sealkeeper-root",
+        "",
+    );
+    let gcp = gcp_seal(&kms.url(), "");
+    f.set_seals(&pair);
+    let mut d = start(&f);
+    let recovery = strings(&d.init()["recovery_keys_base64"]);
+    let mut tp = TransitProbe::new(&d);
+    let ct = tp.encrypt(&d, "to gcp");
+    d.stop();
+    let migrate = |f: &Fixture, seals: String| {
+        f.set_seals(&seals);
+        let mut d = start(f);
+        d.wait_unseal_attempts(1);
+        assert_eq!(d.get("/v1/sys/seal-status").json()["migration"], true);
+        for k in &recovery[..2] {
+            d.operator_ok(&["unseal", "--migrate", "--key", k]);
+        }
+        d.wait_health(200, Duration::from_secs(10));
+        d.stop();
+    };
+    migrate(
+        &f,
+        format!(
+            "{}{gcp}",
+            pair.replacen("mechanism", "disabled = true\nmechanism", 1)
+        ),
+    );
+    f.set_seals(&gcp);
+    let a = f.remove_token("sealkeeper-a");
+    let b = f.remove_token("sealkeeper-b");
+    let mut d = start(&f);
+    d.wait_health(200, Duration::from_secs(20));
+    assert_eq!(d.status_json()["unsealed_by_seal"], "gcp");
+    tp.assert_decrypts(&d, &ct, "to gcp");
+    d.stop();
+    f.restore_token(&a);
+    f.restore_token(&b);
+    migrate(
+        &f,
+        format!(
+            "{pair}{}",
+            gcp.replacen("crypto_key", "disabled = true\ncrypto_key", 1)
+        ),
+    );
+    f.set_seals(&pair);
+    drop(kms);
+    let d = start(&f);
+    d.wait_health(200, Duration::from_secs(20));
+    assert_eq!(d.status_json()["unsealed_by_seal"], "hsm-pair");
+    tp.assert_decrypts(&d, &ct, "to gcp");
 }

@@ -340,7 +340,13 @@ async fn build_client(
 pub fn classify(op: &'static str, e: google_cloud_kms_v1::Error) -> KmsError {
     let message = crate::seal::cloud::chain(&e);
     if e.is_timeout() {
-        return KmsError::timeout(op, std::time::Duration::ZERO);
+        return KmsError::new(
+            FailureKind::Timeout,
+            op,
+            None,
+            "the call timed out",
+            Some("check the network path to the Cloud KMS endpoint".into()),
+        );
     }
     if e.is_authentication() {
         return KmsError::new(
@@ -598,6 +604,48 @@ mod tests {
             check_crypto_key(&k).unwrap_err().kind,
             FailureKind::KeyUnavailable
         );
+    }
+
+    #[test]
+    fn after_a_rotation_the_blob_is_not_on_the_configured_version_until_a_rewrap() {
+        let cfg: GcpCkmsConfig = toml::from_str(
+            "project = \"p\"\nregion = \"global\"\nkey_ring = \"r\"\ncrypto_key = \"k\"\nendpoint = \"http://127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let seal = GcpCkmsSeal::from_config("gcp", &cfg);
+        let ctx = BlobContext {
+            installation_id: "i".into(),
+            purpose: "root-key".into(),
+        };
+        let blob = |v: u32| {
+            WrappedBlob::new(
+                &ctx,
+                SEAL_TYPE,
+                "gcp",
+                "global",
+                GcpCkmsParams {
+                    key_version: format!("{}/cryptoKeyVersions/{v}", seal.key_name),
+                    ciphertext: B64.encode(b"x"),
+                },
+            )
+            .unwrap()
+        };
+        *seal.key.lock_recover() = Some(KeyFacts {
+            primary: format!("{}/cryptoKeyVersions/2", seal.key_name),
+        });
+        assert!(!seal.key_matches(&blob(1)), "version 1 after rotation to 2");
+        assert!(seal.key_matches(&blob(2)));
+        assert_eq!(
+            seal.key_name(&blob(1)),
+            format!("{}/cryptoKeyVersions/1", seal.key_name)
+        );
+        // Another crypto key is never the configured one.
+        let mut other = blob(2);
+        other.params.insert(
+            "key_version".into(),
+            "projects/p/locations/global/keyRings/r/cryptoKeys/other/cryptoKeyVersions/2".into(),
+        );
+        assert!(!seal.key_matches(&other));
     }
 
     #[test]
