@@ -132,20 +132,7 @@ impl GcpCkmsSeal {
                 .await
             {
                 Ok(r) => {
-                    let missing: Vec<&str> = PERMISSIONS
-                        .iter()
-                        .filter(|p| !r.permissions.iter().any(|g| g == *p))
-                        .copied()
-                        .collect();
-                    if !missing.is_empty() {
-                        return Err(KmsError::new(
-                            FailureKind::Denied,
-                            "TestIamPermissions",
-                            Some("PERMISSION_DENIED".into()),
-                            format!("the credentials lack {}", missing.join(", ")),
-                            Some("grant roles/cloudkms.cryptoKeyEncrypterDecrypter on the crypto key".into()),
-                        ));
-                    }
+                    check_permissions(&r.permissions)?;
                     Ok((facts, true))
                 }
                 // The check itself is not offered (an emulator): encrypt and decrypt will tell.
@@ -241,6 +228,25 @@ impl GcpCkmsSeal {
     fn failed(&self, summary: &'static str, e: KmsError) -> SealError {
         super::cloud::failed(&self.name, &self.health.snapshot().name, summary, e)
     }
+}
+
+/// TestIamPermissions' answer must grant every permission the seal needs.
+fn check_permissions(granted: &[String]) -> Result<(), KmsError> {
+    let missing: Vec<&str> = PERMISSIONS
+        .iter()
+        .filter(|p| !granted.iter().any(|g| g == *p))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(KmsError::new(
+        FailureKind::Denied,
+        "TestIamPermissions",
+        Some("PERMISSION_DENIED".into()),
+        format!("the credentials lack {}", missing.join(", ")),
+        Some("grant roles/cloudkms.cryptoKeyEncrypterDecrypter on the crypto key".into()),
+    ))
 }
 
 /// The crypto key must be for ENCRYPT_DECRYPT with an enabled primary version.
@@ -646,6 +652,23 @@ mod tests {
             "projects/p/locations/global/keyRings/r/cryptoKeys/other/cryptoKeyVersions/2".into(),
         );
         assert!(!seal.key_matches(&other));
+    }
+
+    #[test]
+    fn a_missing_permission_is_denied_and_named() {
+        let all: Vec<String> = PERMISSIONS.iter().map(|p| p.to_string()).collect();
+        assert!(check_permissions(&all).is_ok());
+        let e = check_permissions(&all[..1]).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Denied);
+        assert!(
+            e.to_string().contains("useToDecrypt") && !e.to_string().contains("useToEncrypt,"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("cryptoKeyEncrypterDecrypter"), "{e}");
+        assert_eq!(
+            check_permissions(&[]).unwrap_err().kind,
+            FailureKind::Denied
+        );
     }
 
     #[test]
