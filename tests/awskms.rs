@@ -150,16 +150,6 @@ fn aws_seal(name: &str, key: &str, endpoint: &str, extra: &str) -> String {
     )
 }
 
-/// The fixture's HSM pair as a seal named `hsm-pair`.
-fn hsm_pair(f: &Fixture, extra: &str) -> String {
-    f.pkcs11_seal(
-        "hsm-pair",
-        &["sealkeeper-a", "sealkeeper-b"],
-        "sealkeeper-root",
-        extra,
-    )
-}
-
 /// Starts the daemon with the quiet AWS environment (and `creds` as its environment credentials).
 fn start(f: &Fixture, creds: (&str, &str)) -> Daemon {
     f.start_with(|c| {
@@ -478,7 +468,7 @@ fn beside_the_hsm_pair_kms_unseals_when_the_pair_is_away_and_the_pair_is_rewrapp
     let moto = Moto::start();
     let arn = moto.create_key("us-east-1");
     let f = Fixture::new();
-    let pair = hsm_pair(&f, "priority = 1");
+    let pair = f.hsm_pair("priority = 1");
     f.set_seals(&format!(
         "{pair}{}",
         aws_seal("aws", &arn, &moto.url(), "priority = 2")
@@ -551,59 +541,14 @@ fn migration_from_the_hsm_pair_to_kms_and_back() {
     let moto = Moto::start();
     let arn = moto.create_key("us-east-1");
     let f = Fixture::new();
-    let pair = hsm_pair(&f, "");
     let aws = aws_seal("aws", &arn, &moto.url(), "");
-    f.set_seals(&pair);
-    let mut d = start(&f, ("testing", "testing"));
-    let recovery = strings(&d.init()["recovery_keys_base64"]);
-    let mut tp = TransitProbe::new(&d);
-    let ct = tp.encrypt(&d, "moving");
-    d.stop();
-
-    let migrate = |d: &Daemon| {
-        d.wait_unseal_attempts(1);
-        assert_eq!(d.get("/v1/sys/seal-status").json()["migration"], true);
-        for k in &recovery[..2] {
-            d.operator_ok(&["unseal", "--migrate", "--key", k]);
-        }
-        d.wait_health(200, Duration::from_secs(10));
-    };
-
-    // pkcs11 -> awskms
-    f.set_seals(&format!(
-        "{}{aws}",
-        pair.replacen("mechanism", "disabled = true\nmechanism", 1)
-    ));
-    let mut d = start(&f, ("testing", "testing"));
-    migrate(&d);
-    d.stop();
-    f.set_seals(&aws);
-    let a = f.remove_token("sealkeeper-a");
-    let b = f.remove_token("sealkeeper-b");
-    let mut d = start(&f, ("testing", "testing"));
-    d.wait_health(200, Duration::from_secs(20));
-    assert_eq!(d.status_json()["unsealed_by_seal"], "aws");
-    tp.assert_decrypts(&d, &ct, "moving");
-    d.stop();
-    f.restore_token(&a);
-    f.restore_token(&b);
-
-    // awskms -> pkcs11
-    f.set_seals(&format!(
-        "{pair}{}",
-        aws.replacen("kms_key_id", "disabled = true\nkms_key_id", 1)
-    ));
-    let mut d = start(&f, ("testing", "testing"));
-    migrate(&d);
-    d.stop();
-    f.set_seals(&pair);
-    drop(moto);
-    let d = start(&f, ("testing", "testing"));
-    d.wait_health(200, Duration::from_secs(20));
-    assert_eq!(d.status_json()["unsealed_by_seal"], "hsm-pair");
-    tp.assert_decrypts(&d, &ct, "moving");
+    f.migrate_from_the_pair_and_back(
+        &aws,
+        "aws",
+        || start(&f, ("testing", "testing")),
+        || drop(moto),
+    );
 }
-
 #[test]
 fn inline_credentials_work_warn_and_never_show_and_a_readable_file_is_refused() {
     let moto = Moto::start();

@@ -702,63 +702,14 @@ fn migration_from_the_hsm_pair_to_the_vault_and_back() {
     let vault = FakeVault::start();
     vault.add_version("unseal");
     let f = Fixture::new();
-    let pair = f.pkcs11_seal(
-        "hsm-pair",
-        &["sealkeeper-a", "sealkeeper-b"],
-        "sealkeeper-root",
-        "",
-    );
     let azure = azure_seal(&vault, "");
-    f.set_seals(&pair);
-    let mut d = start(&f, &vault, SECRET);
-    let recovery = strings(&d.init()["recovery_keys_base64"]);
-    let mut tp = TransitProbe::new(&d);
-    let ct = tp.encrypt(&d, "to the vault");
-    d.stop();
-    let migrate = |f: &Fixture, seals: String| {
-        f.set_seals(&seals);
-        let mut d = start(f, &vault, SECRET);
-        d.wait_unseal_attempts(1);
-        assert_eq!(d.get("/v1/sys/seal-status").json()["migration"], true);
-        for k in &recovery[..2] {
-            d.operator_ok(&["unseal", "--migrate", "--key", k]);
-        }
-        d.wait_health(200, Duration::from_secs(10));
-        d.stop();
-    };
-    migrate(
-        &f,
-        format!(
-            "{}{azure}",
-            pair.replacen("mechanism", "disabled = true\nmechanism", 1)
-        ),
+    f.migrate_from_the_pair_and_back(
+        &azure,
+        "azure",
+        || start(&f, &vault, SECRET),
+        || vault.set_mode(Mode::Deny),
     );
-    f.set_seals(&azure);
-    let a = f.remove_token("sealkeeper-a");
-    let b = f.remove_token("sealkeeper-b");
-    let mut d = start(&f, &vault, SECRET);
-    d.wait_health(200, Duration::from_secs(20));
-    assert_eq!(d.status_json()["unsealed_by_seal"], "azure");
-    tp.assert_decrypts(&d, &ct, "to the vault");
-    d.stop();
-    f.restore_token(&a);
-    f.restore_token(&b);
-    migrate(
-        &f,
-        format!(
-            "{pair}{}",
-            azure.replacen("key_name", "disabled = true\nkey_name", 1)
-        ),
-    );
-    f.set_seals(&pair);
-    let d = start(&f, &vault, SECRET);
-    d.wait_health(200, Duration::from_secs(20));
-    assert_eq!(d.status_json()["unsealed_by_seal"], "hsm-pair");
-    tp.assert_decrypts(&d, &ct, "to the vault");
 }
-
-/// The fake speaks what Microsoft's own Python SDK expects too: token, challenge, get key,
-/// (local) wrap with the fetched public key, and unwrap on the server.
 #[test]
 fn the_local_key_vault_is_faithful_to_microsofts_python_sdk() {
     let vault = FakeVault::start();
@@ -872,12 +823,7 @@ fn beside_the_hsm_pair_the_vault_unseals_when_the_pair_is_away() {
     let vault = FakeVault::start();
     vault.add_version("unseal");
     let f = Fixture::new();
-    let pair = f.pkcs11_seal(
-        "hsm-pair",
-        &["sealkeeper-a", "sealkeeper-b"],
-        "sealkeeper-root",
-        "priority = 1",
-    );
+    let pair = f.hsm_pair("priority = 1");
     f.set_seals(&format!("{pair}{}", azure_seal(&vault, "priority = 2")));
     let mut d = start(&f, &vault, SECRET);
     d.init();

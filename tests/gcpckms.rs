@@ -261,12 +261,7 @@ fn a_missing_crypto_key_needs_an_operator_and_beside_the_pair_the_pair_unseals()
     let kms = Drongo::start();
     kms.create_key();
     let f = Fixture::new();
-    let pair = f.pkcs11_seal(
-        "hsm-pair",
-        &["sealkeeper-a", "sealkeeper-b"],
-        "sealkeeper-root",
-        "priority = 1",
-    );
+    let pair = f.hsm_pair("priority = 1");
     f.set_seals(&format!("{pair}{}", gcp_seal(&kms.url(), "priority = 2")));
     let mut d = start(&f);
     d.init();
@@ -305,58 +300,6 @@ fn migration_from_the_hsm_pair_to_cloud_kms_and_back() {
     let kms = Drongo::start();
     kms.create_key();
     let f = Fixture::new();
-    let pair = f.pkcs11_seal(
-        "hsm-pair",
-        &["sealkeeper-a", "sealkeeper-b"],
-        "sealkeeper-root",
-        "",
-    );
     let gcp = gcp_seal(&kms.url(), "");
-    f.set_seals(&pair);
-    let mut d = start(&f);
-    let recovery = strings(&d.init()["recovery_keys_base64"]);
-    let mut tp = TransitProbe::new(&d);
-    let ct = tp.encrypt(&d, "to gcp");
-    d.stop();
-    let migrate = |f: &Fixture, seals: String| {
-        f.set_seals(&seals);
-        let mut d = start(f);
-        d.wait_unseal_attempts(1);
-        assert_eq!(d.get("/v1/sys/seal-status").json()["migration"], true);
-        for k in &recovery[..2] {
-            d.operator_ok(&["unseal", "--migrate", "--key", k]);
-        }
-        d.wait_health(200, Duration::from_secs(10));
-        d.stop();
-    };
-    migrate(
-        &f,
-        format!(
-            "{}{gcp}",
-            pair.replacen("mechanism", "disabled = true\nmechanism", 1)
-        ),
-    );
-    f.set_seals(&gcp);
-    let a = f.remove_token("sealkeeper-a");
-    let b = f.remove_token("sealkeeper-b");
-    let mut d = start(&f);
-    d.wait_health(200, Duration::from_secs(20));
-    assert_eq!(d.status_json()["unsealed_by_seal"], "gcp");
-    tp.assert_decrypts(&d, &ct, "to gcp");
-    d.stop();
-    f.restore_token(&a);
-    f.restore_token(&b);
-    migrate(
-        &f,
-        format!(
-            "{pair}{}",
-            gcp.replacen("crypto_key", "disabled = true\ncrypto_key", 1)
-        ),
-    );
-    f.set_seals(&pair);
-    drop(kms);
-    let d = start(&f);
-    d.wait_health(200, Duration::from_secs(20));
-    assert_eq!(d.status_json()["unsealed_by_seal"], "hsm-pair");
-    tp.assert_decrypts(&d, &ct, "to gcp");
+    f.migrate_from_the_pair_and_back(&gcp, "gcp", || start(&f), || drop(kms));
 }

@@ -863,6 +863,69 @@ impl Fixture {
         f
     }
 
+    /// The fixture's HSM pair (tokens a and b, key sealkeeper-root) as a seal named `hsm-pair`.
+    pub fn hsm_pair(&self, extra: &str) -> String {
+        self.pkcs11_seal(
+            "hsm-pair",
+            &["sealkeeper-a", "sealkeeper-b"],
+            "sealkeeper-root",
+            extra,
+        )
+    }
+
+    /// Seal migration from the HSM pair to `other` (one `[[seal]]` section, named `other_name`)
+    /// and back, as an operator does it: the old seal kept with `disabled = true`, a quorum of
+    /// recovery keys with `unseal --migrate`, then the old seal removed. After each way the new
+    /// seal alone unseals (the pair's tokens are away, or `away` has taken the other seal's service
+    /// away) and a transit ciphertext made before still decrypts. `start` starts the daemon with
+    /// the environment the other seal needs.
+    pub fn migrate_from_the_pair_and_back(
+        &self,
+        other: &str,
+        other_name: &str,
+        start: impl Fn() -> Daemon,
+        away: impl FnOnce(),
+    ) {
+        let pair = self.hsm_pair("");
+        self.set_seals(&pair);
+        let mut d = start();
+        let recovery = strings(&d.init()["recovery_keys_base64"]);
+        let mut tp = TransitProbe::new(&d);
+        let ct = tp.encrypt(&d, "moving");
+        d.stop();
+        let migrate = |seals: String| {
+            self.set_seals(&seals);
+            let mut d = start();
+            d.wait_unseal_attempts(1);
+            assert_eq!(d.get("/v1/sys/seal-status").json()["migration"], true);
+            for k in &recovery[..2] {
+                d.operator_ok(&["unseal", "--migrate", "--key", k]);
+            }
+            d.wait_health(200, Duration::from_secs(10));
+            d.stop();
+        };
+
+        migrate(format!("{}{other}", disabled(&pair)));
+        self.set_seals(other);
+        let a = self.remove_token("sealkeeper-a");
+        let b = self.remove_token("sealkeeper-b");
+        let mut d = start();
+        d.wait_health(200, Duration::from_secs(20));
+        assert_eq!(d.status_json()["unsealed_by_seal"], other_name);
+        tp.assert_decrypts(&d, &ct, "moving");
+        d.stop();
+        self.restore_token(&a);
+        self.restore_token(&b);
+
+        migrate(format!("{pair}{}", disabled(other)));
+        self.set_seals(&pair);
+        away();
+        let d = start();
+        d.wait_health(200, Duration::from_secs(20));
+        assert_eq!(d.status_json()["unsealed_by_seal"], "hsm-pair");
+        tp.assert_decrypts(&d, &ct, "moving");
+    }
+
     /// Replaces every `[[seal]]` entry of the config with `seals`.
     pub fn set_seals(&self, seals: &str) {
         self.edit_config(|c| {
@@ -870,6 +933,15 @@ impl Fixture {
             format!("{head}{seals}")
         });
     }
+}
+
+/// One `[[seal]]` section marked as the seal being migrated away from.
+pub fn disabled(seal: &str) -> String {
+    assert!(
+        seal.starts_with("[[seal]]\n"),
+        "not one [[seal]] section: {seal}"
+    );
+    seal.replacen("[[seal]]\n", "[[seal]]\ndisabled = true\n", 1)
 }
 
 /// A transit key `k`, a policy for it and a token: the seal tests use it to show that nothing
