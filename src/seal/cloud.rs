@@ -264,6 +264,32 @@ impl Tracker {
     }
 }
 
+/// A member's pairwise self-test: `round_trip` wraps and unwraps 32 fixed bytes and must give
+/// them back; timed.
+pub fn self_test(
+    member: &str,
+    round_trip: impl FnOnce(&[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KmsError>,
+) -> super::MemberSelfTest {
+    const PROBE: [u8; 32] = [0x5a; 32];
+    let started = Instant::now();
+    let r = round_trip(&PROBE).and_then(|back| {
+        if back.as_slice() == PROBE {
+            Ok(())
+        } else {
+            Err(KmsError::other(
+                "unwrap",
+                "the round trip returned other bytes",
+            ))
+        }
+    });
+    super::MemberSelfTest {
+        member: member.to_string(),
+        ok: r.is_ok(),
+        error: r.err().map(|e| e.to_string()),
+        elapsed_ms: Some(started.elapsed().as_millis() as u64),
+    }
+}
+
 /// A one-member seal's failure as a [`super::SealError`].
 pub fn failed(seal: &str, member: &str, summary: &'static str, e: KmsError) -> super::SealError {
     super::SealError::Members {

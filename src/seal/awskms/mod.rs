@@ -17,7 +17,7 @@ mod error;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_kms::Client;
 use aws_sdk_kms::primitives::Blob;
@@ -728,31 +728,14 @@ impl Seal for AwsKmsSeal {
     }
 
     fn self_test(&self) -> Vec<MemberSelfTest> {
+        let aad = "sealkeeper/self-test";
         self.members
             .iter()
             .map(|m| {
-                let started = Instant::now();
-                let probe = [0x5au8; 32];
-                let aad = "sealkeeper/self-test";
-                let r = self
-                    .encrypt(m, aad, &probe)
-                    .and_then(|(arn, ct)| self.decrypt(m, &arn, aad, ct))
-                    .and_then(|pt| {
-                        if pt.as_slice() == probe {
-                            Ok(())
-                        } else {
-                            Err(KmsError::other(
-                                "Decrypt",
-                                "the round trip returned other bytes",
-                            ))
-                        }
-                    });
-                MemberSelfTest {
-                    member: m.region.clone(),
-                    ok: r.is_ok(),
-                    error: r.err().map(|e| e.to_string()),
-                    elapsed_ms: Some(started.elapsed().as_millis() as u64),
-                }
+                super::cloud::self_test(&m.region, |probe| {
+                    let (arn, ct) = self.encrypt(m, aad, probe)?;
+                    self.decrypt(m, &arn, aad, ct)
+                })
             })
             .collect()
     }

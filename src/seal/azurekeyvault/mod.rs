@@ -9,7 +9,6 @@ pub mod config;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
@@ -660,29 +659,10 @@ impl Seal for AzureKeyVaultSeal {
     }
 
     fn self_test(&self) -> Vec<MemberSelfTest> {
-        let started = Instant::now();
-        let r = (|| {
-            let kek = Zeroizing::new(
-                crypto::random_vec(crypto::KEY_LEN)
-                    .map_err(|e| KmsError::local("self-test", e.to_string()))?,
-            );
-            let (kid, wrapped) = self.wrap_kek(&kek)?;
-            let back = self.unwrap_kek(&kid, wrapped)?;
-            if back.as_slice() == kek.as_slice() {
-                Ok(())
-            } else {
-                Err(KmsError::other(
-                    "unwrapKey",
-                    "the round trip returned other bytes",
-                ))
-            }
-        })();
-        vec![MemberSelfTest {
-            member: self.member.clone(),
-            ok: r.is_ok(),
-            error: r.err().map(|e| e.to_string()),
-            elapsed_ms: Some(started.elapsed().as_millis() as u64),
-        }]
+        vec![super::cloud::self_test(&self.member, |probe| {
+            let (kid, wrapped) = self.wrap_kek(probe)?;
+            self.unwrap_kek(&kid, wrapped)
+        })]
     }
 
     fn shutdown(&self) {}

@@ -9,7 +9,6 @@ pub mod config;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -517,28 +516,11 @@ impl Seal for GcpCkmsSeal {
     }
 
     fn self_test(&self) -> Vec<MemberSelfTest> {
-        let started = Instant::now();
-        let probe = [0xa5u8; 32];
         let aad = "sealkeeper/self-test";
-        let r = self
-            .encrypt(aad, &probe)
-            .and_then(|(_, ct)| self.decrypt(aad, ct))
-            .and_then(|pt| {
-                if pt.as_slice() == probe {
-                    Ok(())
-                } else {
-                    Err(KmsError::other(
-                        "Decrypt",
-                        "the round trip returned other bytes",
-                    ))
-                }
-            });
-        vec![MemberSelfTest {
-            member: self.member(),
-            ok: r.is_ok(),
-            error: r.err().map(|e| e.to_string()),
-            elapsed_ms: Some(started.elapsed().as_millis() as u64),
-        }]
+        vec![super::cloud::self_test(&self.member(), |probe| {
+            let (_, ct) = self.encrypt(aad, probe)?;
+            self.decrypt(aad, ct)
+        })]
     }
 
     fn shutdown(&self) {}
