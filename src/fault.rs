@@ -35,3 +35,25 @@ pub fn point(step: &str) {
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
+
+/// Holds the operation at `step`: debug builds, when `SEALKEEPER_FAULT_HOLD` names it, write the
+/// step's name to `SEALKEEPER_FAULT_FILE` and wait while the file `SEALKEEPER_FAULT_HOLD_WHILE`
+/// exists, then go on (a test orders two nodes' operations with it). Release builds never hold.
+pub fn hold(step: &str) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    if std::env::var("SEALKEEPER_FAULT_HOLD").ok().as_deref() != Some(step) {
+        return;
+    }
+    let Some(while_file) = std::env::var_os("SEALKEEPER_FAULT_HOLD_WHILE") else {
+        return;
+    };
+    tracing::warn!(step, "fault injection: holding at this step");
+    if let Ok(path) = std::env::var("SEALKEEPER_FAULT_FILE") {
+        let _ = std::fs::write(path, step);
+    }
+    while std::path::Path::new(&while_file).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

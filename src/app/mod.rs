@@ -76,8 +76,7 @@ pub async fn run(
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
-    storage::check_directory_permissions(&cfg.storage.path).map_err(ServerError::Startup)?;
-    let store = open_storage(&cfg.storage)?;
+    let store = open_storage(&cfg.storage).await?;
     let tls = if cfg.listener.tls_disable {
         None
     } else {
@@ -166,6 +165,7 @@ pub async fn run(
             retry_max: cfg.unseal.retry_max,
             probe_interval: cfg.unseal.probe_interval,
             fips_mode: cfg.fips_mode,
+            node_name: cfg.node_name(),
             self_tests,
         },
         store,
@@ -234,6 +234,7 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     tasks.spawn(core.clone().run_auto_unseal());
     tasks.spawn(core.clone().run_probe());
+    tasks.spawn(core.clone().run_follow());
     tasks.spawn(denials.clone().run());
     if let Some(a) = &cfg.audit {
         let c = core.clone();
@@ -339,8 +340,33 @@ async fn reopen_on_sighup(audit: Audit) {
 
 /// The store the configuration names (the embedded file store today; a clustered store is one more
 /// variant here).
-pub fn open_storage(cfg: &crate::config::StorageConfig) -> Result<Arc<dyn Storage>, ServerError> {
-    Ok(Arc::new(FileStorage::open(&cfg.path)?))
+pub async fn open_storage(
+    cfg: &crate::config::StorageConfig,
+) -> Result<Arc<dyn Storage>, ServerError> {
+    use crate::config::StorageKind;
+    match cfg.kind {
+        StorageKind::File => {
+            storage::check_directory_permissions(&cfg.path).map_err(ServerError::Startup)?;
+            Ok(Arc::new(FileStorage::open(&cfg.path)?))
+        }
+        #[cfg(feature = "etcd")]
+        StorageKind::Etcd => {
+            let o = storage::etcd::EtcdOptions {
+                endpoints: cfg.endpoints.clone(),
+                prefix: cfg.prefix.clone(),
+                tls_ca_file: cfg.tls_ca_file.clone(),
+                tls_cert_file: cfg.tls_cert_file.clone(),
+                tls_key_file: cfg.tls_key_file.clone(),
+                attempt_timeout: cfg.attempt_timeout,
+                request_timeout: cfg.request_timeout,
+            };
+            Ok(Arc::new(storage::etcd::EtcdStorage::open(&o).await?))
+        }
+        #[cfg(not(feature = "etcd"))]
+        StorageKind::Etcd => Err(ServerError::Startup(
+            "storage: this sealkeeper was built without etcd storage (`--features etcd`)".into(),
+        )),
+    }
 }
 
 /// The configured seals as the core sees them, by the registry of seal types, and the auto seals

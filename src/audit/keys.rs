@@ -29,6 +29,8 @@ pub struct AuditKeys {
     chain_mac: Arc<crypto::HmacKey>,
     cipher: RecordCipher,
     storage: Arc<dyn Storage>,
+    /// Where the anchor is stored (`ANCHOR_KEY`, or one record per node on a shared store).
+    anchor_key: String,
 }
 
 impl AuditKeys {
@@ -37,6 +39,7 @@ impl AuditKeys {
         keys: Arc<UnsealedKeys>,
         storage: Arc<dyn Storage>,
         memory: MemoryPolicy,
+        anchor_key: String,
     ) -> Result<AuditKeys, AuditKeyError> {
         let cipher = RecordCipher::new(keys);
         let hmac_key = cipher.derive_key(b"sealkeeper audit hmac v1", memory)?;
@@ -49,6 +52,7 @@ impl AuditKeys {
             ),
             cipher,
             storage,
+            anchor_key,
         })
     }
 
@@ -66,17 +70,19 @@ impl AuditKeys {
 
     /// The newest anchor (seq, hash and mac of a keyed record), if one was stored.
     pub async fn anchor(&self) -> Result<Option<Anchor>, AuditKeyError> {
-        let Some(rec) = self.storage.get(ANCHOR_KEY).await? else {
+        let Some(rec) = self.storage.get(&self.anchor_key).await? else {
             return Ok(None);
         };
-        Ok(Some(self.cipher.open_json(ANCHOR_KEY, &rec.value)?))
+        Ok(Some(self.cipher.open_json(&self.anchor_key, &rec.value)?))
     }
 
     /// Records `anchor` as the newest. Only this node's writer advances its anchor: no
     /// compare-and-swap needed.
     pub async fn store_anchor(&self, anchor: &Anchor) -> Result<(), AuditKeyError> {
-        let sealed = self.cipher.seal_json(ANCHOR_KEY, anchor)?;
-        self.storage.put(ANCHOR_KEY, &sealed, Expect::Any).await?;
+        let sealed = self.cipher.seal_json(&self.anchor_key, anchor)?;
+        self.storage
+            .put(&self.anchor_key, &sealed, Expect::Any)
+            .await?;
         Ok(())
     }
 }

@@ -83,14 +83,67 @@ pub struct Config {
     /// Reported as `cluster_name` by sys/health and sys/seal-status.
     #[serde(default)]
     pub cluster_name: Option<String>,
+    /// This node among the nodes that share a store.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     #[serde(skip)]
     pub source: PathBuf,
 }
 
+/// `[cluster]`: this node among several that share an etcd store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name (the host name when unset): names its audit anchor and its entry in
+    /// the cluster's node list. Letters, digits, `-`, `_` and `.`.
+    pub node_name: Option<String>,
+}
+
+/// Where the state lives: `type = "file"` (the default: one directory on this node) or
+/// `type = "etcd"` (an etcd cluster shared by several nodes; feature `etcd`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    #[serde(default, rename = "type")]
+    pub kind: StorageKind,
+    /// file: the state directory.
+    #[serde(default)]
     pub path: PathBuf,
+    /// etcd: the members' client URLs (`https://host:2379`; `http://` only on loopback).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// etcd: every key is stored under this prefix (ends with `/`), so that one etcd cluster can
+    /// hold several installations.
+    #[serde(default = "d_prefix")]
+    pub prefix: String,
+    /// etcd: the CA bundle (PEM) the members' certificates are checked against.
+    pub tls_ca_file: Option<PathBuf>,
+    /// etcd: this node's client certificate (PEM), for members that require one.
+    pub tls_cert_file: Option<PathBuf>,
+    /// etcd: the client certificate's key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// etcd: how long one attempt (connect and call) on one member may take before the next
+    /// member is tried.
+    #[serde(default = "d_2s", with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// etcd: how long a read or write may take in all, over every member, before it fails.
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    #[default]
+    File,
+    Etcd,
+}
+
+fn d_prefix() -> String {
+    "sealkeeper/".into()
+}
+fn d_2s() -> Duration {
+    Duration::from_secs(2)
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,10 +429,13 @@ impl Config {
     fn validate(&self) -> Vec<Problem> {
         use Seg::{Index, Key};
         let mut out = Vec::new();
-        if !self.storage.path.is_absolute() {
+        out.extend(self.storage.validate());
+        if let Some(n) = &self.cluster.node_name
+            && (n.contains('/') || crate::storage::validate_key(n).is_err())
+        {
             out.push(problem(
-                vec![Key("storage"), Key("path")],
-                "must be an absolute path",
+                vec![Key("cluster"), Key("node_name")],
+                "must be 1-200 of A-Z a-z 0-9 - _ . (not starting with a dot)",
             ));
         }
         let l = &self.listener;
@@ -538,6 +594,22 @@ impl Config {
     }
 
     /// Warnings to log at every start (inline PINs, TLS disabled, unlocked memory).
+    /// This node's name: `[cluster] node_name`, else the host name, else "sealkeeper".
+    pub fn node_name(&self) -> String {
+        self.cluster.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| {
+                    h.trim()
+                        .chars()
+                        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+                        .collect::<String>()
+                })
+                .filter(|h| !h.is_empty() && !h.starts_with('.'))
+                .unwrap_or_else(|| "sealkeeper".into())
+        })
+    }
+
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
         if self.listener.tls_disable {
@@ -558,8 +630,156 @@ impl Config {
         for s in &self.seal {
             w.extend(s.backend.warnings());
         }
+        w.extend(self.storage.warnings());
         w
     }
+}
+
+impl StorageConfig {
+    fn validate(&self) -> Vec<Problem> {
+        use Seg::Key;
+        let mut out = Vec::new();
+        let at = |k: &'static str| vec![Key("storage"), Key(k)];
+        match self.kind {
+            StorageKind::File => {
+                if !self.path.is_absolute() {
+                    out.push(problem(at("path"), "must be an absolute path"));
+                }
+                let etcd_only = [
+                    ("endpoints", !self.endpoints.is_empty()),
+                    ("prefix", self.prefix != d_prefix()),
+                    ("tls_ca_file", self.tls_ca_file.is_some()),
+                    ("tls_cert_file", self.tls_cert_file.is_some()),
+                    ("tls_key_file", self.tls_key_file.is_some()),
+                ];
+                for (k, set) in etcd_only {
+                    if set {
+                        out.push(problem(
+                            at(k),
+                            "is an etcd setting; add type = \"etcd\" or remove it",
+                        ));
+                    }
+                }
+            }
+            StorageKind::Etcd => {
+                if self.path != PathBuf::new() {
+                    out.push(problem(
+                        at("path"),
+                        "is a file storage setting; etcd storage keeps no local state directory",
+                    ));
+                }
+                if self.endpoints.is_empty() {
+                    out.push(problem(
+                        at("endpoints"),
+                        "is required: the etcd members' client URLs, e.g. [\"https://10.0.0.1:2379\"]",
+                    ));
+                }
+                for e in &self.endpoints {
+                    if let Err(why) = check_etcd_endpoint(e) {
+                        out.push(problem(at("endpoints"), format!("{e:?}: {why}")));
+                    }
+                }
+                let p = self.prefix.trim_end_matches('/');
+                if !self.prefix.ends_with('/') || crate::storage::validate_key(p).is_err() {
+                    out.push(problem(
+                        at("prefix"),
+                        "must be segments of A-Z a-z 0-9 - _ . ending with \"/\", e.g. \"sealkeeper/\"",
+                    ));
+                }
+                if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+                    out.push(problem(
+                        at("tls_cert_file"),
+                        "tls_cert_file and tls_key_file are given together",
+                    ));
+                }
+                let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
+                if https && self.tls_ca_file.is_none() {
+                    out.push(problem(
+                        at("tls_ca_file"),
+                        "is required with https:// endpoints: the CA bundle (PEM) that signed the etcd members' certificates",
+                    ));
+                }
+                if !https && (self.tls_ca_file.is_some() || self.tls_cert_file.is_some()) {
+                    out.push(problem(
+                        at("endpoints"),
+                        "TLS files are set but no endpoint is https://",
+                    ));
+                }
+                if self.attempt_timeout.is_zero() || self.request_timeout < self.attempt_timeout {
+                    out.push(problem(
+                        at("request_timeout"),
+                        "attempt_timeout must be above zero and request_timeout at least attempt_timeout",
+                    ));
+                }
+                if !cfg!(feature = "etcd") {
+                    out.push(problem(
+                        at("type"),
+                        "this sealkeeper was built without etcd storage; build it with `--features etcd`",
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        if self.kind != StorageKind::Etcd {
+            return Vec::new();
+        }
+        let mut w = Vec::new();
+        if self.endpoints.iter().any(|e| e.starts_with("http://")) {
+            w.push(
+                "storage: an etcd endpoint is plain http:// (loopback only): anyone on this host can \
+                 change the stored state; use https:// with client certificates in production"
+                    .to_string(),
+            );
+        }
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) && self.tls_cert_file.is_none()
+        {
+            w.push(
+                "storage: no tls_cert_file: etcd members that do not require client certificates \
+                 let anyone who reaches them change the stored state"
+                    .to_string(),
+            );
+        }
+        if self.endpoints.len() == 1 {
+            w.push(
+                "storage: one etcd endpoint: list every member, so that one member down does not stop \
+                 writes"
+                    .to_string(),
+            );
+        }
+        w
+    }
+}
+
+/// An etcd client URL: `https://host:port`, or `http://` on a loopback address.
+fn check_etcd_endpoint(e: &str) -> Result<(), String> {
+    let (scheme, rest) = e
+        .split_once("://")
+        .ok_or("must be a URL: https://host:port")?;
+    if scheme != "https" && scheme != "http" {
+        return Err("the scheme must be https (or http on loopback)".into());
+    }
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return Err("must be https://host:port, with no path, query or user".into());
+    }
+    let (host, port) = rest.rsplit_once(':').ok_or("the port is missing")?;
+    port.parse::<u16>()
+        .map_err(|_| format!("port {port:?} is not a number"))?;
+    if host.is_empty() {
+        return Err("the host is missing".into());
+    }
+    if scheme == "http" {
+        let h = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err("plain http is allowed only on loopback; use https".into());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -697,6 +917,87 @@ mechanism = "0x1087"
 
         let e = err(&GOOD.replace("\"250ms\"", "\"soon\""));
         assert!(e.starts_with("/etc/sk.toml:26:"), "{e}");
+    }
+
+    fn etcd(storage: &str) -> String {
+        GOOD.replace(
+            "[storage]\npath = \"/var/lib/sealkeeper\"\n",
+            &format!("[storage]\n{storage}\n"),
+        )
+    }
+
+    #[test]
+    fn etcd_storage_is_checked_and_warned_about() {
+        let good = etcd(
+            "type = \"etcd\"\nendpoints = [\"https://10.0.0.1:2379\", \"https://10.0.0.2:2379\"]\n\
+             tls_ca_file = \"/etc/sealkeeper/etcd-ca.pem\"\ntls_cert_file = \"/etc/sealkeeper/etcd.pem\"\n\
+             tls_key_file = \"/etc/sealkeeper/etcd.key\"",
+        );
+        let parsed = Config::parse(&good, Path::new("/etc/sk.toml"));
+        if cfg!(feature = "etcd") {
+            let c = parsed.unwrap();
+            assert_eq!(c.storage.kind, StorageKind::Etcd);
+            assert_eq!(c.storage.prefix, "sealkeeper/");
+            assert_eq!(c.storage.attempt_timeout, Duration::from_secs(2));
+            assert!(c.warnings().iter().all(|w| !w.starts_with("storage")));
+        } else {
+            let e = parsed.err().unwrap().to_string();
+            assert!(e.contains("built without etcd storage"), "{e}");
+        }
+        for (storage, want) in [
+            ("type = \"etcd\"", "endpoints: is required"),
+            (
+                "type = \"etcd\"\nendpoints = [\"http://10.0.0.1:2379\"]",
+                "plain http is allowed only on loopback",
+            ),
+            (
+                "type = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]",
+                "must be a URL",
+            ),
+            (
+                "type = \"etcd\"\nendpoints = [\"https://10.0.0.1:2379/x\"]",
+                "no path",
+            ),
+            (
+                "type = \"etcd\"\nendpoints = [\"https://10.0.0.1:2379\"]",
+                "tls_ca_file: is required",
+            ),
+            (
+                "type = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"no-slash\"",
+                "ending with",
+            ),
+            (
+                "type = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\npath = \"/var/lib/x\"",
+                "keeps no local state directory",
+            ),
+            (
+                "type = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nattempt_timeout = \"0s\"",
+                "attempt_timeout must be above zero",
+            ),
+            (
+                "path = \"/var/lib/x\"\nendpoints = [\"http://127.0.0.1:2379\"]",
+                "is an etcd setting",
+            ),
+            ("type = \"consul\"", "unknown variant"),
+        ] {
+            let e = err(&etcd(storage));
+            assert!(e.contains(want), "{storage}: {e}");
+            assert!(e.starts_with("/etc/sk.toml:"), "{e}");
+        }
+        if cfg!(feature = "etcd") {
+            let c = Config::parse(
+                &etcd("type = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]"),
+                Path::new("/etc/sk.toml"),
+            )
+            .unwrap();
+            let w = c.warnings().join("\n");
+            assert!(
+                w.contains("plain http://") && w.contains("one etcd endpoint"),
+                "{w}"
+            );
+        }
+        let e = err(&GOOD.replace("[listener]", "[cluster]\nnode_name = \"a/b\"\n\n[listener]"));
+        assert!(e.contains("cluster.node_name"), "{e}");
     }
 
     #[test]

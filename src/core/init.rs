@@ -9,6 +9,8 @@ impl Core {
     /// (recovery keys for auto seals, unseal keys for a Shamir seal) returned once.
     pub async fn init(&self, shares: u32, threshold: u32) -> Result<InitResponse, CoreError> {
         let _op = self.ops.lock().await;
+        // A store shared with other nodes may have been initialized by one of them.
+        let _ = self.refresh_init_locked().await;
         if self.is_initialized() {
             return Err(CoreError::AlreadyInitialized);
         }
@@ -97,12 +99,22 @@ impl Core {
         let init_json =
             serde_json::to_vec_pretty(&init).map_err(|e| CoreError::Internal(e.to_string()))?;
         fault::point("init:before-init-record");
-        self.storage
+        fault::hold("init:before-init-record");
+        let stored = self
+            .storage
             .txn(vec![
                 Op::put(ROOT_STATE_KEY, st.to_json(), Expect::Any),
                 Op::put(INIT_KEY, init_json, Expect::Absent),
             ])
-            .await?;
+            .await;
+        if let Err(StorageError::Conflict { .. }) = stored {
+            // Another node sharing the store initialized it first: its root key stands, this one
+            // is dropped, and this node unseals with the stored state.
+            tracing::info!("init: another node initialized the shared store first");
+            let _ = self.refresh_init_locked().await;
+            return Err(CoreError::AlreadyInitialized);
+        }
+        stored?;
         *self.stored.write_recover() = Some(st.clone());
         fault::point("init:after-init-record");
 

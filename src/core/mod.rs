@@ -10,6 +10,7 @@ pub mod events;
 mod init;
 mod lifecycle;
 mod migrate;
+mod shared;
 mod shares;
 pub mod state;
 mod status;
@@ -100,6 +101,44 @@ pub struct Core {
     /// operators watch to know that the background tasks ran.
     unseal_attempts: std::sync::atomic::AtomicU64,
     probe_rounds: std::sync::atomic::AtomicU64,
+    /// The init record could not be read at start (the store was unreachable): the auto-unseal
+    /// loop reads it again.
+    init_unread: std::sync::atomic::AtomicBool,
+    /// A seal state changed by another node could not be applied yet (see `follow_root_state`).
+    root_behind: std::sync::atomic::AtomicBool,
+}
+
+/// The state that an init record read (or its failure) means, and the error to show.
+fn state_from_init(
+    read: Result<Option<crate::storage::Record>, StorageError>,
+) -> (State, Option<(String, u64)>) {
+    let broken = |e: String| {
+        (
+            State::Sealed {
+                init: None,
+                manual: false,
+            },
+            Some((e, now_unix())),
+        )
+    };
+    match read {
+        Ok(None) => (State::Uninitialized, None),
+        Ok(Some(rec)) => match serde_json::from_slice::<InitRecord>(&rec.value) {
+            Ok(init) if init.format == INIT_FORMAT => (
+                State::Sealed {
+                    init: Some(init),
+                    manual: false,
+                },
+                None,
+            ),
+            Ok(init) => broken(format!(
+                "stored state is invalid: {INIT_KEY}: format version {}; this sealkeeper reads version {INIT_FORMAT}",
+                init.format
+            )),
+            Err(e) => broken(format!("stored state is invalid: {INIT_KEY}: {e}")),
+        },
+        Err(e) => broken(e.to_string()),
+    }
 }
 
 /// Adds one to a counter when dropped.
@@ -121,46 +160,10 @@ impl Core {
         audit: Audit,
     ) -> Arc<Core> {
         seals.sort_by_key(|s| s.priority);
-        let mut last_error = None;
-        let state = match storage.get(INIT_KEY).await {
-            Ok(None) => State::Uninitialized,
-            Ok(Some(rec)) => match serde_json::from_slice::<InitRecord>(&rec.value) {
-                Ok(init) if init.format == INIT_FORMAT => State::Sealed {
-                    init: Some(init),
-                    manual: false,
-                },
-                Ok(init) => {
-                    last_error = Some((
-                        format!(
-                            "stored state is invalid: {INIT_KEY}: format version {}; this sealkeeper reads version {INIT_FORMAT}",
-                            init.format
-                        ),
-                        now_unix(),
-                    ));
-                    State::Sealed {
-                        init: None,
-                        manual: false,
-                    }
-                }
-                Err(e) => {
-                    last_error = Some((
-                        format!("stored state is invalid: {INIT_KEY}: {e}"),
-                        now_unix(),
-                    ));
-                    State::Sealed {
-                        init: None,
-                        manual: false,
-                    }
-                }
-            },
-            Err(e) => {
-                last_error = Some((e.to_string(), now_unix()));
-                State::Sealed {
-                    init: None,
-                    manual: false,
-                }
-            }
-        };
+        let read = storage.get(INIT_KEY).await;
+        // A store that could not be read is read again by the auto-unseal loop, with its backoff.
+        let init_unread = matches!(read, Err(StorageError::Unavailable { .. }));
+        let (state, last_error) = state_from_init(read);
         let core = Arc::new(Core {
             opts,
             storage,
@@ -178,6 +181,8 @@ impl Core {
             subscribers: events::Subscribers::default(),
             unseal_attempts: 0.into(),
             probe_rounds: 0.into(),
+            init_unread: init_unread.into(),
+            root_behind: false.into(),
         });
         core.subscribe(Arc::new(events::AuditSubscriber(audit)));
         if core.is_initialized() {
@@ -282,11 +287,26 @@ impl Core {
     ) -> Result<(Arc<Transit>, Arc<AuditKeys>), CoreError> {
         let transit = Transit::load(self.storage.clone(), keys.clone(), self.opts.memory).await?;
         let audit_keys = Arc::new(
-            AuditKeys::derive(keys.clone(), self.storage.clone(), self.opts.memory)
-                .map_err(|e| CoreError::StoredState(e.to_string()))?,
+            AuditKeys::derive(
+                keys.clone(),
+                self.storage.clone(),
+                self.opts.memory,
+                self.anchor_key(),
+            )
+            .map_err(|e| CoreError::StoredState(e.to_string()))?,
         );
         self.audit.set_chain_key(Some(audit_keys.chain_mac()));
         Ok((transit, audit_keys))
+    }
+
+    /// Where this node's audit anchor is stored: one record per node on a store that several
+    /// nodes share (each node keeps its own trail), `audit/anchor` on a store of its own.
+    fn anchor_key(&self) -> String {
+        if self.storage.kind() == "etcd" {
+            format!("audit/anchors/{}", self.opts.node_name)
+        } else {
+            crate::audit::keys::ANCHOR_KEY.to_string()
+        }
     }
 
     /// The audit trail's keys, when unsealed.
@@ -403,7 +423,20 @@ impl Core {
         attempt: Attempt,
     ) -> Result<UnsealedBy, CoreError> {
         let (st, _) = self.root_state().await?;
-        if let Some((old, new)) = self.migration(&st) {
+        let (root, by) = self.unwrap_root(init, &st, attempt).await?;
+        self.activate(init.clone(), &st, root, by.clone()).await?;
+        Ok(by)
+    }
+
+    /// The current root key of `st`, unwrapped by the first enabled auto seal (by priority) that
+    /// holds a current wrapping of it and answers.
+    async fn unwrap_root(
+        &self,
+        init: &InitRecord,
+        st: &RootState,
+        attempt: Attempt,
+    ) -> Result<(LockedBytes, UnsealedBy), CoreError> {
+        if let Some((old, new)) = self.migration(st) {
             return Err(CoreError::NeedsShares(format!(
                 "seal migration from {} ({}) to {} ({}) is pending: submit a quorum of the {} with \
                  `sealkeeper operator unseal --migrate`",
@@ -473,11 +506,10 @@ impl Core {
                         self.hsm_self_test(seal, &u.member).await?;
                     }
                     let by = UnsealedBy::new(&entry.name, &u.member);
-                    self.activate(init.clone(), &st, root, by.clone()).await?;
                     for (n, e) in &errors {
                         tracing::warn!(seal = %n, error = %e, "a higher-priority seal could not unseal; the next one did");
                     }
-                    return Ok(by);
+                    return Ok((root, by));
                 }
                 Err(e) => errors.push((entry.name.clone(), e)),
             }
@@ -512,7 +544,30 @@ impl Core {
                 "the unwrapped key is not this installation's current root key".into(),
             ));
         }
-        let file = state::open_keyring(root.as_slice(), &init.installation_id, &st.keyring)
+        let keyring = self.keyring_terms(root.as_slice(), &init, st)?;
+        let keys = Arc::new(UnsealedKeys::from_shared(root, keyring));
+        let (transit, audit_keys) = self.open_keyed_state(&keys).await?;
+        *self.state.write_recover() = State::Unsealed {
+            init,
+            keys,
+            transit,
+            audit_keys,
+            by,
+            since_unix: now_unix(),
+        };
+        *self.last_error.write_recover() = None;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Every term of the keyring stored in `st`, opened with `root`, in locked memory.
+    fn keyring_terms(
+        &self,
+        root: &[u8],
+        init: &InitRecord,
+        st: &RootState,
+    ) -> Result<Vec<(u32, Arc<LockedBytes>)>, CoreError> {
+        let file = state::open_keyring(root, &init.installation_id, &st.keyring)
             .map_err(CoreError::StoredState)?;
         let mut keyring = Vec::new();
         for t in file.terms {
@@ -529,19 +584,7 @@ impl Core {
             }
             keyring.push((t.term, Arc::new(self.locked(&k)?)));
         }
-        let keys = Arc::new(UnsealedKeys::from_shared(root, keyring));
-        let (transit, audit_keys) = self.open_keyed_state(&keys).await?;
-        *self.state.write_recover() = State::Unsealed {
-            init,
-            keys,
-            transit,
-            audit_keys,
-            by,
-            since_unix: now_unix(),
-        };
-        *self.last_error.write_recover() = None;
-        self.wake.notify_one();
-        Ok(())
+        Ok(keyring)
     }
 
     /// Zeroizes the keys; the node stays sealed until `unseal` by an operator or a restart.

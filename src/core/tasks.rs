@@ -71,6 +71,19 @@ impl Core {
     pub async fn run_auto_unseal(self: Arc<Self>) {
         let mut delay = self.opts.retry_initial;
         loop {
+            if self.init_unread.load(std::sync::atomic::Ordering::Relaxed) {
+                // The store did not answer at start: read the init record with the same backoff.
+                if let Err(e) = self.refresh_init().await {
+                    let wait = jitter(delay);
+                    tracing::info!(error = %e, retry_in_ms = wait.as_millis() as u64, "the store is unreachable; still sealed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                    delay = (delay * 2).min(self.opts.retry_max);
+                }
+                continue;
+            }
             if !self.wants_auto_unseal() {
                 delay = self.opts.retry_initial;
                 self.wake.notified().await;
@@ -115,7 +128,16 @@ impl Core {
         loop {
             interval.tick().await;
             if !self.is_initialized() {
+                // Another node sharing the store may have initialized it (the change feed is the
+                // fast path; this catches a feed that missed it).
+                let _ = self.refresh_init().await;
                 continue;
+            }
+            if !self.is_sealed()
+                && self.root_behind.load(std::sync::atomic::Ordering::Relaxed)
+                && let Err(e) = self.follow_root_state().await
+            {
+                tracing::warn!(error = %e, "could not apply the seal state another node changed");
             }
             for (_, seal) in self.enabled_autos() {
                 let seal = seal.clone();

@@ -39,6 +39,7 @@ async fn node(storage: Arc<MemoryStorage>, seals: &[(&str, Arc<TestSeal>)]) -> N
             retry_max: Duration::from_millis(50),
             probe_interval: Duration::from_millis(100),
             fips_mode: false,
+            node_name: "test-node".into(),
             self_tests: rx,
         },
         storage.clone(),

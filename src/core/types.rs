@@ -105,6 +105,8 @@ pub struct CoreOptions {
     pub retry_max: Duration,
     pub probe_interval: Duration,
     pub fips_mode: bool,
+    /// This node's name among the nodes that share a store (`[cluster] node_name`).
+    pub node_name: String,
     /// Results of the known-answer tests, once they ran (None before).
     pub self_tests: tokio::sync::watch::Receiver<Option<Vec<crate::crypto::SelfTest>>>,
 }

@@ -45,6 +45,12 @@ impl From<TransitError> for ApiError {
                 StatusCode::CONFLICT,
                 Some("conflict: the record was changed by another writer; retry the request"),
             ),
+            TransitError::Storage(crate::storage::StorageError::Unavailable { .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(
+                    "storage unavailable: writes are refused until it answers again; encrypt and decrypt still work",
+                ),
+            ),
             TransitError::Storage(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Some("internal error: storage I/O failed (details in the server log)"),

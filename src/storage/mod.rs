@@ -10,11 +10,14 @@
 //! - `txn` checks every expectation first and then applies every operation, all or nothing;
 //! - `watch` is a change feed of every change under a prefix made after it was opened.
 //!
-//! Implementations: [`file::FileStorage`] (the embedded default: one crash-safe file per record)
-//! and [`memory::MemoryStorage`] (tests, and the in-process unit tests of the core).
+//! Implementations: [`file::FileStorage`] (the embedded default: one crash-safe file per record),
+//! `etcd::EtcdStorage` (feature `etcd`: a cluster of appliances sharing one etcd cluster) and
+//! [`memory::MemoryStorage`] (tests, and the in-process unit tests of the core).
 //! [`conformance`] is one test suite that every implementation passes.
 
 pub mod conformance;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod file;
 pub mod memory;
 
@@ -162,10 +165,17 @@ pub enum WatchEvent {
     Closed,
 }
 
+/// What a store's feed carries: a change, or word that changes were missed.
+#[derive(Debug, Clone)]
+pub(crate) enum FeedItem {
+    Change(Change),
+    Resync,
+}
+
 /// A change feed under one prefix.
 pub struct Watch {
     prefix: String,
-    rx: tokio::sync::broadcast::Receiver<Change>,
+    rx: tokio::sync::broadcast::Receiver<FeedItem>,
 }
 
 impl Watch {
@@ -174,8 +184,11 @@ impl Watch {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match self.rx.recv().await {
-                Ok(c) if c.key.starts_with(&self.prefix) => return WatchEvent::Change(c),
-                Ok(_) => {}
+                Ok(FeedItem::Change(c)) if c.key.starts_with(&self.prefix) => {
+                    return WatchEvent::Change(c);
+                }
+                Ok(FeedItem::Change(_)) => {}
+                Ok(FeedItem::Resync) => return WatchEvent::Resync,
                 Err(RecvError::Lagged(_)) => return WatchEvent::Resync,
                 Err(RecvError::Closed) => return WatchEvent::Closed,
             }
@@ -183,8 +196,9 @@ impl Watch {
     }
 }
 
-/// The change feed of an in-process store: every committed change is sent once, in revision order.
-pub(crate) struct Feed(tokio::sync::broadcast::Sender<Change>);
+/// The change feed of a store: every committed change is sent once, in revision order (a store
+/// whose feed can break sends `Resync` when it may have missed some).
+pub(crate) struct Feed(tokio::sync::broadcast::Sender<FeedItem>);
 
 impl Feed {
     pub(crate) fn new() -> Feed {
@@ -193,7 +207,13 @@ impl Feed {
 
     pub(crate) fn send(&self, c: Change) {
         // No receiver is not an error: nobody watches.
-        let _ = self.0.send(c);
+        let _ = self.0.send(FeedItem::Change(c));
+    }
+
+    /// Tells every watcher that changes may have been missed.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn resync(&self) {
+        let _ = self.0.send(FeedItem::Resync);
     }
 
     pub(crate) fn watch(&self, prefix: &str) -> Watch {

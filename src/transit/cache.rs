@@ -114,7 +114,7 @@ impl Transit {
 
     /// Reads every cached prefix again (after the change feed lost changes): records that changed
     /// are applied, records that are gone are removed.
-    pub(super) async fn resync(&self) {
+    pub async fn resync(&self) {
         let _w = self.write.lock().await;
         for prefix in CACHED {
             let entries = match self.storage.range(prefix).await {

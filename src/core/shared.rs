@@ -1,0 +1,115 @@
+//! Following a store that other nodes share (etcd): the init record another node wrote, the seal
+//! state another node changed (a new keyring term, a new root key), and a store that could not be
+//! read at start. On a store of this node alone (the file store) the same code sees only this
+//! node's own changes, which it already has, and does nothing.
+
+use super::*;
+use crate::locks::RwLockExt;
+use crate::storage::WatchEvent;
+use std::sync::atomic::Ordering;
+
+impl Core {
+    /// Reads the init record again while this node has none: the store was unreachable at start,
+    /// or another node initialized the shared store since. Returns whether the node is now
+    /// initialized (and the auto-unseal loop woken).
+    pub(super) async fn refresh_init(&self) -> Result<bool, CoreError> {
+        let _op = self.ops.lock().await;
+        self.refresh_init_locked().await
+    }
+
+    /// [`Core::refresh_init`], for a caller that holds `ops`.
+    pub(super) async fn refresh_init_locked(&self) -> Result<bool, CoreError> {
+        let wanted = match &*self.state.read_recover() {
+            State::Uninitialized => true,
+            State::Sealed { init: None, .. } => self.init_unread.load(Ordering::Relaxed),
+            _ => false,
+        };
+        if !wanted {
+            return Ok(false);
+        }
+        let read = self.storage.get(INIT_KEY).await;
+        if let Err(e @ StorageError::Unavailable { .. }) = &read {
+            *self.last_error.write_recover() = Some((e.to_string(), now_unix()));
+            return Err(CoreError::Internal(e.to_string()));
+        }
+        self.init_unread.store(false, Ordering::Relaxed);
+        let (state, error) = state_from_init(read);
+        let initialized = !matches!(state, State::Uninitialized);
+        {
+            let mut current = self.state.write_recover();
+            if matches!(
+                *current,
+                State::Uninitialized | State::Sealed { init: None, .. }
+            ) {
+                *current = state;
+            }
+        }
+        *self.last_error.write_recover() = error;
+        if initialized {
+            tracing::info!("the store holds an init record: this node is initialized and unseals");
+            let _ = self.root_state().await;
+            self.wake.notify_one();
+        }
+        Ok(initialized)
+    }
+
+    /// Applies a seal state that another node changed, while unsealed: keyring terms this node
+    /// does not hold are opened and added (and the transit records re-read, so that records
+    /// under a new term are applied), and a new root key is unwrapped through this node's own
+    /// seals. Nothing changes on failure (the node keeps serving); the next probe round retries.
+    pub(super) async fn follow_root_state(&self) -> Result<(), CoreError> {
+        let _op = self.ops.lock().await;
+        let Ok((init, keys)) = self.unsealed() else {
+            // Sealed: the next unseal reads the state afresh. Refresh what status shows.
+            let _ = self.root_state().await;
+            return Ok(());
+        };
+        let result = async {
+            let (st, _) = self.root_state().await?;
+            let id = &init.installation_id;
+            if !state::root_matches(keys.root().as_slice(), id, &st.root_check) {
+                let (root, by) = self.unwrap_root(&init, &st, Attempt::Automatic).await?;
+                keys.replace_root(root);
+                tracing::info!(seal = %by.seal, member = %by.member, generation = st.generation,
+                    "the root key was rotated by another node; unwrapped the new one");
+            }
+            let known = keys.terms();
+            let mut added = Vec::new();
+            for (term, key) in self.keyring_terms(keys.root().as_slice(), &init, &st)? {
+                if !known.contains(&term) {
+                    keys.add_term(term, key);
+                    added.push(term);
+                }
+            }
+            if !added.is_empty() {
+                tracing::info!(terms = ?added, "keyring terms added by another node");
+                if let Some(t) = self.transit() {
+                    t.resync().await;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        self.root_behind.store(result.is_err(), Ordering::Relaxed);
+        result
+    }
+
+    /// Follows the store's `core/` records for as long as the core exists.
+    pub async fn run_follow(self: Arc<Self>) {
+        let mut feed = self.storage.watch("core/");
+        loop {
+            let event = feed.next().await;
+            let (init, root) = match &event {
+                WatchEvent::Change(c) => (c.key == INIT_KEY, c.key == ROOT_STATE_KEY),
+                WatchEvent::Resync => (true, true),
+                WatchEvent::Closed => return,
+            };
+            if init && let Err(e) = self.refresh_init().await {
+                tracing::debug!(error = %e, "could not read the init record");
+            }
+            if root && let Err(e) = self.follow_root_state().await {
+                tracing::warn!(error = %e, "could not apply the seal state another node changed; retrying at the next probe");
+            }
+        }
+    }
+}
