@@ -237,7 +237,8 @@ fn trio() -> Trio {
     }
 }
 
-/// Waits for `check` to hold on node `d` and returns how long it took.
+/// Waits for `check` to hold and returns how long it took. The bound is generous (the tests
+/// assert that the change arrives, not how fast: `scripts/bench.sh` measures that).
 fn within(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     wait_for(
@@ -268,6 +269,27 @@ fn init_on_one_node_unseals_the_others_and_they_serve_the_same_keys() {
         .decode(r.json()["data"]["plaintext"].as_str().unwrap())
         .unwrap();
     assert_eq!(pt, b"the root of vault");
+    // The registry: every node lists the three, unsealed, with their addresses.
+    for n in [n1, n2, n3] {
+        let st = n.wait_status("three nodes listed", Duration::from_secs(10), |s| {
+            s["cluster"]["nodes"]
+                .as_array()
+                .is_some_and(|a| a.len() == 3 && a.iter().all(|n| n["state"] == "unsealed"))
+        });
+        let names: Vec<&str> = st["cluster"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["node1", "node2", "node3"], "{st}");
+        assert_eq!(
+            st["cluster"]["nodes"][0]["address"],
+            format!("127.0.0.1:{}", n1.port)
+        );
+    }
+    let text = n2.operator_ok(&["status"]);
+    assert!(text.contains("Cluster nodes (this node: node2)"), "{text}");
     // init again, on any node: refused, the cluster is initialized.
     let e = n2.init_fails();
     assert!(e.contains("already initialized"), "{e}");
@@ -284,7 +306,7 @@ fn init_on_one_node_unseals_the_others_and_they_serve_the_same_keys() {
 }
 
 #[test]
-fn a_revoked_token_and_a_rotated_key_reach_every_node_within_a_second() {
+fn a_revoked_token_and_a_rotated_key_reach_every_node_through_the_change_feed() {
     let t = trio();
     let [n1, n2, n3] = [&t.nodes[0], &t.nodes[1], &t.nodes[2]];
     // A token created on node 1 is known everywhere; revoke it on node 2.
@@ -292,12 +314,12 @@ fn a_revoked_token_and_a_rotated_key_reach_every_node_within_a_second() {
     let tok = created["client_token"].as_str().unwrap().to_string();
     let accessor = created["accessor"].as_str().unwrap().to_string();
     let ct = wait_for(
-        Duration::from_secs(1),
+        Duration::from_secs(10),
         || {
             let r = encrypt(n3, &tok, "vault-prod", b"x");
             (r.status == 200).then(|| ciphertext(&r))
         },
-        || "a token created on node 1 works on node 3 within 1 s".into(),
+        || "a token created on node 1 never worked on node 3".into(),
     );
     n2.operator_ok(&["token", "revoke", &accessor]);
     let took = within(
@@ -600,7 +622,15 @@ fn a_node_killed_under_load_behind_haproxy_fails_no_request_and_openbao_still_un
     let stop = AtomicBool::new(false);
     let (done, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let ct = ciphertext(&encrypt(&t.nodes[0], &t.token, "vault-prod", b"load"));
+    // Stops the load when the test fails half-way too (the scope waits for the clients).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         for _ in 0..2 {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
@@ -622,7 +652,7 @@ fn a_node_killed_under_load_behind_haproxy_fails_no_request_and_openbao_still_un
             });
         }
         wait_for(
-            Duration::from_secs(10),
+            Duration::from_secs(60),
             || (done.load(Ordering::Relaxed) >= 200).then_some(()),
             || "the load runs".into(),
         );
@@ -633,7 +663,7 @@ fn a_node_killed_under_load_behind_haproxy_fails_no_request_and_openbao_still_un
         bao.start();
         bao.wait_health(200, Duration::from_secs(60));
         wait_for(
-            Duration::from_secs(10),
+            Duration::from_secs(60),
             || (done.load(Ordering::Relaxed) >= before + 500).then_some(()),
             || "the load goes on after the kill".into(),
         );
@@ -657,6 +687,17 @@ fn a_node_killed_under_load_behind_haproxy_fails_no_request_and_openbao_still_un
             .is_some(),
         "node 2 is dead"
     );
+    // The dead node's registry record expires with its lease.
+    let st = t.nodes[0].wait_status(
+        "node 2 gone from the registry",
+        Duration::from_secs(20),
+        |s| {
+            s["cluster"]["nodes"]
+                .as_array()
+                .is_some_and(|a| a.len() == 2 && a.iter().all(|n| n["name"] != "node2"))
+        },
+    );
+    assert!(st["cluster"]["error"].is_null(), "{st}");
 }
 
 fn n_policy_for_bao(d: &Daemon) {

@@ -110,6 +110,34 @@ pub struct Status {
     /// Pairwise round trips with each HSM member at the last unseal (fips_mode).
     #[serde(default)]
     pub hsm_self_tests: Vec<MemberSelfTest>,
+    /// The nodes sharing this node's store (etcd storage only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
+}
+
+/// The nodes that share a store, from the lease-backed registry (`nodes/<name>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClusterView {
+    /// This node's name.
+    pub node: String,
+    pub nodes: Vec<NodeInfo>,
+    /// When this node last read the registry.
+    pub read_unix: u64,
+    /// Why the last registry round failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One node as it registered itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Its public listener's address, as configured.
+    pub address: String,
+    /// `unsealed`, `sealed` or `uninitialized`.
+    pub state: String,
+    pub version: String,
+    pub last_seen_unix: u64,
 }
 
 /// What `seal-status` shows of share submission.

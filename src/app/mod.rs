@@ -235,6 +235,9 @@ pub async fn run(
     tasks.spawn(core.clone().run_auto_unseal());
     tasks.spawn(core.clone().run_probe());
     tasks.spawn(core.clone().run_follow());
+    if cfg.storage.kind == crate::config::StorageKind::Etcd {
+        tasks.spawn(core.clone().run_registry(cfg.listener.address.to_string()));
+    }
     tasks.spawn(denials.clone().run());
     if let Some(a) = &cfg.audit {
         let c = core.clone();

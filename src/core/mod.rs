@@ -106,6 +106,8 @@ pub struct Core {
     init_unread: std::sync::atomic::AtomicBool,
     /// A seal state changed by another node could not be applied yet (see `follow_root_state`).
     root_behind: std::sync::atomic::AtomicBool,
+    /// The nodes sharing the store, as the registry task last read them.
+    cluster: RwLock<Option<crate::api::ClusterView>>,
 }
 
 /// The state that an init record read (or its failure) means, and the error to show.
@@ -183,6 +185,7 @@ impl Core {
             probe_rounds: 0.into(),
             init_unread: init_unread.into(),
             root_behind: false.into(),
+            cluster: RwLock::new(None),
         });
         core.subscribe(Arc::new(events::AuditSubscriber(audit)));
         if core.is_initialized() {

@@ -113,3 +113,69 @@ impl Core {
         }
     }
 }
+
+/// How often a node writes its registry record and reads the others'.
+pub const REGISTRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// A node's record disappears this long after its last write (its lease's TTL).
+pub const REGISTRY_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Core {
+    fn state_name(&self) -> &'static str {
+        match &*self.state.read_recover() {
+            State::Uninitialized => "uninitialized",
+            State::Sealed { .. } => "sealed",
+            State::Unsealed { .. } => "unsealed",
+        }
+    }
+
+    /// The node registry of a shared store: every `REGISTRY_INTERVAL` this node writes
+    /// `nodes/<name>` (its address, state and version) under a lease of `REGISTRY_TTL`, so that a
+    /// dead node's record expires, and reads every node's record for status.
+    pub async fn run_registry(self: Arc<Self>, address: String) {
+        let name = self.opts.node_name.clone();
+        let key = format!("nodes/{name}");
+        let mut tick = tokio::time::interval(REGISTRY_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let me = crate::api::NodeInfo {
+                name: name.clone(),
+                address: address.clone(),
+                state: self.state_name().into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                last_seen_unix: now_unix(),
+            };
+            let round = async {
+                let json = serde_json::to_vec(&me).map_err(|e| e.to_string())?;
+                self.storage
+                    .put_leased(&key, &json, REGISTRY_TTL)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut nodes = Vec::new();
+                for e in self.storage.range("nodes/").await.map_err(|e| e.to_string())? {
+                    match serde_json::from_slice::<crate::api::NodeInfo>(&e.value) {
+                        Ok(n) => nodes.push(n),
+                        Err(err) => tracing::warn!(key = %e.key, error = %err, "a node registry record is unreadable; skipped"),
+                    }
+                }
+                Ok::<_, String>(nodes)
+            }
+            .await;
+            let mut view = self.cluster.write_recover();
+            let previous = view.take().unwrap_or_default();
+            *view = Some(match round {
+                Ok(nodes) => crate::api::ClusterView {
+                    node: name.clone(),
+                    nodes,
+                    read_unix: now_unix(),
+                    error: None,
+                },
+                Err(e) => crate::api::ClusterView {
+                    node: name.clone(),
+                    error: Some(e),
+                    ..previous
+                },
+            });
+        }
+    }
+}

@@ -146,6 +146,7 @@ impl Core {
             fips_module: crate::crypto::fips_module_active(),
             self_tests: self.opts.self_tests.borrow().clone().unwrap_or_default(),
             hsm_self_tests: self.hsm_self_tests.read_recover().clone(),
+            cluster: self.cluster.read_recover().clone(),
         }
     }
 

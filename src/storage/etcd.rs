@@ -61,6 +61,8 @@ pub struct EtcdStorage {
     inner: Arc<Inner>,
     feed: Arc<Feed>,
     watcher: tokio::task::AbortHandle,
+    /// The lease of this node's leased records (`put_leased`), renewed by each such write.
+    lease: tokio::sync::Mutex<Option<i64>>,
 }
 
 impl Drop for EtcdStorage {
@@ -164,6 +166,7 @@ impl EtcdStorage {
             inner,
             feed,
             watcher: task.abort_handle(),
+            lease: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -498,6 +501,66 @@ impl Storage for EtcdStorage {
 
     fn watch(&self, prefix: &str) -> Watch {
         self.feed.watch(prefix)
+    }
+
+    async fn put_leased(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let mut lease = self.lease.lock().await;
+        let name = self.inner.name.clone();
+        let ttl_s = i64::try_from(ttl.as_secs().max(2)).unwrap_or(60);
+        // Renew the lease this node holds; a lease that expired (the node was cut off for longer
+        // than the TTL) is replaced.
+        let current = *lease;
+        let id = self
+            .inner
+            .call("lease", |c, _| {
+                let name = name.clone();
+                async move {
+                    let mut leases = c.lease_client();
+                    if let Some(id) = current {
+                        let (mut keeper, mut stream) = leases
+                            .keep_alive(id)
+                            .await
+                            .map_err(|e| classify(e, &name, "lease keep-alive"))?;
+                        keeper
+                            .keep_alive()
+                            .await
+                            .map_err(|e| classify(e, &name, "lease keep-alive"))?;
+                        if let Some(r) = stream
+                            .message()
+                            .await
+                            .map_err(|e| classify(e, &name, "lease keep-alive"))?
+                            && r.ttl() > 0
+                        {
+                            return Ok(id);
+                        }
+                    }
+                    let granted = leases
+                        .grant(ttl_s, None)
+                        .await
+                        .map_err(|e| classify(e, &name, "lease grant"))?;
+                    Ok(granted.id())
+                }
+            })
+            .await?;
+        *lease = Some(id);
+        let full = self.full(key);
+        let value = value.to_vec();
+        self.inner
+            .call("put", |mut c, _| {
+                let (full, value, name) = (full.clone(), value.clone(), name.clone());
+                async move {
+                    c.put(
+                        full,
+                        value,
+                        Some(etcd_client::PutOptions::new().with_lease(id)),
+                    )
+                    .await
+                    .map_err(|e| classify(e, &name, "put"))?;
+                    Ok(())
+                }
+            })
+            .await
     }
 
     fn kind(&self) -> &'static str {

@@ -238,6 +238,18 @@ pub trait Storage: Send + Sync {
     async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StorageError>;
     /// The change feed: every change under `prefix` committed after this call.
     fn watch(&self, prefix: &str) -> Watch;
+    /// Writes a record that disappears `ttl` after this node's last such write (a lease, on
+    /// stores that several nodes share: the node registry). A store of one node keeps it like
+    /// any record.
+    async fn put_leased(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<(), StorageError> {
+        let _ = ttl;
+        self.put(key, value, Expect::Any).await.map(|_| ())
+    }
     /// A short name for status output ("file", "memory", "etcd").
     fn kind(&self) -> &'static str;
 }

@@ -133,6 +133,21 @@ pub(super) fn print_status(s: &Status) {
     {
         groups.push((format!("Members of {}", w.name), w.members.clone()));
     }
+    if let Some(c) = &s.cluster {
+        println!("Cluster nodes (this node: {})", c.node);
+        for n in &c.nodes {
+            println!(
+                "  {:<12} {:<15} {:<22} (seen {})",
+                n.name,
+                n.state,
+                n.address,
+                ago(Some(n.last_seen_unix))
+            );
+        }
+        if let Some(e) = &c.error {
+            println!("  registry not current: {e}");
+        }
+    }
     for (i, (title, members)) in groups.into_iter().enumerate() {
         let title = if i == 0 && s.seal.seal_type != "pkcs11" {
             format!("Members of {}", s.seal.name)
