@@ -712,3 +712,100 @@ fn n_policy_for_bao(d: &Daemon) {
         "encrypt,decrypt",
     ]);
 }
+
+#[test]
+fn active_standby_elects_one_leader_and_a_standby_takes_over_when_it_dies() {
+    let etcd = EtcdCluster::start(3);
+    let mut fixtures = vec![node(&etcd, "as/", "node1", None)];
+    for name in ["node2", "node3"] {
+        let f = node(&etcd, "as/", name, Some(&fixtures[0]));
+        fixtures.push(f);
+    }
+    for f in &fixtures {
+        f.edit_config(|c| {
+            c.replace(
+                "[cluster]\n",
+                "[cluster]\nmode = \"active-standby\"\nlease_ttl = \"2s\"\n",
+            )
+        });
+    }
+    let mut nodes: Vec<Daemon> = fixtures.iter().map(|f| f.start()).collect();
+    nodes[0].init();
+    // Exactly one node is active (200); the others answer as standbys (429), and 200 with
+    // standbyok, as Vault's health check does.
+    let codes =
+        |nodes: &[Daemon]| -> Vec<u16> { nodes.iter().map(|n| n.health("").status).collect() };
+    let leader = wait_for(
+        Duration::from_secs(30),
+        || {
+            let c = codes(&nodes);
+            (c.iter().filter(|&&c| c == 200).count() == 1
+                && c.iter().filter(|&&c| c == 429).count() == 2)
+                .then(|| c.iter().position(|&c| c == 200).unwrap())
+        },
+        || format!("one active and two standbys: {:?}", codes(&nodes)),
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let h = n.health("");
+        assert_eq!(h.json()["standby"], i != leader, "{}", h.body);
+        assert_eq!(n.health("?standbyok=true").status, 200);
+        assert_eq!(
+            n.health("?standbycode=299").status,
+            if i == leader { 200 } else { 299 }
+        );
+    }
+    let name = format!("node{}", leader + 1);
+    let st =
+        nodes[(leader + 1) % 3].wait_status("the leader in status", Duration::from_secs(10), |s| {
+            s["cluster"]["leader"] == name.as_str()
+        });
+    assert_eq!(st["cluster"]["mode"], "active-standby", "{st}");
+    // Standbys hold the same state: a standby decrypts what the leader encrypted.
+    nodes[leader].operator_ok(&["key", "create", "vault-prod"]);
+    let token = nodes[leader].policy_and_token("p", "vault-prod", "encrypt,decrypt");
+    let ct = ciphertext(&encrypt(&nodes[leader], &token, "vault-prod", b"standby"));
+    let standby = (leader + 1) % 3;
+    wait_for(
+        Duration::from_secs(10),
+        || (decrypt(&nodes[standby], &token, "vault-prod", &ct).status == 200).then_some(()),
+        || "a standby decrypts".into(),
+    );
+
+    // The leader dies: another node takes over once its lease expired.
+    unsafe_free_kill(nodes[leader].pid(), "KILL");
+    let killed = Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = wait_for(
+        Duration::from_secs(30),
+        || {
+            survivors
+                .iter()
+                .copied()
+                .find(|&i| nodes[i].health("").status == 200)
+        },
+        || "a standby took over".into(),
+    );
+    eprintln!(
+        "active-standby takeover after kill -9 of the leader: {:?}",
+        killed.elapsed()
+    );
+    let other = survivors.into_iter().find(|&i| i != new_leader).unwrap();
+    assert_eq!(
+        nodes[other].health("").status,
+        429,
+        "still exactly one active node"
+    );
+    assert_eq!(
+        decrypt(&nodes[new_leader], &token, "vault-prod", &ct).status,
+        200
+    );
+    // A sealed leader steps down too.
+    nodes[new_leader].operator_ok(&["seal"]);
+    wait_for(
+        Duration::from_secs(30),
+        || (nodes[other].health("").status == 200).then_some(()),
+        || "the last standby took over from a sealed leader".into(),
+    );
+    assert_eq!(nodes[new_leader].health("").status, 503);
+    let _ = nodes[leader].stop();
+}

@@ -126,6 +126,12 @@ pub struct ClusterView {
     /// Why the last registry round failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `active-active` or `active-standby`.
+    #[serde(default)]
+    pub mode: String,
+    /// active-standby: the leader as this node last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// One node as it registered itself.

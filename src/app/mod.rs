@@ -166,6 +166,8 @@ pub async fn run(
             probe_interval: cfg.unseal.probe_interval,
             fips_mode: cfg.fips_mode,
             node_name: cfg.node_name(),
+            standby_lease: (cfg.cluster.mode == crate::config::ClusterMode::ActiveStandby)
+                .then_some(cfg.cluster.lease_ttl),
             self_tests,
         },
         store,
@@ -237,6 +239,7 @@ pub async fn run(
     tasks.spawn(core.clone().run_follow());
     if cfg.storage.kind == crate::config::StorageKind::Etcd {
         tasks.spawn(core.clone().run_registry(cfg.listener.address.to_string()));
+        tasks.spawn(core.clone().run_election());
     }
     tasks.spawn(denials.clone().run());
     if let Some(a) = &cfg.audit {

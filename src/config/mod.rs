@@ -91,12 +91,42 @@ pub struct Config {
 }
 
 /// `[cluster]`: this node among several that share an etcd store.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// This node's name (the host name when unset): names its audit anchor and its entry in
     /// the cluster's node list. Letters, digits, `-`, `_` and `.`.
     pub node_name: Option<String>,
+    /// `active-active` (every unsealed node is active) or `active-standby` (one leader, elected
+    /// through an etcd lease; the others answer health checks as standbys).
+    #[serde(default)]
+    pub mode: ClusterMode,
+    /// active-standby: the leader's lease; a standby takes over this long after the leader
+    /// stopped renewing it.
+    #[serde(default = "d_5s", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_name: None,
+            mode: ClusterMode::default(),
+            lease_ttl: d_5s(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterMode {
+    #[default]
+    ActiveActive,
+    ActiveStandby,
+}
+
+fn d_5s() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// Where the state lives: `type = "file"` (the default: one directory on this node) or
@@ -430,6 +460,21 @@ impl Config {
         use Seg::{Index, Key};
         let mut out = Vec::new();
         out.extend(self.storage.validate());
+        if self.cluster.mode == ClusterMode::ActiveStandby && self.storage.kind != StorageKind::Etcd
+        {
+            out.push(problem(
+                vec![Key("cluster"), Key("mode")],
+                "active-standby needs a shared store: [storage] type = \"etcd\"",
+            ));
+        }
+        if self.cluster.lease_ttl < Duration::from_secs(2)
+            || self.cluster.lease_ttl.subsec_nanos() != 0
+        {
+            out.push(problem(
+                vec![Key("cluster"), Key("lease_ttl")],
+                "must be whole seconds, at least 2s (etcd leases count in seconds)",
+            ));
+        }
         if let Some(n) = &self.cluster.node_name
             && (n.contains('/') || crate::storage::validate_key(n).is_err())
         {
@@ -998,6 +1043,24 @@ mechanism = "0x1087"
         }
         let e = err(&GOOD.replace("[listener]", "[cluster]\nnode_name = \"a/b\"\n\n[listener]"));
         assert!(e.contains("cluster.node_name"), "{e}");
+        let e = err(&GOOD.replace(
+            "[listener]",
+            "[cluster]\nmode = \"active-standby\"\n\n[listener]",
+        ));
+        assert!(
+            e.contains("cluster.mode: active-standby needs a shared store"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "[listener]",
+            "[cluster]\nlease_ttl = \"1500ms\"\n\n[listener]",
+        ));
+        assert!(
+            e.contains("cluster.lease_ttl: must be whole seconds"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("[listener]", "[cluster]\nmode = \"primary\"\n\n[listener]"));
+        assert!(e.contains("unknown variant"), "{e}");
     }
 
     #[test]

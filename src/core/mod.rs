@@ -108,6 +108,9 @@ pub struct Core {
     root_behind: std::sync::atomic::AtomicBool,
     /// The nodes sharing the store, as the registry task last read them.
     cluster: RwLock<Option<crate::api::ClusterView>>,
+    /// active-standby: the leader as this node last saw it, and whether it is this node.
+    leader: RwLock<Option<String>>,
+    is_leader: std::sync::atomic::AtomicBool,
 }
 
 /// The state that an init record read (or its failure) means, and the error to show.
@@ -186,6 +189,8 @@ impl Core {
             init_unread: init_unread.into(),
             root_behind: false.into(),
             cluster: RwLock::new(None),
+            leader: RwLock::new(None),
+            is_leader: false.into(),
         });
         core.subscribe(Arc::new(events::AuditSubscriber(audit)));
         if core.is_initialized() {

@@ -148,7 +148,7 @@ impl Core {
             let round = async {
                 let json = serde_json::to_vec(&me).map_err(|e| e.to_string())?;
                 self.storage
-                    .put_leased(&key, &json, REGISTRY_TTL)
+                    .put_leased(&key, &json, Expect::Any, REGISTRY_TTL)
                     .await
                     .map_err(|e| e.to_string())?;
                 let mut nodes = Vec::new();
@@ -161,6 +161,12 @@ impl Core {
                 Ok::<_, String>(nodes)
             }
             .await;
+            let mode = if self.opts.standby_lease.is_some() {
+                "active-standby"
+            } else {
+                "active-active"
+            };
+            let leader = self.leader.read_recover().clone();
             let mut view = self.cluster.write_recover();
             let previous = view.take().unwrap_or_default();
             *view = Some(match round {
@@ -169,13 +175,103 @@ impl Core {
                     nodes,
                     read_unix: now_unix(),
                     error: None,
+                    mode: mode.into(),
+                    leader,
                 },
                 Err(e) => crate::api::ClusterView {
                     node: name.clone(),
                     error: Some(e),
+                    mode: mode.into(),
+                    leader,
                     ..previous
                 },
             });
         }
+    }
+}
+
+/// Where the leader of an active-standby cluster is recorded.
+pub const LEADER_KEY: &str = "cluster/leader";
+
+impl Core {
+    /// Whether this node is a standby: active-standby mode and not the leader. Standbys answer
+    /// `/v1/sys/health` with 429 (Vault's `standbycode`), so load balancers send traffic to the
+    /// leader only.
+    pub fn is_standby(&self) -> bool {
+        self.opts.standby_lease.is_some() && !self.is_leader.load(Ordering::Relaxed)
+    }
+
+    /// The leader as this node last saw it (active-standby).
+    pub fn leader(&self) -> Option<String> {
+        self.leader.read_recover().clone()
+    }
+
+    /// active-standby: the leader election. An unsealed node without a leader record writes one
+    /// under a lease of `lease_ttl` (expecting none: exactly one node wins); the leader renews it
+    /// every third of the TTL, expecting its own revision. A leader that is sealed, loses its
+    /// record, or cannot renew it within the TTL steps down; a standby takes over once the
+    /// record's lease expired (a dead leader: within the TTL and a third).
+    pub async fn run_election(self: Arc<Self>) {
+        let Some(ttl) = self.opts.standby_lease else {
+            return;
+        };
+        let me = self.opts.node_name.clone();
+        let mut held: Option<(Revision, tokio::time::Instant)> = None;
+        let mut tick = tokio::time::interval(ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.is_sealed() {
+                if let Some((rev, _)) = held.take() {
+                    let _ = self.storage.delete(LEADER_KEY, Expect::Revision(rev)).await;
+                    self.step_down("sealed");
+                }
+                continue;
+            }
+            let expect = match held {
+                Some((rev, _)) => Expect::Revision(rev),
+                None => Expect::Absent,
+            };
+            match self
+                .storage
+                .put_leased(LEADER_KEY, me.as_bytes(), expect, ttl)
+                .await
+            {
+                Ok(rev) => {
+                    if held.is_none() {
+                        tracing::info!(node = %me, "elected leader (active-standby)");
+                    }
+                    held = Some((rev, tokio::time::Instant::now()));
+                    *self.leader.write_recover() = Some(me.clone());
+                    self.is_leader.store(true, Ordering::Relaxed);
+                }
+                Err(StorageError::Conflict { .. }) => {
+                    if held.take().is_some() {
+                        self.step_down("another node holds the leader record");
+                    }
+                    if let Ok(Some(rec)) = self.storage.get(LEADER_KEY).await {
+                        *self.leader.write_recover() =
+                            Some(String::from_utf8_lossy(&rec.value).into_owned());
+                    }
+                }
+                Err(e) => {
+                    // etcd unreachable: a leader that cannot renew steps down before its lease
+                    // can have expired, so that two leaders never overlap.
+                    if let Some((_, renewed)) = held
+                        && renewed.elapsed() >= ttl * 2 / 3
+                    {
+                        held = None;
+                        self.step_down(&format!("cannot renew the leader record: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn step_down(&self, why: &str) {
+        if self.is_leader.swap(false, Ordering::Relaxed) {
+            tracing::warn!(reason = why, "no longer the leader; standing by");
+        }
+        *self.leader.write_recover() = None;
     }
 }

@@ -40,6 +40,7 @@ async fn node(storage: Arc<MemoryStorage>, seals: &[(&str, Arc<TestSeal>)]) -> N
             probe_interval: Duration::from_millis(100),
             fips_mode: false,
             node_name: "test-node".into(),
+            standby_lease: None,
             self_tests: rx,
         },
         storage.clone(),

@@ -107,6 +107,9 @@ pub struct CoreOptions {
     pub fips_mode: bool,
     /// This node's name among the nodes that share a store (`[cluster] node_name`).
     pub node_name: String,
+    /// `[cluster] mode = "active-standby"`: the lease TTL of the leader record; `None` when
+    /// every unsealed node is active.
+    pub standby_lease: Option<Duration>,
     /// Results of the known-answer tests, once they ran (None before).
     pub self_tests: tokio::sync::watch::Receiver<Option<Vec<crate::crypto::SelfTest>>>,
 }

@@ -107,7 +107,12 @@ pub fn health(core: &Core, q: &HashMap<String, String>) -> Result<(StatusCode, V
         }
     }
     let active = parse_code(q, "activecode", 200)?;
-    let _standby = parse_code(q, "standbycode", 429)?;
+    let standby_code = parse_code(q, "standbycode", 429)?;
+    let standby_ok = q
+        .get("standbyok")
+        .map(|v| parse_bool("standbyok", v))
+        .transpose()?
+        .unwrap_or(false);
     let _dr = parse_code(q, "drsecondarycode", 472)?;
     let _perf = parse_code(q, "performancestandbycode", 473)?;
     let sealed_code = parse_code(q, "sealedcode", 503)?;
@@ -115,17 +120,20 @@ pub fn health(core: &Core, q: &HashMap<String, String>) -> Result<(StatusCode, V
 
     let initialized = core.is_initialized();
     let sealed = core.is_sealed();
+    let standby = initialized && !sealed && core.is_standby();
     let code = if !initialized {
         uninit
     } else if sealed {
         sealed_code
+    } else if standby && !standby_ok {
+        standby_code
     } else {
         active
     };
     let mut body = json!({
         "initialized": initialized,
         "sealed": sealed,
-        "standby": false,
+        "standby": standby,
         "performance_standby": false,
         "replication_performance_mode": "disabled",
         "replication_dr_mode": "disabled",

@@ -61,8 +61,9 @@ pub struct EtcdStorage {
     inner: Arc<Inner>,
     feed: Arc<Feed>,
     watcher: tokio::task::AbortHandle,
-    /// The lease of this node's leased records (`put_leased`), renewed by each such write.
-    lease: tokio::sync::Mutex<Option<i64>>,
+    /// The leases of this node's leased records (`put_leased`), by TTL in seconds, each renewed
+    /// by every write under it.
+    leases: tokio::sync::Mutex<std::collections::HashMap<i64, i64>>,
 }
 
 impl Drop for EtcdStorage {
@@ -166,7 +167,7 @@ impl EtcdStorage {
             inner,
             feed,
             watcher: task.abort_handle(),
-            lease: tokio::sync::Mutex::new(None),
+            leases: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -503,22 +504,28 @@ impl Storage for EtcdStorage {
         self.feed.watch(prefix)
     }
 
-    async fn put_leased(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StorageError> {
+    async fn put_leased(
+        &self,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+        ttl: Duration,
+    ) -> Result<Revision, StorageError> {
         validate_key(key)?;
-        let mut lease = self.lease.lock().await;
-        let name = self.inner.name.clone();
         let ttl_s = i64::try_from(ttl.as_secs().max(2)).unwrap_or(60);
-        // Renew the lease this node holds; a lease that expired (the node was cut off for longer
-        // than the TTL) is replaced.
-        let current = *lease;
+        let mut leases = self.leases.lock().await;
+        let name = self.inner.name.clone();
+        // Renew the lease of this TTL; one that expired (the node was cut off for longer than
+        // the TTL) is replaced by a new one.
+        let current = leases.get(&ttl_s).copied();
         let id = self
             .inner
             .call("lease", |c, _| {
                 let name = name.clone();
                 async move {
-                    let mut leases = c.lease_client();
+                    let mut client = c.lease_client();
                     if let Some(id) = current {
-                        let (mut keeper, mut stream) = leases
+                        let (mut keeper, mut stream) = client
                             .keep_alive(id)
                             .await
                             .map_err(|e| classify(e, &name, "lease keep-alive"))?;
@@ -535,7 +542,7 @@ impl Storage for EtcdStorage {
                             return Ok(id);
                         }
                     }
-                    let granted = leases
+                    let granted = client
                         .grant(ttl_s, None)
                         .await
                         .map_err(|e| classify(e, &name, "lease grant"))?;
@@ -543,21 +550,35 @@ impl Storage for EtcdStorage {
                 }
             })
             .await?;
-        *lease = Some(id);
+        leases.insert(ttl_s, id);
+        drop(leases);
         let full = self.full(key);
         let value = value.to_vec();
+        let key_s = key.to_string();
         self.inner
             .call("put", |mut c, _| {
-                let (full, value, name) = (full.clone(), value.clone(), name.clone());
+                let (full, value, name, key_s) =
+                    (full.clone(), value.clone(), name.clone(), key_s.clone());
                 async move {
-                    c.put(
-                        full,
-                        value,
-                        Some(etcd_client::PutOptions::new().with_lease(id)),
-                    )
-                    .await
-                    .map_err(|e| classify(e, &name, "put"))?;
-                    Ok(())
+                    let mut txn = Txn::new();
+                    if let Some(cmp) = compare(&full, expect) {
+                        txn = txn.when([cmp]);
+                    }
+                    let txn = txn
+                        .and_then([TxnOp::put(
+                            full.clone(),
+                            value,
+                            Some(etcd_client::PutOptions::new().with_lease(id)),
+                        )])
+                        .or_else([TxnOp::get(full.clone(), None)]);
+                    let r = c.txn(txn).await.map_err(|e| classify(e, &name, "put"))?;
+                    if r.succeeded() {
+                        return Ok(header_revision(r.header()));
+                    }
+                    let found = found(&r).first().cloned().flatten();
+                    Err(Failure::Final(
+                        expect.conflict(&key_s, found.map(|(_, r)| r).unwrap_or(0)),
+                    ))
                 }
             })
             .await

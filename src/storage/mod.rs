@@ -238,17 +238,18 @@ pub trait Storage: Send + Sync {
     async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StorageError>;
     /// The change feed: every change under `prefix` committed after this call.
     fn watch(&self, prefix: &str) -> Watch;
-    /// Writes a record that disappears `ttl` after this node's last such write (a lease, on
-    /// stores that several nodes share: the node registry). A store of one node keeps it like
-    /// any record.
+    /// Writes a record (with an expectation, as `put`) that disappears `ttl` after this node's
+    /// last leased write of that TTL: a lease, on stores that several nodes share (the node
+    /// registry, the leader record). A store of one node keeps it like any record.
     async fn put_leased(
         &self,
         key: &str,
         value: &[u8],
+        expect: Expect,
         ttl: std::time::Duration,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Revision, StorageError> {
         let _ = ttl;
-        self.put(key, value, Expect::Any).await.map(|_| ())
+        self.put(key, value, expect).await
     }
     /// A short name for status output ("file", "memory", "etcd").
     fn kind(&self) -> &'static str;

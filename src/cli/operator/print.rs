@@ -134,7 +134,17 @@ pub(super) fn print_status(s: &Status) {
         groups.push((format!("Members of {}", w.name), w.members.clone()));
     }
     if let Some(c) = &s.cluster {
-        println!("Cluster nodes (this node: {})", c.node);
+        match (c.mode.as_str(), &c.leader) {
+            ("active-standby", Some(l)) => println!(
+                "Cluster nodes (this node: {}; active-standby, leader {l})",
+                c.node
+            ),
+            ("active-standby", None) => println!(
+                "Cluster nodes (this node: {}; active-standby, no leader elected)",
+                c.node
+            ),
+            _ => println!("Cluster nodes (this node: {})", c.node),
+        }
         for n in &c.nodes {
             println!(
                 "  {:<12} {:<15} {:<22} (seen {})",
