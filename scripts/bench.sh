@@ -6,6 +6,7 @@
 #   scripts/bench.sh heap
 #   scripts/bench.sh hardening [idle|batch|flood|core|bao ...]
 #   scripts/bench.sh compare BEFORE_BINARY [startup|transit ...]
+#   scripts/bench.sh cluster [SECONDS] [ROUNDS]
 #
 # startup: median time from exec of `sealkeeper server` to its first 200 from /v1/sys/health (an
 # initialized node auto-unsealing from SoftHSM over TLS), over RUNS restarts (default 25), beside a
@@ -36,6 +37,11 @@
 # compare: startup and transit (or the ones named) for BEFORE_BINARY (an earlier release build of
 # sealkeeper) and for this tree's, one after the other in the same run, each beside its own floor;
 # SEALKEEPER_BENCH_BIN selects the daemon binary of a single startup or transit run the same way.
+#
+# cluster: three nodes of a release build with `--features etcd` on a 3-member etcd cluster:
+# transit encrypt through haproxy with 1, 2 and 3 nodes (ratios to one node in the same run), how
+# fast a revoke and a key rotation reach another node, and active-standby takeover after kill -9
+# of the leader (scripts/bench_cluster.py).
 #
 # hardening: health latency with 1,000 idle connections, peak RSS of the largest accepted batch,
 # audit growth under a failed-token flood, secrets left in a core dump, and OpenBao's start-to-
@@ -69,6 +75,17 @@ case "$what" in
     trap 'rm -rf "$WORK"' EXIT
     shift
     python3 scripts/bench_hardening.py "$PWD/target/release/sealkeeper" "$BAO" "$WORK" "$@"
+    exit 0 ;;
+  cluster)
+    command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
+    command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server etcd-client; }
+    command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy; }
+    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+    CARGO_TARGET_DIR=target/etcd cargo build --release --quiet --features etcd --bin sealkeeper
+    WORK=$(mktemp -d)
+    trap 'rm -rf "$WORK"' EXIT
+    shift
+    python3 scripts/bench_cluster.py "$PWD/target/etcd/release/sealkeeper" "$WORK" "$@"
     exit 0 ;;
   *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2 ;;
 esac

@@ -84,5 +84,5 @@ fi
 cargo test --all-targets "$@"
 # The optional features in one build: the cloud seals' and etcd storage's unit tests (and the
 # config's, which differ with them), and the integration tests that need them.
-cargo test --features cloud,etcd --lib "$@" seal:: storage:: config::
+cargo test --features cloud,etcd --lib "$@" -- seal:: storage:: config::
 cargo test --features cloud,etcd --test awskms --test azurekeyvault --test gcpckms --test etcd "$@"

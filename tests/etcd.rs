@@ -303,6 +303,13 @@ fn init_on_one_node_unseals_the_others_and_they_serve_the_same_keys() {
         || format!("per-node anchors: {}", t.etcd.dump("trio/audit/")),
     );
     assert!(dump.contains("trio/audit/anchors/node1"), "{dump}");
+    // Each node's own trail names it in the first record of its run.
+    for (f, name) in t.fixtures.iter().zip(["node1", "node2", "node3"]) {
+        let trail = std::fs::read_to_string(f.path("audit.log")).unwrap();
+        let first: Value = serde_json::from_str(trail.lines().next().unwrap()).unwrap();
+        assert_eq!(first["operation"], "self-test", "{first}");
+        assert_eq!(first["node"], name, "{first}");
+    }
 }
 
 #[test]

@@ -109,6 +109,9 @@ pub async fn run(
     {
         let audit = audit.clone();
         let fips_mode = cfg.fips_mode;
+        // The first record of every run names the node whose trail it is (several nodes may
+        // share a store, each with its own trail).
+        let node = cfg.node_name();
         tokio::spawn(async move {
             let results = tokio::task::spawn_blocking(crate::crypto::self_tests)
                 .await
@@ -129,6 +132,7 @@ pub async fn run(
                     "self-test",
                     if failed.is_empty() { "ok" } else { "error" },
                 )
+                .field("node", node)
                 .field("fips_mode", fips_mode)
                 .field("fips_module", crate::crypto::fips_module_active())
                 .error(failed.join(", ")),
