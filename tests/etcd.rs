@@ -56,6 +56,43 @@ fn the_conformance_suite_passes_on_a_real_etcd_cluster() {
 }
 
 #[test]
+fn etcd_over_tls_with_client_certificates_works_and_a_wrong_ca_or_missing_certificate_is_refused() {
+    let c = EtcdCluster::start_tls();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut o = options(&c, "tls/");
+        o.tls_ca_file = Some(c.tls_file("ca.crt"));
+        o.tls_cert_file = Some(c.tls_file("client.crt"));
+        o.tls_key_file = Some(c.tls_file("client.key"));
+        let s = EtcdStorage::open(&o).await.unwrap();
+        sealkeeper::storage::conformance::run(&s).await;
+
+        // Without the client certificate: refused by etcd, a clear error, no hang.
+        let mut no_cert = o.clone();
+        no_cert.tls_cert_file = None;
+        no_cert.tls_key_file = None;
+        no_cert.request_timeout = Duration::from_secs(3);
+        let s = EtcdStorage::open(&no_cert).await.unwrap();
+        let e = s.get("a").await.unwrap_err();
+        assert!(matches!(e, StorageError::Unavailable { .. }), "{e}");
+
+        // A CA that did not sign the server's certificate: the server is not trusted.
+        let mut wrong_ca = o.clone();
+        wrong_ca.tls_ca_file = Some(c.tls_file("client.crt"));
+        wrong_ca.request_timeout = Duration::from_secs(3);
+        let s = EtcdStorage::open(&wrong_ca).await.unwrap();
+        let e = s.get("a").await.unwrap_err();
+        assert!(matches!(e, StorageError::Unavailable { .. }), "{e}");
+
+        // A CA file that cannot be read fails at open, naming the setting.
+        let mut missing = o.clone();
+        missing.tls_ca_file = Some(c.tls_file("nonexistent.crt"));
+        let e = EtcdStorage::open(&missing).await.err().expect("open fails");
+        assert!(e.to_string().contains("tls_ca_file"), "{e}");
+    });
+}
+
+#[test]
 fn a_killed_leader_costs_no_failed_reads_or_writes_and_nothing_acknowledged_is_lost() {
     let mut c = EtcdCluster::start(3);
     let rt = runtime();

@@ -18,6 +18,36 @@ pub struct Member {
 pub struct EtcdCluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
+    /// Client TLS with client certificates required (`start_tls`): the files are in `dir`
+    /// (ca.crt, server.crt/key, client.crt/key).
+    pub tls: bool,
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+fn make_certs(dir: &std::path::Path) {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=etcd-test-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+  -keyout ca.key -out ca.crt 2>/dev/null
+for who in server client; do
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=$who -keyout $who.key -out $who.csr 2>/dev/null
+done
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' > server.ext
+printf 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n' > client.ext
+for who in server client; do
+  openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile $who.ext -out $who.crt 2>/dev/null
+done
+"#;
+    let out = Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl EtcdCluster {
@@ -35,12 +65,45 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut c = EtcdCluster { dir, members };
+        let mut c = EtcdCluster {
+            dir,
+            members,
+            tls: false,
+        };
         for i in 0..n {
             c.spawn(i, "new");
         }
         c.wait_healthy();
         c
+    }
+
+    /// One member whose client port speaks TLS only and requires a client certificate signed by
+    /// the test CA (`--client-cert-auth`), as a production etcd does.
+    pub fn start_tls() -> EtcdCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("sk-etcd-tls-")
+            .tempdir()
+            .unwrap();
+        make_certs(dir.path());
+        let members = vec![Member {
+            name: "m0".into(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+        }];
+        let mut c = EtcdCluster {
+            dir,
+            members,
+            tls: true,
+        };
+        c.spawn(0, "new");
+        c.wait_healthy();
+        c
+    }
+
+    /// A file of the TLS set-up (`ca.crt`, `client.crt`, `client.key`, ...).
+    pub fn tls_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     fn initial_cluster(&self) -> String {
@@ -63,10 +126,23 @@ impl EtcdCluster {
                     .join(format!("{}.log", self.members[i].name)),
             )
             .unwrap();
+        let tls = self.tls;
+        let d = self.dir.path().to_path_buf();
         let m = &mut self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if tls { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if tls {
+            cmd.arg("--cert-file")
+                .arg(d.join("server.crt"))
+                .arg("--key-file")
+                .arg(d.join("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(d.join("ca.crt"))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
@@ -87,9 +163,10 @@ impl EtcdCluster {
 
     /// Every member's client URL.
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect()
     }
 
@@ -100,7 +177,13 @@ impl EtcdCluster {
     }
 
     fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> Option<String> {
-        let out = Command::new("etcdctl")
+        let mut cmd = Command::new("etcdctl");
+        if self.tls {
+            cmd.arg(format!("--cacert={}", self.tls_file("ca.crt").display()))
+                .arg(format!("--cert={}", self.tls_file("client.crt").display()))
+                .arg(format!("--key={}", self.tls_file("client.key").display()));
+        }
+        let out = cmd
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", endpoints.join(",")))
             .args(["--command-timeout=2s", "--dial-timeout=1s"])
