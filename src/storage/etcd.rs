@@ -99,7 +99,9 @@ impl EtcdStorage {
                 .with_require_leader(true)
                 .with_connect_timeout(o.attempt_timeout)
                 .with_timeout(o.attempt_timeout)
-                .with_keep_alive(Duration::from_secs(5), o.attempt_timeout)
+                // A member that stops answering (cut off by the network) is noticed within about
+                // a second and the change feed moves to another one.
+                .with_keep_alive(Duration::from_secs(1), o.attempt_timeout)
                 .with_keep_alive_while_idle(true)
         };
         let mut connect = base();
@@ -616,13 +618,13 @@ async fn follow(inner: Arc<Inner>, feed: Arc<Feed>, ready: tokio::sync::oneshot:
                 tracing::debug!(endpoint = %m.endpoint, error = %e, "etcd watch: member did not answer");
                 member += 1;
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(Duration::from_secs(2));
                 continue;
             }
             Err(_) => {
                 member += 1;
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
@@ -690,6 +692,6 @@ async fn follow(inner: Arc<Inner>, feed: Arc<Feed>, ready: tokio::sync::oneshot:
         }
         member += 1;
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }

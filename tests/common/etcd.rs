@@ -13,11 +13,93 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     pub child: Option<Child>,
+    /// The address its peers reach it on (127.0.0.1, or an end of a test's veth pair).
+    pub host: String,
+    /// The address its clients reach it on.
+    pub client_host: String,
+}
+
+/// A network namespace made by the test, joined to the host by a veth pair: a member inside it
+/// is partitioned by taking the host's end of the pair down.
+pub struct Partition {
+    pub netns: String,
+    host_if: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Partition {
+    fn new() -> Partition {
+        let tag = format!("{:05}", std::process::id() % 100_000);
+        let subnet = std::process::id() % 250 + 1;
+        let p = Partition {
+            netns: format!("sk-etcd-{tag}"),
+            host_if: format!("skh{tag}"),
+            host_ip: format!("10.231.{subnet}.1"),
+            ns_ip: format!("10.231.{subnet}.2"),
+        };
+        let ns_if = format!("skn{tag}");
+        ip(&["netns", "add", &p.netns]);
+        ip(&[
+            "link", "add", &p.host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &p.netns]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", p.host_ip),
+            "dev",
+            &p.host_if,
+        ]);
+        ip(&["link", "set", &p.host_if, "up"]);
+        let ns_addr = format!("{}/30", p.ns_ip);
+        for args in [
+            ["addr", "add", ns_addr.as_str(), "dev", ns_if.as_str()].as_slice(),
+            ["link", "set", ns_if.as_str(), "up"].as_slice(),
+            ["link", "set", "lo", "up"].as_slice(),
+        ] {
+            let mut a: Vec<&str> = vec!["netns", "exec", &p.netns, "ip"];
+            a.extend_from_slice(args);
+            ip(&a);
+        }
+        p
+    }
+
+    /// Cuts the namespace off (its member sees no peer and no client).
+    pub fn cut(&self) {
+        ip(&["link", "set", &self.host_if, "down"]);
+    }
+
+    pub fn heal(&self) {
+        ip(&["link", "set", &self.host_if, "up"]);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
 }
 
 pub struct EtcdCluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
+    /// `start_partitionable`: the last member runs in this namespace.
+    pub partition: Option<Partition>,
     /// Client TLS with client certificates required (`start_tls`): the files are in `dir`
     /// (ca.crt, server.crt/key, client.crt/key).
     pub tls: bool,
@@ -63,12 +145,15 @@ impl EtcdCluster {
                 client_port: free_port(),
                 peer_port: free_port(),
                 child: None,
+                host: "127.0.0.1".into(),
+                client_host: "127.0.0.1".into(),
             })
             .collect();
         let mut c = EtcdCluster {
             dir,
             members,
             tls: false,
+            partition: None,
         };
         for i in 0..n {
             c.spawn(i, "new");
@@ -90,13 +175,55 @@ impl EtcdCluster {
             client_port: free_port(),
             peer_port: free_port(),
             child: None,
+            host: "127.0.0.1".into(),
+            client_host: "127.0.0.1".into(),
         }];
         let mut c = EtcdCluster {
             dir,
             members,
             tls: true,
+            partition: None,
         };
         c.spawn(0, "new");
+        c.wait_healthy();
+        c
+    }
+
+    /// Three members; the third in a network namespace of its own ([`Partition`]), the others on
+    /// the host's end of its veth pair.
+    pub fn start_partitionable() -> EtcdCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("sk-etcd-part-")
+            .tempdir()
+            .unwrap();
+        let p = Partition::new();
+        let members = (0..3)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+                host: if i == 2 {
+                    p.ns_ip.clone()
+                } else {
+                    p.host_ip.clone()
+                },
+                client_host: if i == 2 {
+                    p.ns_ip.clone()
+                } else {
+                    "127.0.0.1".into()
+                },
+            })
+            .collect();
+        let mut c = EtcdCluster {
+            dir,
+            members,
+            tls: false,
+            partition: Some(p),
+        };
+        for i in 0..3 {
+            c.spawn(i, "new");
+        }
         c.wait_healthy();
         c
     }
@@ -109,7 +236,7 @@ impl EtcdCluster {
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{}:{}", m.name, m.host, m.peer_port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -130,9 +257,21 @@ impl EtcdCluster {
         let d = self.dir.path().to_path_buf();
         let m = &mut self.members[i];
         let scheme = if tls { "https" } else { "http" };
-        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let mut cmd = Command::new("etcd");
+        let client = format!("{scheme}://{}:{}", m.client_host, m.client_port);
+        let peer = format!("http://{}:{}", m.host, m.peer_port);
+        let netns = self
+            .partition
+            .as_ref()
+            .filter(|_| i == 2)
+            .map(|p| p.netns.clone());
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "etcd"]);
+                c
+            }
+            None => Command::new("etcd"),
+        };
         if tls {
             cmd.arg("--cert-file")
                 .arg(d.join("server.crt"))
@@ -166,7 +305,7 @@ impl EtcdCluster {
         let scheme = if self.tls { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://{}:{}", m.client_host, m.client_port))
             .collect()
     }
 

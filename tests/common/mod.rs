@@ -1016,13 +1016,18 @@ pub fn strings(v: &Value) -> Vec<String> {
 /// goes away and returns.
 pub struct Relay {
     pub port: u16,
-    target: u16,
+    target: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Relay {
     pub fn start(target: u16) -> Relay {
+        Relay::start_to(std::net::SocketAddr::from(([127, 0, 0, 1], target)))
+    }
+
+    /// A relay from a loopback port to any address (a member in a test's network namespace).
+    pub fn start_to(target: std::net::SocketAddr) -> Relay {
         let mut r = Relay {
             port: free_port(),
             target,
@@ -1049,7 +1054,7 @@ impl Relay {
                     break;
                 }
                 let Ok(client) = client else { break };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) else {
                     continue;
                 };
                 open.push(client.try_clone().unwrap());
