@@ -125,11 +125,31 @@ fn each_failure_is_named_and_exits_1() {
         ],
     );
     assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(e.contains("C_Login failed: CKR_PIN_INCORRECT"), "{e}");
+    // A one-shot command's own advice, not the daemon's.
+    assert!(e.contains("failed-login limit"), "{e}");
+    assert!(!e.contains("operator unseal"), "{e}");
+
+    // A key check asked for without a token: said, and exit 1, not a silent skip.
+    let out = probe(
+        &f,
+        &[
+            "--profile",
+            "softhsm2",
+            "--pin-file",
+            &pin,
+            "--key-label",
+            "sealkeeper-root",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("C_Login failed: CKR_PIN_INCORRECT"),
+        stderr(&out).contains("no key check ran: --key-label needs the token it is on"),
         "{}",
         stderr(&out)
     );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sealkeeper-a"));
 }
 
 #[test]

@@ -344,6 +344,12 @@ fn migration_from_shamir_to_pkcs11_and_back() {
         "{}",
         stderr(&out)
     );
+    // The way out, in the CLI's own words.
+    assert!(
+        stderr(&out).contains("`sealkeeper operator unseal` without --key"),
+        "{}",
+        stderr(&out)
+    );
     d.stop();
     f.set_seals(&hsm);
     let mut d = f.start();

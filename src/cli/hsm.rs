@@ -25,15 +25,19 @@ pub struct ProbeArgs {
     /// The PKCS#11 module.
     #[arg(long, value_name = "PATH")]
     lib: Option<PathBuf>,
+    /// Select the token by its label (CKA_LABEL of the token); needed for the key check.
     #[arg(long, value_name = "LABEL", conflicts_with_all = ["slot", "serial"])]
     token_label: Option<String>,
+    /// Select the token by slot id (slot ids can move; prefer --token-label or --serial).
     #[arg(long, value_name = "N", conflicts_with = "serial")]
     slot: Option<u64>,
+    /// Select the token by its serial number.
     #[arg(long, value_name = "SERIAL")]
     serial: Option<String>,
     /// File holding the user PIN (needed for the key check).
     #[arg(long, value_name = "PATH", requires = "key_label")]
     pin_file: Option<PathBuf>,
+    /// CKA_LABEL of the key to check with a round trip (needs --pin-file and a token selector).
     #[arg(long, value_name = "LABEL", requires = "pin_file")]
     key_label: Option<String>,
     /// CKA_ID of the key, in hex.
@@ -42,6 +46,7 @@ pub struct ProbeArgs {
     /// CKM_AES_GCM (0x1087) or CKM_RSA_PKCS_OAEP (0x0009).
     #[arg(long, default_value = "CKM_AES_GCM")]
     mechanism: String,
+    /// The OAEP hash with CKM_RSA_PKCS_OAEP: sha1, sha256 (default), sha384 or sha512.
     #[arg(long, value_name = "HASH")]
     rsa_oaep_hash: Option<String>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -119,6 +124,13 @@ pub fn run(cmd: HsmCommand) -> Result<i32, String> {
     };
     let mut report = json!({ "lib": lib.display().to_string(), "slots": slots });
     let mut failure = None;
+    if selector.is_none() && a.key_label.is_some() {
+        // A key check was asked for; without a token there is nothing to check it on.
+        failure = Some(
+            "no key check ran: --key-label needs the token it is on: give --token-label, --slot or --serial (the tokens are listed above)"
+                .to_string(),
+        );
+    }
     if let Some(sel) = &selector {
         match slots.iter().find(|s| matches(s, sel)) {
             None => failure = Some(format!("no token with {sel} in {}", lib.display())),
@@ -162,7 +174,17 @@ pub fn run(cmd: HsmCommand) -> Result<i32, String> {
             Ok(msg) => report["key_check"] = json!({ "ok": true, "message": msg }),
             Err(e) => {
                 report["key_check"] = json!({ "ok": false, "error": e.error.to_string() });
-                failure = Some(format!("key check failed: {}", e.error));
+                failure = Some(if e.error.kind == crate::seal::pkcs11::ErrorKind::Pin {
+                    // The daemon's advice (it stops logging in) does not fit a one-shot command.
+                    format!(
+                        "key check failed: {} (the PIN was rejected: check the PIN file; each try \
+                         counts against the token's failed-login limit, so look at its counter \
+                         before trying again)",
+                        e.error.call()
+                    )
+                } else {
+                    format!("key check failed: {}", e.error)
+                });
             }
         }
     }

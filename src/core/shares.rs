@@ -105,7 +105,8 @@ impl Core {
         } else {
             return Err(CoreError::BadRequest(
                 "this node unseals itself from its HSM; unseal keys are not used and recovery keys never unseal. \
-                 Send an empty body to run the auto-unseal now"
+                 To run the auto-unseal now: `sealkeeper operator unseal` without --key (over the API: \
+                 PUT /v1/sys/unseal with an empty body)"
                     .into(),
             ));
         };

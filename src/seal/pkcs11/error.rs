@@ -174,6 +174,18 @@ impl fmt::Display for HsmError {
     }
 }
 
+impl HsmError {
+    /// The failed call and its return value ("C_Login failed: CKR_PIN_INCORRECT") without the
+    /// daemon's advice, for one-shot commands that give their own.
+    pub fn call(&self) -> String {
+        match (&self.function, &self.rv) {
+            (Some(func), Some(rv)) => format!("{} failed: {}", function_name(func), ckr_name(rv)),
+            (Some(func), None) => format!("{} failed", function_name(func)),
+            _ => self.detail.clone(),
+        }
+    }
+}
+
 impl std::error::Error for HsmError {}
 
 /// An [`HsmError`] with the member it happened on.
