@@ -103,7 +103,21 @@ fn each_failure_is_named_and_exits_1() {
         let out = probe(&f, &args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
+        // As the README says: one line, `Error: ...`.
+        let e = stderr(&out);
+        assert!(
+            e.starts_with("Error: ") && e.trim_end().lines().count() == 1,
+            "{e}"
+        );
     }
+    // A wrong command line exits 2 with the parser's own error and the usage (README).
+    let out = probe(&f, &["--profile", "softhsm2", "--no-such-option"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = stderr(&out);
+    assert!(
+        e.starts_with("error: unexpected argument") && e.contains("Usage:"),
+        "{e}"
+    );
     std::fs::write(f.path("bad.pin"), "000000\n").unwrap();
     std::fs::set_permissions(
         f.path("bad.pin"),

@@ -245,6 +245,24 @@ fn tokens_are_scoped_revocable_and_expire() {
     let r = e.op("encrypt", "vault-staging", json!({ "plaintext": "YQ==" }));
     assert_eq!(r.status, 403);
     assert_eq!(error_of(&r), "permission denied");
+    // The table shows the display name, and periods as they are written.
+    let table = e.d.operator_ok(&[
+        "token",
+        "create",
+        "--policy",
+        "staging",
+        "--display-name",
+        "vault-staging-1",
+    ]);
+    assert!(
+        table.contains("token_display     vault-staging-1"),
+        "{table}"
+    );
+    assert!(table.contains("token_period      768h"), "{table}");
+    let table =
+        e.d.operator_ok(&["token", "create", "--policy", "staging", "--ttl", "90m"]);
+    assert!(table.contains("token_display     token"), "{table}");
+    assert!(table.contains("token_duration    90m"), "{table}");
     let staging = e.d.token("staging", &[]);
     let r = e.call(
         "PUT",

@@ -195,6 +195,7 @@ pub(super) async fn token_command(socket: &Path, cmd: TokenCommand) -> Result<i3
             if let Some(t) = ttl {
                 body["ttl"] = t.into();
             }
+            let shown_name = display_name.clone().unwrap_or_else(|| "token".into());
             if let Some(d) = display_name {
                 body["display_name"] = d.into();
             }
@@ -212,8 +213,9 @@ pub(super) async fn token_command(socket: &Path, cmd: TokenCommand) -> Result<i3
                     auth["accessor"].as_str().unwrap_or("")
                 );
                 println!("token_policies    {}", auth["policies"]);
-                println!("token_period      {}s", auth["period"]);
-                println!("token_duration    {}s", auth["lease_duration"]);
+                println!("token_display     {shown_name}");
+                println!("token_period      {}", seconds(&auth["period"]));
+                println!("token_duration    {}", seconds(&auth["lease_duration"]));
                 println!("token_renewable   {}", auth["renewable"]);
                 eprintln!("The token is shown only now; only a hash of it is stored.");
             }
@@ -254,4 +256,15 @@ pub(super) async fn token_command(socket: &Path, cmd: TokenCommand) -> Result<i3
         }
     }
     Ok(0)
+}
+
+/// A number of seconds as an operator writes it: `768h`, `90m`, `45s` (`0` stays `0`).
+fn seconds(v: &Value) -> String {
+    match v.as_u64() {
+        Some(0) => "0".into(),
+        Some(s) if s % 3600 == 0 => format!("{}h", s / 3600),
+        Some(s) if s % 60 == 0 => format!("{}m", s / 60),
+        Some(s) => format!("{s}s"),
+        None => v.to_string(),
+    }
 }
