@@ -22,23 +22,7 @@ ROUNDS = int(sys.argv[4]) if len(sys.argv) > 4 else 10
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait(pred, what, within=60, poll=0.02):
-    start = time.time()
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.time() - start > within:
-            sys.exit(f"timed out waiting for {what}")
-        time.sleep(poll)
+from benchlib import free_port, wait
 
 
 def request(port, method, path, token=None, body=None):

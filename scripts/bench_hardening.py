@@ -21,20 +21,7 @@ BIN, BAO, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait(pred, what, within=60):
-    start = time.time()
-    while not pred():
-        if time.time() - start > within:
-            sys.exit(f"timed out waiting for {what}")
-        time.sleep(0.02)
+from benchlib import free_port, wait
 
 
 class Sealkeeper:
