@@ -593,8 +593,13 @@ fn etcd_down_nodes_keep_serving_transit_refuse_writes_with_503_and_a_restart_sta
 
     // A node restarted while etcd is down: sealed (503), retrying, not crashed.
     drop(t.nodes.remove(2));
+    let started = Instant::now();
     let n3 = t.fixtures[2].start();
     assert_eq!(n3.health("").status, 503);
+    eprintln!(
+        "a node started with etcd down answered 503 after {:?}",
+        started.elapsed()
+    );
     n3.wait_unseal_attempts(0);
     wait_for(
         Duration::from_secs(15),

@@ -51,6 +51,8 @@ use state::{
 };
 
 pub const INIT_KEY: &str = "core/init";
+/// How long start-up waits for the init record before serving sealed and reading it again later.
+const INIT_READ_AT_START: Duration = Duration::from_secs(2);
 const ROOT_PURPOSE: &str = "root-key";
 const INIT_FORMAT: u32 = 2;
 
@@ -165,7 +167,20 @@ impl Core {
         audit: Audit,
     ) -> Arc<Core> {
         seals.sort_by_key(|s| s.priority);
-        let read = storage.get(INIT_KEY).await;
+        // Bounded, so that a store that does not answer (etcd away) leaves the node serving its
+        // sealed status at once; the auto-unseal loop reads the record again with its backoff.
+        let read = match tokio::time::timeout(INIT_READ_AT_START, storage.get(INIT_KEY)).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Unavailable {
+                backend: storage.kind().to_string(),
+                op: format!("read {INIT_KEY}"),
+                source: format!(
+                    "no answer within {}",
+                    humantime::format_duration(INIT_READ_AT_START)
+                )
+                .into(),
+            }),
+        };
         // A store that could not be read is read again by the auto-unseal loop, with its backoff.
         let init_unread = matches!(read, Err(StorageError::Unavailable { .. }));
         let (state, last_error) = state_from_init(read);

@@ -164,7 +164,8 @@ impl EtcdStorage {
         // member had already applied; until the first member answers, watchers get a resync.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(follow(inner.clone(), feed.clone(), ready_tx));
-        let _ = tokio::time::timeout(o.request_timeout, ready_rx).await;
+        // One attempt's time at most: with etcd away the daemon starts (sealed) without waiting.
+        let _ = tokio::time::timeout(o.attempt_timeout, ready_rx).await;
         Ok(EtcdStorage {
             inner,
             feed,
@@ -236,6 +237,7 @@ impl Inner {
         let n = self.members.len();
         let mut errors: Vec<String> = Vec::new();
         let mut attempt: u32 = 0;
+        let mut pause = Duration::from_millis(100);
         loop {
             let i = (self.current.load(Ordering::Relaxed) + attempt as usize) % n;
             let member = &self.members[i];
@@ -259,17 +261,26 @@ impl Inner {
                 )),
             }
             attempt += 1;
-            if tokio::time::Instant::now() >= deadline || attempt as usize >= 3 * n {
-                errors.dedup();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                // The newest answer of each member says why (an election in progress answers
+                // "no leader" from every member until it is over).
+                let shown: Vec<String> = errors.iter().rev().take(n).rev().cloned().collect();
                 return Err(StorageError::Unavailable {
                     backend: self.name.clone(),
-                    op: op.to_string(),
-                    source: errors.join("; ").into(),
+                    op: format!(
+                        "{op} (for {})",
+                        humantime::format_duration(self.request_timeout)
+                    ),
+                    source: shown.join("; ").into(),
                 });
             }
             if (attempt as usize).is_multiple_of(n) {
-                // Every member failed once: a short pause before the next round.
-                tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+                // Every member failed once: pause before the next round, longer each time, so
+                // that an election (which takes at least etcd's election timeout) is waited out
+                // within request_timeout instead of failing the call.
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
     }
