@@ -856,6 +856,30 @@ fn active_standby_elects_one_leader_and_a_standby_takes_over_when_it_dies() {
         || "the last standby took over from a sealed leader".into(),
     );
     assert_eq!(nodes[new_leader].health("").status, 503);
+    // etcd goes away: the leader cannot renew its record, and keeps serving transit (nobody can
+    // write without quorum, so nothing can diverge from it).
+    let mut etcd = etcd;
+    etcd.kill_all();
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            nodes[other]
+                .log()
+                .contains("cannot renew the leader record; still serving as leader")
+                .then_some(())
+        },
+        || {
+            format!(
+                "the leader never noticed etcd was gone:\n{}",
+                nodes[other].log()
+            )
+        },
+    );
+    assert_eq!(nodes[other].health("").status, 200);
+    assert_eq!(
+        decrypt(&nodes[other], &token, "vault-prod", &ct).status,
+        200
+    );
     let _ = nodes[leader].stop();
 }
 

@@ -208,9 +208,10 @@ impl Core {
 
     /// active-standby: the leader election. An unsealed node without a leader record writes one
     /// under a lease of `lease_ttl` (expecting none: exactly one node wins); the leader renews it
-    /// every third of the TTL, expecting its own revision. A leader that is sealed, loses its
-    /// record, or cannot renew it within the TTL steps down; a standby takes over once the
-    /// record's lease expired (a dead leader: within the TTL and a third).
+    /// every third of the TTL, expecting its own revision. A leader that is sealed or finds the
+    /// record held by another node steps down; a standby takes over once the record's lease
+    /// expired (a dead leader: within the TTL and a third). A leader that cannot reach etcd keeps
+    /// serving: without quorum nobody writes, so a second leader cannot diverge from it.
     pub async fn run_election(self: Arc<Self>) {
         let Some(ttl) = self.opts.standby_lease else {
             return;
@@ -255,13 +256,14 @@ impl Core {
                     }
                 }
                 Err(e) => {
-                    // etcd unreachable: a leader that cannot renew steps down before its lease
-                    // can have expired, so that two leaders never overlap.
+                    // etcd unreachable or without quorum: the leader keeps serving (a Vault
+                    // restart needs only decrypt, and no node can write without quorum, so a
+                    // second leader elected by a majority elsewhere cannot diverge from it); it
+                    // renews, or finds itself replaced, when etcd answers again.
                     if let Some((_, renewed)) = held
-                        && renewed.elapsed() >= ttl * 2 / 3
+                        && renewed.elapsed() >= ttl
                     {
-                        held = None;
-                        self.step_down(&format!("cannot renew the leader record: {e}"));
+                        tracing::warn!(error = %e, "cannot renew the leader record; still serving as leader until etcd answers");
                     }
                 }
             }
