@@ -643,17 +643,10 @@ fn seal_probe_checks_kms_reports_where_values_came_from_and_fails_when_kms_is_aw
         "",
     ));
     let probe = || {
-        let mut c = f.command();
-        quiet_aws_env(&mut c, f.dir.path());
-        let out = c
-            .args(["seal", "probe", "--format", "json", "--config"])
-            .arg(f.config_path())
-            .env("AWSKMS_WRAPPER_KEY_ID", &arn)
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
-        (out.status.code().unwrap(), v)
+        f.seal_probe_json(|c| {
+            quiet_aws_env(c, f.dir.path());
+            c.env("AWSKMS_WRAPPER_KEY_ID", &arn);
+        })
     };
     let (code, v) = probe();
     assert_eq!(code, 0, "{v:#}");

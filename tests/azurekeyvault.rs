@@ -787,18 +787,7 @@ fn an_inline_client_secret_works_is_warned_about_and_never_shown_and_seal_probe_
         );
     }
 
-    let probe = || {
-        let mut c = f.command();
-        azure_env(&mut c, &vault);
-        let out = c
-            .args(["seal", "probe", "--format", "json", "--config"])
-            .arg(f.config_path())
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
-        (out.status.code().unwrap(), v)
-    };
+    let probe = || f.seal_probe_json(|c| azure_env(c, &vault));
     let (code, v) = probe();
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["seals"][0]["members"][0]["round_trip_ok"], true, "{v:#}");

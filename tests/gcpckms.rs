@@ -206,16 +206,9 @@ fn init_restart_and_the_ciphertext_is_bound_to_its_aad() {
 
     // seal probe: the crypto key found, a round trip, exit 0; with the key gone, exit 1.
     let probe = || {
-        let out = f
-            .command()
-            .args(["seal", "probe", "--format", "json", "--config"])
-            .arg(f.config_path())
-            .env("GCE_METADATA_HOST", "127.0.0.1:9")
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
-        (out.status.code().unwrap(), v)
+        f.seal_probe_json(|c| {
+            c.env("GCE_METADATA_HOST", "127.0.0.1:9");
+        })
     };
     let (code, v) = probe();
     assert_eq!(code, 0, "{v:#}");

@@ -263,6 +263,21 @@ impl Fixture {
         self.start_with(|_| {})
     }
 
+    /// `sealkeeper seal probe --format json` on this fixture's config (no daemon), with `tweak`
+    /// setting the environment; returns the exit code and the JSON report.
+    pub fn seal_probe_json(&self, tweak: impl FnOnce(&mut Command)) -> (i32, Value) {
+        let mut c = self.command();
+        tweak(&mut c);
+        let out = c
+            .args(["seal", "probe", "--format", "json", "--config"])
+            .arg(self.config_path())
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
+        (out.status.code().unwrap(), v)
+    }
+
     pub fn start_with(&self, tweak: impl FnOnce(&mut Command)) -> Daemon {
         let log_path = self.path(&format!(
             "daemon-{}.log",
