@@ -199,6 +199,100 @@ impl EtcdStorage {
                 reason: "outside the configured prefix".into(),
             })
     }
+
+    /// One etcd transaction of `ops`; their puts under `lease` when given (`put_leased`).
+    async fn txn_leased(&self, ops: Vec<Op>, lease: Option<i64>) -> Result<Revision, StorageError> {
+        validate_ops(&ops)?;
+        struct Prepared {
+            key: String,
+            full: Vec<u8>,
+            value: Option<Vec<u8>>,
+            expect: Expect,
+        }
+        let prepared: Arc<Vec<Prepared>> = Arc::new(
+            ops.into_iter()
+                .map(|op| {
+                    let full = self.full(op.key());
+                    let expect = op.expect();
+                    match op {
+                        Op::Put { key, value, .. } => Prepared {
+                            key,
+                            full,
+                            value: Some(value),
+                            expect,
+                        },
+                        Op::Delete { key, .. } => Prepared {
+                            key,
+                            full,
+                            value: None,
+                            expect,
+                        },
+                    }
+                })
+                .collect(),
+        );
+        let name = self.inner.name.clone();
+        self.inner
+            .call("txn", |mut c, attempt| {
+                let p = prepared.clone();
+                let name = name.clone();
+                async move {
+                    let compares: Vec<Compare> = p
+                        .iter()
+                        .filter_map(|o| compare(&o.full, o.expect))
+                        .collect();
+                    let then: Vec<TxnOp> = p
+                        .iter()
+                        .map(|o| match &o.value {
+                            Some(v) => TxnOp::put(
+                                o.full.clone(),
+                                v.clone(),
+                                lease.map(|id| etcd_client::PutOptions::new().with_lease(id)),
+                            ),
+                            None => TxnOp::delete(o.full.clone(), None),
+                        })
+                        .collect();
+                    let checks: Vec<TxnOp> =
+                        p.iter().map(|o| TxnOp::get(o.full.clone(), None)).collect();
+                    let txn = Txn::new().when(compares).and_then(then).or_else(checks);
+                    let r = c.txn(txn).await.map_err(|e| classify(e, &name, "txn"))?;
+                    if r.succeeded() {
+                        return Ok(header_revision(r.header()));
+                    }
+                    let found = found(&r);
+                    // After a lost answer: the state found is exactly what this transaction
+                    // wrote, so it committed.
+                    if attempt > 0 {
+                        let mut committed_at = 0;
+                        let all_ours = p.iter().zip(&found).all(|(o, f)| match (&o.value, f) {
+                            (Some(v), Some((stored, rev))) if stored == v => {
+                                committed_at = committed_at.max(*rev);
+                                true
+                            }
+                            (None, None) => true,
+                            _ => false,
+                        });
+                        if all_ours && committed_at > 0 {
+                            return Ok(committed_at);
+                        }
+                    }
+                    for (o, f) in p.iter().zip(&found) {
+                        let rev = f.as_ref().map(|(_, r)| *r).unwrap_or(0);
+                        if !o.expect.met_by(rev) {
+                            return Err(Failure::Final(o.expect.conflict(&o.key, rev)));
+                        }
+                    }
+                    // Every expectation holds now: the state changed between the transaction and
+                    // its check. The caller retries as on any conflict.
+                    Err(Failure::Final(StorageError::Conflict {
+                        key: p.first().map(|o| o.key.clone()).unwrap_or_default(),
+                        expected: 0,
+                        found: 0,
+                    }))
+                }
+            })
+            .await
+    }
 }
 
 /// A gRPC answer that another member might answer differently.
@@ -425,92 +519,7 @@ impl Storage for EtcdStorage {
     }
 
     async fn txn(&self, ops: Vec<Op>) -> Result<Revision, StorageError> {
-        validate_ops(&ops)?;
-        struct Prepared {
-            key: String,
-            full: Vec<u8>,
-            value: Option<Vec<u8>>,
-            expect: Expect,
-        }
-        let prepared: Arc<Vec<Prepared>> = Arc::new(
-            ops.into_iter()
-                .map(|op| {
-                    let full = self.full(op.key());
-                    let expect = op.expect();
-                    match op {
-                        Op::Put { key, value, .. } => Prepared {
-                            key,
-                            full,
-                            value: Some(value),
-                            expect,
-                        },
-                        Op::Delete { key, .. } => Prepared {
-                            key,
-                            full,
-                            value: None,
-                            expect,
-                        },
-                    }
-                })
-                .collect(),
-        );
-        let name = self.inner.name.clone();
-        self.inner
-            .call("txn", |mut c, attempt| {
-                let p = prepared.clone();
-                let name = name.clone();
-                async move {
-                    let compares: Vec<Compare> = p
-                        .iter()
-                        .filter_map(|o| compare(&o.full, o.expect))
-                        .collect();
-                    let then: Vec<TxnOp> = p
-                        .iter()
-                        .map(|o| match &o.value {
-                            Some(v) => TxnOp::put(o.full.clone(), v.clone(), None),
-                            None => TxnOp::delete(o.full.clone(), None),
-                        })
-                        .collect();
-                    let checks: Vec<TxnOp> =
-                        p.iter().map(|o| TxnOp::get(o.full.clone(), None)).collect();
-                    let txn = Txn::new().when(compares).and_then(then).or_else(checks);
-                    let r = c.txn(txn).await.map_err(|e| classify(e, &name, "txn"))?;
-                    if r.succeeded() {
-                        return Ok(header_revision(r.header()));
-                    }
-                    let found = found(&r);
-                    // After a lost answer: the state found is exactly what this transaction
-                    // wrote, so it committed.
-                    if attempt > 0 {
-                        let mut committed_at = 0;
-                        let all_ours = p.iter().zip(&found).all(|(o, f)| match (&o.value, f) {
-                            (Some(v), Some((stored, rev))) if stored == v => {
-                                committed_at = committed_at.max(*rev);
-                                true
-                            }
-                            (None, None) => true,
-                            _ => false,
-                        });
-                        if all_ours && committed_at > 0 {
-                            return Ok(committed_at);
-                        }
-                    }
-                    for (o, f) in p.iter().zip(&found) {
-                        let rev = f.as_ref().map(|(_, r)| *r).unwrap_or(0);
-                        if !o.expect.met_by(rev) {
-                            return Err(Failure::Final(o.expect.conflict(&o.key, rev)));
-                        }
-                    }
-                    // Every expectation holds now: the state changed between the transaction and
-                    // its check. The caller retries as on any conflict.
-                    Err(Failure::Final(StorageError::Conflict {
-                        key: p.first().map(|o| o.key.clone()).unwrap_or_default(),
-                        expected: 0,
-                        found: 0,
-                    }))
-                }
-            })
-            .await
+        self.txn_leased(ops, None).await
     }
 
     fn watch(&self, prefix: &str) -> Watch {
@@ -565,35 +574,7 @@ impl Storage for EtcdStorage {
             .await?;
         leases.insert(ttl_s, id);
         drop(leases);
-        let full = self.full(key);
-        let value = value.to_vec();
-        let key_s = key.to_string();
-        self.inner
-            .call("put", |mut c, _| {
-                let (full, value, name, key_s) =
-                    (full.clone(), value.clone(), name.clone(), key_s.clone());
-                async move {
-                    let mut txn = Txn::new();
-                    if let Some(cmp) = compare(&full, expect) {
-                        txn = txn.when([cmp]);
-                    }
-                    let txn = txn
-                        .and_then([TxnOp::put(
-                            full.clone(),
-                            value,
-                            Some(etcd_client::PutOptions::new().with_lease(id)),
-                        )])
-                        .or_else([TxnOp::get(full.clone(), None)]);
-                    let r = c.txn(txn).await.map_err(|e| classify(e, &name, "put"))?;
-                    if r.succeeded() {
-                        return Ok(header_revision(r.header()));
-                    }
-                    let found = found(&r).first().cloned().flatten();
-                    Err(Failure::Final(
-                        expect.conflict(&key_s, found.map(|(_, r)| r).unwrap_or(0)),
-                    ))
-                }
-            })
+        self.txn_leased(vec![Op::put(key, value.to_vec(), expect)], Some(id))
             .await
     }
 
