@@ -115,27 +115,10 @@ class Node:
 
 def haproxy(ports):
     port = free_port()
-    servers = "".join(f"    server n{i} 127.0.0.1:{p} check\n" for i, p in enumerate(ports))
+    servers = "".join(f"    server node{i + 1} 127.0.0.1:{p} check\n" for i, p in enumerate(ports))
     cfg = f"{WORK}/haproxy-{port}.cfg"
-    open(cfg, "w").write(f"""global
-    maxconn 1024
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 30s
-    timeout server 10s
-    retries 3
-    option redispatch 1
-    retry-on all-retryable-errors
-frontend fe
-    bind 127.0.0.1:{port}
-    default_backend nodes
-backend nodes
-    balance roundrobin
-    option httpchk GET /v1/sys/health
-    http-check expect status 200
-    default-server inter 250ms fall 2 rise 2
-{servers}""")
+    template = open(f"{ROOT}/scripts/haproxy-loopback.cfg").read()
+    open(cfg, "w").write(template.replace("@PORT@", str(port)).replace("@SERVERS@\n", servers))
     p = subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait(lambda: request(port, "GET", "/v1/sys/health")[0] == 200, "haproxy")
     # Wait until every backend passed its checks (2 x 250 ms).

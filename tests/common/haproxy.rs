@@ -13,38 +13,18 @@ pub struct Haproxy {
     child: Child,
 }
 
-/// The haproxy configuration for `backends` (plain-HTTP Sealkeeper listeners on loopback).
+/// The haproxy configuration for `backends` (plain-HTTP Sealkeeper listeners on loopback): the
+/// project's scripts/haproxy-loopback.cfg, which the cluster benchmark uses too.
 pub fn config(port: u16, backends: &[u16]) -> String {
-    let mut c = format!(
-        "global
-    maxconn 1024
-
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 30s
-    timeout server 10s
-    # A request that found its node dead (refused, reset, no answer) goes to another node.
-    retries 3
-    option redispatch 1
-    retry-on all-retryable-errors
-
-frontend sealkeeper
-    bind 127.0.0.1:{port}
-    default_backend sealkeeper_nodes
-
-backend sealkeeper_nodes
-    balance roundrobin
-    # Only unsealed nodes take traffic: sealed (503), standby (429) and dead nodes are out.
-    option httpchk GET /v1/sys/health
-    http-check expect status 200
-    default-server inter 250ms fall 2 rise 2
-"
-    );
-    for (i, b) in backends.iter().enumerate() {
-        c.push_str(&format!("    server node{} 127.0.0.1:{b} check\n", i + 1));
-    }
-    c
+    let template = include_str!("../../scripts/haproxy-loopback.cfg");
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("    server node{} 127.0.0.1:{b} check\n", i + 1))
+        .collect();
+    template
+        .replace("@PORT@", &port.to_string())
+        .replace("@SERVERS@\n", &servers)
 }
 
 impl Haproxy {
