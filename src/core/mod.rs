@@ -81,6 +81,17 @@ enum State {
     },
 }
 
+impl State {
+    /// `uninitialized`, `sealed` or `unsealed`, as status documents and the node registry say it.
+    fn name(&self) -> &'static str {
+        match self {
+            State::Uninitialized => "uninitialized",
+            State::Sealed { .. } => "sealed",
+            State::Unsealed { .. } => "unsealed",
+        }
+    }
+}
+
 pub struct Core {
     opts: CoreOptions,
     storage: Arc<dyn Storage>,

@@ -27,11 +27,13 @@ impl Core {
         if !wanted {
             return Ok(false);
         }
-        let read = self.storage.get(INIT_KEY).await;
-        if let Err(e @ StorageError::Unavailable { .. }) = &read {
-            *self.last_error.write_recover() = Some((e.to_string(), now_unix()));
-            return Err(CoreError::Internal(e.to_string()));
-        }
+        let read = match self.storage.get(INIT_KEY).await {
+            Err(e @ StorageError::Unavailable { .. }) => {
+                *self.last_error.write_recover() = Some((e.to_string(), now_unix()));
+                return Err(e.into());
+            }
+            read => read,
+        };
         self.init_unread.store(false, Ordering::Relaxed);
         let (state, error) = state_from_init(read);
         let initialized = !matches!(state, State::Uninitialized);
@@ -120,14 +122,6 @@ pub const REGISTRY_INTERVAL: std::time::Duration = std::time::Duration::from_sec
 pub const REGISTRY_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Core {
-    fn state_name(&self) -> &'static str {
-        match &*self.state.read_recover() {
-            State::Uninitialized => "uninitialized",
-            State::Sealed { .. } => "sealed",
-            State::Unsealed { .. } => "unsealed",
-        }
-    }
-
     /// The node registry of a shared store: every `REGISTRY_INTERVAL` this node writes
     /// `nodes/<name>` (its address, state and version) under a lease of `REGISTRY_TTL`, so that a
     /// dead node's record expires, and reads every node's record for status.
@@ -141,7 +135,7 @@ impl Core {
             let me = crate::api::NodeInfo {
                 name: name.clone(),
                 address: address.clone(),
-                state: self.state_name().into(),
+                state: self.state.read_recover().name().into(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 last_seen_unix: now_unix(),
             };

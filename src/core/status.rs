@@ -77,27 +77,12 @@ impl Core {
             .is_some_and(|st| self.migration(st).is_some());
         let last = self.last_error.read_recover().clone();
         let st = self.state.read_recover();
-        let (state, initialized, sealed, by, since, manual, init, terms) = match &*st {
-            State::Uninitialized => (
-                "uninitialized",
-                false,
-                true,
-                None,
-                None,
-                false,
-                None,
-                vec![],
-            ),
-            State::Sealed { init, manual } => (
-                "sealed",
-                true,
-                true,
-                None,
-                None,
-                *manual,
-                init.as_ref(),
-                vec![],
-            ),
+        let state = st.name();
+        let (initialized, sealed, by, since, manual, init, terms) = match &*st {
+            State::Uninitialized => (false, true, None, None, false, None, vec![]),
+            State::Sealed { init, manual } => {
+                (true, true, None, None, *manual, init.as_ref(), vec![])
+            }
             State::Unsealed {
                 init,
                 by,
@@ -105,7 +90,6 @@ impl Core {
                 keys,
                 ..
             } => (
-                "unsealed",
                 true,
                 false,
                 Some(by.clone()),
