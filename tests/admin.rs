@@ -139,6 +139,9 @@ fn every_command_has_help() {
         vec!["operator", "rotate-root", "--help"],
         vec!["operator", "rewrap", "--help"],
         vec!["operator", "rekey", "--help"],
+        vec!["operator", "preflight", "--help"],
+        vec!["completions", "--help"],
+        vec!["man", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -150,4 +153,60 @@ fn every_command_has_help() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    // Each shell's completion names the subcommands and their options.
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        for word in ["operator", "preflight", "recovery-shares", "token-label"] {
+            assert!(text.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is an argument error"
+    );
+
+    // One page per command, each a roff page with the command's own options.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert!(page("sealkeeper.1").starts_with(".ie"), "roff");
+    assert!(page("sealkeeper.1").contains(".TH sealkeeper 1"));
+    assert!(page("sealkeeper-operator-init.1").contains("recovery\\-shares"));
+    assert!(page("sealkeeper-hsm-probe.1").contains("token\\-label"));
+    assert!(
+        !dir.path().join("sealkeeper-help.1").exists(),
+        "no page for the help pseudo-command"
+    );
+    let pages = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(pages > 30, "{pages} pages");
+    // A directory that cannot be created is a clear error.
+    let out = Command::new(BIN)
+        .args(["man", "/proc/sealkeeper-man"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot create /proc/sealkeeper-man"),
+        "{}",
+        stderr(&out)
+    );
 }

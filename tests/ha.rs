@@ -248,3 +248,219 @@ fn init_refuses_a_pair_whose_members_hold_different_keys() {
     assert_eq!(d.health("").status, 501);
     assert!(!f.state_path().exists(), "nothing was stored");
 }
+
+#[test]
+fn an_uninitialized_node_probes_its_members_and_names_the_tokens_it_can_see() {
+    // The README's steps done by hand without `export SOFTHSM2_CONF`: SoftHSM falls back to a
+    // token directory that holds none of the configured tokens.
+    let f = Fixture::new();
+    let empty = f.path("empty-tokens");
+    std::fs::create_dir_all(&empty).unwrap();
+    let conf = f.path("empty-softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\n",
+            empty.display()
+        ),
+    )
+    .unwrap();
+    let d = f.start_with(|c| {
+        c.env("SOFTHSM2_CONF", &conf);
+    });
+    // Status shows each member's failure before anyone runs `operator init`.
+    let st = d.wait_status(
+        "both members probed and down",
+        Duration::from_secs(30),
+        |s| {
+            ["hsm-a", "hsm-b"].iter().all(|m| {
+                let m = member(s, m);
+                m["healthy"] == false && m["last_error"].as_str().is_some_and(|e| !e.is_empty())
+            })
+        },
+    );
+    assert_eq!(st["initialized"], false, "{st}");
+    for m in ["hsm-a", "hsm-b"] {
+        let e = member(&st, m)["last_error"].as_str().unwrap().to_string();
+        assert!(e.contains("no token with token label \"sealkeeper-"), "{e}");
+        assert!(e.contains("shows no initialized token"), "{e}");
+        assert!(e.contains("SOFTHSM2_CONF"), "{e}");
+    }
+    // init fails with the same advice, and the seal's name appears once.
+    let err = d.init_fails();
+    assert!(err.contains("SOFTHSM2_CONF"), "{err}");
+    assert_eq!(err.matches("hsm-pair").count(), 1, "{err}");
+    drop(d);
+
+    // With the real token directory, a missing label lists the tokens the module does show.
+    f.edit_config(|c| {
+        c.replacen(
+            "token_label = \"sealkeeper-a\"",
+            "token_label = \"sealkeeper-x\"",
+            1,
+        )
+    });
+    let d = f.start();
+    let st = d.wait_status("member A probed and down", Duration::from_secs(30), |s| {
+        member(s, "hsm-a")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sealkeeper-x"))
+    });
+    let e = member(&st, "hsm-a")["last_error"].as_str().unwrap();
+    assert!(
+        e.contains("token label \"sealkeeper-a\"") && e.contains("token label \"sealkeeper-b\""),
+        "{e}"
+    );
+    assert_eq!(member(&st, "hsm-b")["healthy"], true, "{st}");
+}
+
+/// `operator preflight` (exit code and JSON) on a running daemon.
+fn preflight(d: &Daemon) -> (i32, serde_json::Value) {
+    let out = d.operator(&["preflight", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
+    (out.status.code().unwrap(), v)
+}
+
+#[test]
+fn preflight_says_whether_a_restart_would_unseal() {
+    let f = Fixture::new();
+    let d = f.start();
+    // Not initialized: a restart would not unseal anything.
+    let (code, v) = preflight(&d);
+    assert_eq!(code, 1, "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("not initialized"),
+        "{v}"
+    );
+    d.init();
+
+    // The pair answers: safe, by a trial unwrap and in status from the last probes.
+    let (code, v) = preflight(&d);
+    assert_eq!((code, &v["safe"]), (0, &serde_json::json!(true)), "{v}");
+    assert_eq!(v["checked_by"], "trial-unwrap");
+    assert!(
+        strings(&v["relies_on"])[0].starts_with("hsm-pair/hsm-"),
+        "{v}"
+    );
+    let st = d.wait_status(
+        "restart_safe from both members",
+        Duration::from_secs(30),
+        |s| {
+            s["restart_safe"] == true
+                && s["restart"]["relies_on"]
+                    .as_array()
+                    .is_some_and(|r| r.len() == 2)
+        },
+    );
+    assert_eq!(st["restart"]["checked_by"], "last-probe");
+    let text = d.operator_ok(&["preflight"]);
+    assert!(text.starts_with("Restart safe: "), "{text}");
+    assert!(d.operator_ok(&["status"]).contains("Restart safe     yes"));
+
+    // One member away: still safe, relying on the other.
+    let a = f.remove_token("sealkeeper-a");
+    let (code, v) = preflight(&d);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(strings(&v["relies_on"]), ["hsm-pair/hsm-b"]);
+    let st = d.wait_status("only hsm-b relied on", Duration::from_secs(30), |s| {
+        s["restart"]["relies_on"] == serde_json::json!(["hsm-pair/hsm-b"])
+    });
+    assert_eq!(st["restart_safe"], true);
+
+    // Both away: the node keeps serving, but a restart would stay sealed.
+    let b = f.remove_token("sealkeeper-b");
+    let out = d.operator(&["preflight"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("Restart NOT safe: a restart now would stay sealed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no token with token label \"sealkeeper-b\""),
+        "{text}"
+    );
+    let st = d.wait_status("restart not safe", Duration::from_secs(30), |s| {
+        s["restart_safe"] == false
+    });
+    let reason = st["restart"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("hsm-pair/hsm-a is down") && reason.contains("hsm-pair/hsm-b is down"),
+        "{reason}"
+    );
+    assert_eq!(d.health("").status, 200, "still serving");
+    assert!(d.operator_ok(&["status"]).contains("Restart safe     NO"));
+
+    // Back: safe again, without a restart.
+    f.restore_token(&a);
+    f.restore_token(&b);
+    let (code, v) = preflight(&d);
+    assert_eq!(code, 0, "{v}");
+    d.wait_status("restart safe again", Duration::from_secs(30), |s| {
+        s["restart_safe"] == true
+    });
+}
+
+#[test]
+fn preflight_does_not_count_a_seal_that_answers_but_does_not_wrap_the_root_key() {
+    let f = Fixture::two_seals();
+    // The second pair is configured but disabled, so it holds no wrapping of the root key.
+    let primary = f.pkcs11_seal(
+        "primary",
+        &["sealkeeper-a", "sealkeeper-b"],
+        "sealkeeper-root",
+        "priority = 1",
+    );
+    let secondary = f.pkcs11_seal(
+        "secondary",
+        &["sealkeeper-c", "sealkeeper-d"],
+        "second-root",
+        "priority = 2",
+    );
+    f.set_seals(&format!("{primary}{}", disabled(&secondary)));
+    let d = f.start();
+    d.init();
+    let (code, v) = preflight(&d);
+    assert_eq!(code, 0, "{v}");
+    assert!(strings(&v["relies_on"])[0].starts_with("primary/"), "{v}");
+
+    // The seal that wraps the root key goes away; the other is up, and does not count.
+    let _a = f.remove_token("sealkeeper-a");
+    let _b = f.remove_token("sealkeeper-b");
+    let (code, v) = preflight(&d);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["safe"], false);
+    let st = d.wait_status("restart not safe", Duration::from_secs(30), |s| {
+        s["restart_safe"] == false
+    });
+    let reason = st["restart"]["reason"].as_str().unwrap();
+    assert!(reason.contains("primary/hsm-a is down"), "{reason}");
+    assert!(
+        !reason.contains("secondary/"),
+        "the disabled seal is not relied on: {reason}"
+    );
+    drop(d);
+
+    // With both seals enabled (both wrap the root key), the same outage is safe: the second
+    // pair unwraps.
+    f.set_seals(&format!("{primary}{secondary}"));
+    f.restore_token(&_a);
+    f.restore_token(&_b);
+    let d = f.start();
+    d.wait_health(200, Duration::from_secs(20));
+    d.wait_status(
+        "the second pair wraps the root key too",
+        Duration::from_secs(30),
+        |s| {
+            s["seals_missing_wrapping"]
+                .as_array()
+                .is_some_and(|m| m.is_empty())
+        },
+    );
+    let _a = f.remove_token("sealkeeper-a");
+    let _b = f.remove_token("sealkeeper-b");
+    let (code, v) = preflight(&d);
+    assert_eq!(code, 0, "{v}");
+    assert!(strings(&v["relies_on"])[0].starts_with("secondary/"), "{v}");
+}

@@ -33,9 +33,22 @@ fn install_is_idempotent_and_uninstall_keeps_state_and_changed_config() {
         "usr/lib/sysusers.d/sealkeeper.conf",
         "usr/lib/tmpfiles.d/sealkeeper.conf",
         "usr/share/doc/sealkeeper/hsm-profiles/luna7.toml",
+        "usr/share/man/man1/sealkeeper.1.gz",
+        "usr/share/man/man1/sealkeeper-operator-preflight.1.gz",
+        "usr/share/man/man1/sealkeeper-hsm-probe.1.gz",
+        "usr/share/bash-completion/completions/sealkeeper",
+        "usr/share/zsh/vendor-completions/_sealkeeper",
+        "usr/share/fish/vendor_completions.d/sealkeeper.fish",
     ] {
         assert!(root.join(f).is_file(), "{f}");
     }
+    // The bash completion is valid bash.
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(root.join("usr/share/bash-completion/completions/sealkeeper"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", stderr(&check));
     // The skeleton is a valid config.
     let cfg = root.join("etc/sealkeeper/sealkeeper.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -64,6 +77,11 @@ fn install_is_idempotent_and_uninstall_keeps_state_and_changed_config() {
     let out = install(root, &["--uninstall"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!bin.exists() && !root.join("etc/systemd/system/sealkeeper.service").exists());
+    assert!(
+        !root.join("usr/share/man").exists(),
+        "the man pages are removed"
+    );
+    assert!(!root.join("usr/share/bash-completion").exists());
     assert!(cfg.exists(), "a changed config is kept");
     assert_eq!(
         std::fs::read(state.join("init")).unwrap(),

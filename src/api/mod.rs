@@ -113,6 +113,30 @@ pub struct Status {
     /// The nodes sharing this node's store (etcd storage only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterView>,
+    /// Whether a restart now would unseal, from the members' last probes (`restart.safe`).
+    #[serde(default)]
+    pub restart_safe: bool,
+    /// Why, and which seal members a restart would rely on.
+    #[serde(default)]
+    pub restart: RestartSafety,
+}
+
+/// Would this node unseal if it restarted now? In `operator status` (from the last probes, no HSM
+/// call) and from `operator preflight` (a trial unwrap of the stored root key, as a restart does).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RestartSafety {
+    pub safe: bool,
+    /// Why (or why not), in one sentence.
+    pub reason: String,
+    /// The seal members a restart would unseal with, as `seal/member`.
+    #[serde(default)]
+    pub relies_on: Vec<String>,
+    /// `last-probe`: members of a seal that wraps the current root key answered within
+    /// `within_seconds`; `trial-unwrap`: a seal unwrapped the stored root key just now.
+    pub checked_by: String,
+    /// How recent a probe counts (`last-probe`).
+    #[serde(default)]
+    pub within_seconds: u64,
 }
 
 /// The nodes that share a store, from the lease-backed registry (`nodes/<name>`).

@@ -49,6 +49,7 @@ pub struct ProbeArgs {
     /// The OAEP hash with CKM_RSA_PKCS_OAEP: sha1, sha256 (default), sha384 or sha512.
     #[arg(long, value_name = "HASH")]
     rsa_oaep_hash: Option<String>,
+    /// Output format: `table` for people, `json` for scripts (README, "JSON output").
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }

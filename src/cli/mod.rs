@@ -38,6 +38,24 @@ pub enum Command {
     /// Check the configured seals (HSM pairs, cloud KMS) without a daemon, before a restart.
     #[command(subcommand)]
     Seal(seal::SealCommand),
+    /// Print a shell completion script for this command line to standard output.
+    #[command(
+        after_help = "Examples:\n  sealkeeper completions bash > /etc/bash_completion.d/sealkeeper\n  \
+                      sealkeeper completions zsh > /usr/local/share/zsh/site-functions/_sealkeeper\n  \
+                      sealkeeper completions fish > ~/.config/fish/completions/sealkeeper.fish"
+    )]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (roff) for sealkeeper and each of its subcommands into a directory.
+    Man {
+        /// The directory to write sealkeeper.1, sealkeeper-operator.1, ... into (created if
+        /// missing; existing pages are replaced).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,6 +64,8 @@ pub enum AuditCommand {
     /// current one). Reports the first broken, missing, duplicated or reordered record with its
     /// file and line and exits 1; a clean chain exits 0 and prints the number of records.
     Verify {
+        /// The audit log files, oldest first: the rotated files (FILE.<timestamp>, in timestamp
+        /// order, e.g. `audit.log.*` as the shell sorts them), then the current one.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
@@ -79,6 +99,21 @@ pub struct SocketArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Writes one man page per command and subcommand into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> Result<i32, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(cmd, dir)
+        .map_err(|e| format!("cannot write man pages into {}: {e}", dir.display()))?;
+    let pages = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "1"))
+        .count();
+    println!("wrote {pages} man pages into {}", dir.display());
+    Ok(0)
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
@@ -86,6 +121,12 @@ pub fn run(cli: Cli) -> i32 {
         Command::Operator(args) => operator::run(args),
         Command::Hsm(cmd) => hsm::run(cmd),
         Command::Seal(cmd) => seal::run(cmd),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "sealkeeper", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => write_man_pages(&dir),
         Command::Audit(AuditCommand::Verify { files }) => {
             match crate::audit::verify::verify_with(&files, &Default::default()) {
                 Ok(r) => {
@@ -107,5 +148,38 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("Error: {line}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command, subcommand, option and positional argument says what it is for in `--help`
+    /// (and therefore in the man pages and completions generated from the same definition).
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let mut missing = Vec::new();
+        walk(&cmd, "sealkeeper", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
     }
 }

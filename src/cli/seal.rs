@@ -32,6 +32,7 @@ pub struct ProbeArgs {
     /// Check only this seal (its `name`); the exit code is then about this seal alone.
     #[arg(long, value_name = "NAME")]
     seal: Option<String>,
+    /// Output format: `table` for people, `json` for scripts (README, "JSON output").
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }

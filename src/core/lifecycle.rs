@@ -288,10 +288,21 @@ pub(super) fn nothing_wrapped(what: &str, failed: &[(String, String)]) -> CoreEr
             "no seal could wrap {what}: {}",
             failed
                 .iter()
-                .map(|(n, e)| format!("[{n}] {e}"))
+                .map(|(n, e)| named(n, e))
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
         permanent: false,
+    }
+}
+
+/// One seal's failure in a list of several: prefixed with the seal's name unless the error
+/// already starts with it.
+pub(super) fn named(seal: &str, error: &dyn std::fmt::Display) -> String {
+    let text = error.to_string();
+    if text.starts_with(&format!("seal {seal:?}")) {
+        text
+    } else {
+        format!("seal {seal:?}: {text}")
     }
 }

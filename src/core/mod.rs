@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use crate::api::{
-    InitResponse, RekeyStatus, RewrapEntry, RewrapReport, SealInfo, ShareProgress, Status,
+    InitResponse, RekeyStatus, RestartSafety, RewrapEntry, RewrapReport, SealInfo, ShareProgress,
+    Status,
 };
 use crate::audit::Audit;
 use crate::audit::keys::AuditKeys;
@@ -557,7 +558,7 @@ impl Core {
                 "no seal could unwrap the root key: {}",
                 errors
                     .iter()
-                    .map(|(n, e)| format!("[{n}] {e}"))
+                    .map(|(n, e)| lifecycle::named(n, e))
                     .collect::<Vec<_>>()
                     .join("; ")
             ),

@@ -75,6 +75,14 @@ impl Core {
         let migration = stored
             .as_ref()
             .is_some_and(|st| self.migration(st).is_some());
+        let cluster = self.cluster.read_recover().clone();
+        let restart = self.restart_from_probes(
+            self.is_initialized(),
+            stored.as_ref(),
+            migration,
+            cluster.as_ref().and_then(|c| c.error.as_deref()),
+            &seals,
+        );
         let last = self.last_error.read_recover().clone();
         let st = self.state.read_recover();
         let state = st.name();
@@ -130,7 +138,180 @@ impl Core {
             fips_module: crate::crypto::fips_module_active(),
             self_tests: self.opts.self_tests.borrow().clone().unwrap_or_default(),
             hsm_self_tests: self.hsm_self_tests.read_recover().clone(),
-            cluster: self.cluster.read_recover().clone(),
+            cluster,
+            restart_safe: restart.safe,
+            restart,
+        }
+    }
+
+    /// How recent a member's last answer must be for `restart_safe`: three probe intervals (the
+    /// probe loop answers once per interval), and never less than 10 s.
+    pub fn restart_probe_bound(&self) -> std::time::Duration {
+        (self.opts.probe_interval * 3).max(std::time::Duration::from_secs(10))
+    }
+
+    /// Would a restart unseal, judged from the members' last answers (no HSM or KMS call).
+    fn restart_from_probes(
+        &self,
+        initialized: bool,
+        stored: Option<&RootState>,
+        migration: bool,
+        store_error: Option<&str>,
+        seals: &[SealInfo],
+    ) -> RestartSafety {
+        let within = self.restart_probe_bound().as_secs();
+        let no = |reason: String| RestartSafety {
+            safe: false,
+            reason,
+            relies_on: vec![],
+            checked_by: "last-probe".into(),
+            within_seconds: within,
+        };
+        if !initialized {
+            return no("not initialized: a restart would come back uninitialized".into());
+        }
+        let Some(st) = stored else {
+            return no(
+                "the seal state could not be read from storage, and a restart would read it first"
+                    .into(),
+            );
+        };
+        if migration {
+            return no("a seal migration is pending: a restart needs a quorum of shares".into());
+        }
+        if let Some(e) = store_error {
+            return no(format!(
+                "the shared store does not answer ({e}): a restart would stay sealed until it does"
+            ));
+        }
+        let now = now_unix();
+        let mut relies_on = Vec::new();
+        let mut down = Vec::new();
+        let mut candidates = 0;
+        for s in seals {
+            if s.disabled || s.seal_type == "shamir" || !s.wrapping_current {
+                continue;
+            }
+            candidates += 1;
+            for m in &s.members {
+                let fresh = m
+                    .last_checked_unix
+                    .is_some_and(|t| now.saturating_sub(t) <= within);
+                if m.healthy && fresh {
+                    relies_on.push(format!("{}/{}", s.name, m.name));
+                } else if m.healthy {
+                    down.push(format!(
+                        "{}/{} has not answered for more than {within}s",
+                        s.name, m.name
+                    ));
+                } else {
+                    down.push(format!(
+                        "{}/{} is down ({})",
+                        s.name,
+                        m.name,
+                        m.last_error.as_deref().unwrap_or("no answer yet")
+                    ));
+                }
+            }
+        }
+        // Seals that answer but could not unseal a restart, named so that nobody counts on them.
+        let idle: Vec<String> = seals
+            .iter()
+            .filter(|s| s.healthy && (s.disabled || !s.wrapping_current) && s.seal_type != "shamir")
+            .map(|s| {
+                let why = if s.disabled {
+                    "is disabled"
+                } else {
+                    "holds no current wrapping of the root key"
+                };
+                format!("seal {:?} answers but {why}", s.name)
+            })
+            .collect();
+        if !relies_on.is_empty() {
+            return RestartSafety {
+                safe: true,
+                reason: format!(
+                    "a restart now would unseal: {} answered within the last {within}s",
+                    relies_on.join(", ")
+                ),
+                relies_on,
+                checked_by: "last-probe".into(),
+                within_seconds: within,
+            };
+        }
+        let mut reason = if candidates == 0 {
+            if st.shares.role == ShareRole::Unseal {
+                format!(
+                    "no auto seal wraps the current root key: a restart needs {} of the {} unseal keys",
+                    st.shares.threshold, st.shares.shares
+                )
+            } else {
+                "no enabled seal holds a current wrapping of the root key".to_string()
+            }
+        } else {
+            format!(
+                "no seal that wraps the current root key answered in the last {within}s: {}",
+                down.join("; ")
+            )
+        };
+        if !idle.is_empty() {
+            reason.push_str(&format!(" ({})", idle.join("; ")));
+        }
+        no(reason)
+    }
+
+    /// `operator preflight`: a trial unwrap of the stored root key through the same seals, in the
+    /// same order, as a restart would use. Nothing is kept: the unwrapped key is zeroized at once.
+    pub async fn preflight(&self) -> RestartSafety {
+        let within = self.restart_probe_bound().as_secs();
+        let answer = |safe: bool, reason: String, relies_on: Vec<String>| RestartSafety {
+            safe,
+            reason,
+            relies_on,
+            checked_by: "trial-unwrap".into(),
+            within_seconds: within,
+        };
+        let init = match &*self.state.read_recover() {
+            State::Uninitialized => {
+                return answer(
+                    false,
+                    "not initialized: a restart would come back uninitialized".into(),
+                    vec![],
+                );
+            }
+            State::Sealed { init, .. } => init.clone(),
+            State::Unsealed { init, .. } => Some(init.clone()),
+        };
+        let Some(init) = init else {
+            return answer(false, "the init record could not be read".into(), vec![]);
+        };
+        let st = match self.root_state().await {
+            Ok((st, _)) => st,
+            Err(e) => {
+                return answer(
+                    false,
+                    format!("a restart could not read the seal state: {e}"),
+                    vec![],
+                );
+            }
+        };
+        match self.unwrap_root(&init, &st, Attempt::Automatic).await {
+            Ok((root, by)) => {
+                drop(root);
+                answer(
+                    true,
+                    format!(
+                        "a restart now would unseal: seal {:?} (member {}) unwrapped the stored root key just now",
+                        by.seal, by.member
+                    ),
+                    vec![format!("{}/{}", by.seal, by.member)],
+                )
+            }
+            Err(e) => answer(
+                false,
+                format!("a restart now would stay sealed: {e}"),
+                vec![],
+            ),
         }
     }
 

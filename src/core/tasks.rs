@@ -131,9 +131,11 @@ impl Core {
                 // Another node sharing the store may have initialized it (the change feed is the
                 // fast path; this catches a feed that missed it).
                 let _ = self.refresh_init().await;
-                continue;
             }
-            if !self.is_sealed()
+            // The members are probed before init too, so that a missing token or a wrong PIN
+            // shows in status at start rather than at `operator init`.
+            if self.is_initialized()
+                && !self.is_sealed()
                 && self.root_behind.load(std::sync::atomic::Ordering::Relaxed)
                 && let Err(e) = self.follow_root_state().await
             {

@@ -32,16 +32,18 @@ pub enum OperatorCommand {
     /// once: recovery keys with an HSM seal, unseal keys with a shamir seal.
     Init {
         /// Number of shares (recovery keys, or a shamir seal's unseal keys).
-        #[arg(long, value_name = "N", alias = "key-shares")]
+        #[arg(long, value_name = "N", visible_alias = "key-shares")]
         recovery_shares: u32,
         /// Number of shares needed to reconstruct the key.
-        #[arg(long, value_name = "T", alias = "key-threshold")]
+        #[arg(long, value_name = "T", visible_alias = "key-threshold")]
         recovery_threshold: u32,
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Show state, seal type, each HSM member's health, and which member unsealed.
     Status {
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -62,6 +64,7 @@ pub enum OperatorCommand {
         /// The share is for a seal migration (the disabled seal's unseal or recovery keys).
         #[arg(long)]
         migrate: bool,
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -70,12 +73,24 @@ pub enum OperatorCommand {
     /// Generate a new root key, wrap it with every seal that answers and re-encrypt the keyring
     /// under it. Transit ciphertexts do not change.
     RotateRoot {
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Would this node unseal if it restarted now? Unwraps the stored root key through the
+    /// running daemon's seals, as a restart would (then zeroizes it), and exits 0 only when one
+    /// succeeded; else prints why and exits 1. Run it before every restart or rolling upgrade.
+    /// (It checks the running configuration; `sealkeeper seal probe --config F` checks a changed
+    /// file without a daemon.)
+    Preflight {
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Re-wrap the root key under each seal's configured HSM key (after a key_label change, with
     /// the old key still in the HSM).
     Rewrap {
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -106,6 +121,7 @@ pub enum OperatorCommand {
         /// Cancel the rekey in progress, or discard new shares waiting for verification.
         #[arg(long, conflicts_with_all = ["key_shares", "key"])]
         cancel: bool,
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -129,13 +145,18 @@ pub enum OperatorCommand {
     },
     /// Print the audit trail's `hmac-sha256:` of a value (a client token, ...), to find it in the
     /// trail. The value is read from standard input when VALUE is "-".
-    AuditHash { value: String },
+    AuditHash {
+        /// The value to hash, or "-" to read it from standard input (keeps it out of the shell
+        /// history and the process list).
+        value: String,
+    },
     /// Have the unsealed daemon verify the audit trail: the hash chain, every record's MAC under
     /// the chain key, and the anchor kept in the sealed state (which shows records cut off the
     /// end or an edited last record). Without FILE: the whole configured trail, oldest first.
     AuditVerify {
         /// Files of the configured audit trail, oldest first (rotated files, then the current).
         files: Vec<std::path::PathBuf>,
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -144,22 +165,32 @@ pub enum OperatorCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum KeyCommand {
     /// Create a key (aes256-gcm96).
-    Create { name: String },
+    Create {
+        /// The key's name, as Vault's seal stanza names it (`key_name`).
+        name: String,
+    },
     /// Add a new version; new encryptions use it, older versions still decrypt.
-    Rotate { name: String },
+    Rotate {
+        /// The key to rotate.
+        name: String,
+    },
     /// List key names.
     List {
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Show a key's metadata (versions, minimum versions).
     Show {
+        /// The key to show.
         name: String,
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Change a key's settings.
     Config {
+        /// The key to change.
         name: String,
         /// Refuse to decrypt ciphertexts of older versions.
         #[arg(long, value_name = "N")]
@@ -173,7 +204,10 @@ pub enum KeyCommand {
     },
     /// Delete a key and every version of it. Refused unless the key's deletion_allowed was set with
     /// `operator key config NAME --deletion-allowed true`; ciphertexts under it are lost.
-    Delete { name: String },
+    Delete {
+        /// The key to delete.
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -181,6 +215,8 @@ pub enum PolicyCommand {
     /// Write a policy: one rule from --key and --capabilities, or rules from a TOML/JSON file
     /// (`[[rules]] key = "vault-prod" capabilities = ["encrypt", "decrypt"]`).
     Write {
+        /// The policy's name (what `token create --policy` refers to); an existing policy of
+        /// that name is replaced.
         name: String,
         /// Key name, a prefix ending in '*', or '*'.
         #[arg(long, required_unless_present = "file", conflicts_with = "file")]
@@ -196,12 +232,17 @@ pub enum PolicyCommand {
     List,
     /// Show a policy's rules.
     Show {
+        /// The policy to show.
         name: String,
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Delete a policy.
-    Delete { name: String },
+    Delete {
+        /// The policy to delete.
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -218,18 +259,25 @@ pub enum TokenCommand {
         /// Non-periodic token lifetime (e.g. 24h).
         #[arg(long, conflicts_with = "period")]
         ttl: Option<String>,
-        #[arg(long)]
+        /// A name for the token shown in `token list` and recorded in the audit trail (e.g. the
+        /// Vault cluster it is for) [default: "token"].
+        #[arg(long, value_name = "NAME")]
         display_name: Option<String>,
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// List tokens by accessor (never the tokens themselves).
     List {
+        /// Output format: `table` for people, `json` for scripts (README, "JSON output").
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Revoke a token by its accessor; it gets 403 at once.
-    Revoke { accessor: String },
+    Revoke {
+        /// The token's accessor, as `token create` and `token list` print it.
+        accessor: String,
+    },
 }
 
 /// The socket: --socket, else $SEALKEEPER_SOCKET, else admin.socket in --config, else the default.
@@ -430,6 +478,19 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
                 print_rewrap(&v);
             }
             Ok(0)
+        }
+        OperatorCommand::Preflight { format } => {
+            let v = call(socket, Method::PUT, "/v1/sys/preflight", None).await?;
+            let r: crate::api::RestartSafety = serde_json::from_value(v.clone())
+                .map_err(|e| format!("unexpected preflight answer: {e}"))?;
+            if format == Format::Json {
+                print_json(&v)?;
+            } else if r.safe {
+                println!("Restart safe: {}", r.reason);
+            } else {
+                println!("Restart NOT safe: {}", r.reason);
+            }
+            Ok(if r.safe { 0 } else { 1 })
         }
         OperatorCommand::Rewrap { format } => {
             let v = call(socket, Method::PUT, "/v1/sys/sealwrap/rewrap", None).await?;

@@ -77,6 +77,11 @@ pub(super) fn print_status(s: &Status) {
     if s.manually_sealed {
         println!("Sealed by        operator (run `sealkeeper operator unseal`)");
     }
+    println!(
+        "Restart safe     {} ({})",
+        if s.restart_safe { "yes" } else { "NO" },
+        s.restart.reason
+    );
     if s.initialized {
         println!(
             "Recovery keys    {} of {}",

@@ -346,7 +346,11 @@ impl Worker {
         }
         Err(HsmError::new(
             ErrorKind::TokenNotFound,
-            format!("no token with {} is present", self.spec.selector),
+            format!(
+                "no token with {} is present; {}",
+                self.spec.selector,
+                shown_tokens(ctx, &self.spec.lib)
+            ),
         ))
     }
 
@@ -640,6 +644,43 @@ impl Worker {
     fn close(&mut self) {
         self.drop_session(true);
     }
+}
+
+/// What the module does show, for an error that says a token is missing: its slots with tokens, by
+/// number, label and serial, and for SoftHSM the setting that picks its token directory.
+fn shown_tokens(ctx: &cryptoki::context::Pkcs11, lib: &std::path::Path) -> String {
+    let mut seen = Vec::new();
+    if let Ok(slots) = ctx.get_slots_with_token() {
+        for slot in slots {
+            match ctx.get_token_info(slot) {
+                // SoftHSM always offers one empty slot for the next token.
+                Ok(t) if !t.token_initialized() => {}
+                Ok(t) => seen.push(format!(
+                    "slot {} token label {:?} serial {:?}",
+                    slot.id(),
+                    t.label().trim_end(),
+                    t.serial_number().trim_end()
+                )),
+                Err(_) => seen.push(format!("slot {} (token unreadable)", slot.id())),
+            }
+        }
+    }
+    let mut text = if seen.is_empty() {
+        format!("the module {} shows no initialized token", lib.display())
+    } else {
+        format!("the module {} shows: {}", lib.display(), seen.join(", "))
+    };
+    let softhsm = lib
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains("softhsm"));
+    if softhsm {
+        text.push_str(
+            " (SoftHSM reads its token directory from the file named by SOFTHSM2_CONF, set in the \
+             daemon's environment)",
+        );
+    }
+    text
 }
 
 /// In fips_mode, RSA keys must have at least 2048 bits.
