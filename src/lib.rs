@@ -18,6 +18,7 @@ pub mod http;
 pub mod keyring;
 pub mod located;
 pub mod locks;
+pub mod metrics;
 pub mod profiles;
 pub mod recovery;
 pub mod seal;

@@ -50,13 +50,6 @@ fn allowed_group_gets_a_0660_socket_and_access() {
     d.operator_ok(&["status"]);
 }
 
-fn current_uid() -> String {
-    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn stale_socket_is_replaced_but_a_regular_file_is_not() {
     let f = Fixture::new();

@@ -300,6 +300,14 @@ async fn rotate_root(State(core): State<Arc<Core>>) -> Response {
     json_or_error(core.rotate_root().await)
 }
 
+/// The metrics, without a token: the admin socket's peers are already checked.
+async fn admin_metrics(
+    State(core): State<Arc<Core>>,
+    axum::extract::Query(q): axum::extract::Query<crate::http::MetricsQuery>,
+) -> Response {
+    crate::http::metrics_answer(&core, &q)
+}
+
 /// Would a restart unseal? A trial unwrap; always 200 with the answer (`safe` says which).
 async fn preflight(State(core): State<Arc<Core>>) -> Response {
     axum::Json(core.preflight().await).into_response()
@@ -403,6 +411,7 @@ fn core_routes() -> Routes<Arc<Core>> {
         .route("/v1/sys/rotate", post(rotate).put(rotate))
         .route("/v1/sys/rotate-root", post(rotate_root).put(rotate_root))
         .route("/v1/sys/preflight", post(preflight).put(preflight))
+        .route("/v1/sys/metrics", get(admin_metrics))
         .route(
             "/v1/sys/rekey-recovery-key/init",
             get(rekey_status)

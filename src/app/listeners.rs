@@ -359,6 +359,7 @@ pub(super) async fn serve_public(
         let denials = audit_denials.clone();
         conns.spawn(async move {
             let _permit = permit;
+            let _open = crate::metrics::get().connection("public");
             let activity = Arc::new(Activity::new());
             let mut who = AuditPeer {
                 address: Some(peer.to_string()),
@@ -375,6 +376,7 @@ pub(super) async fn serve_public(
                                     tracing::warn!(%peer, error = %e, suppressed = n, "TLS client certificate refused");
                                 }
                                 denials.note_tls_refused(peer.ip(), who, &e.to_string());
+                                crate::metrics::get().auth_failure("public", "tls_client_certificate");
                             } else {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             }
@@ -453,9 +455,11 @@ pub(super) async fn serve_admin(
                 pid = peer.pid,
                 "admin connection refused: peer not in allowed_uids/allowed_gids"
             );
+            crate::metrics::get().auth_failure("admin", "peer_refused");
             admin::refusal_router(peer)
         };
         conns.spawn(async move {
+            let _open = crate::metrics::get().connection("admin");
             let service = TowerToHyperService::new(router);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -465,5 +469,29 @@ pub(super) async fn serve_admin(
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
         });
+    }
+}
+
+/// The `[telemetry]` listener: the metrics only, plain HTTP/1.1, no token.
+pub(super) async fn serve_telemetry(listener: TcpListener, core: Arc<crate::core::Core>) {
+    use axum::routing::get;
+    let metrics = |core: Arc<crate::core::Core>| async move {
+        crate::http::metrics_answer(
+            &core,
+            &crate::http::MetricsQuery {
+                format: Some("prometheus".into()),
+            },
+        )
+    };
+    let router = Router::new()
+        .route("/metrics", get(move |axum::extract::State(c)| metrics(c)))
+        .route(
+            "/v1/sys/metrics",
+            get(move |axum::extract::State(c)| metrics(c)),
+        )
+        .with_state(core);
+    let router = crate::http::with_json_errors(router);
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "the telemetry listener stopped");
     }
 }

@@ -28,7 +28,7 @@ use crate::seal::pkcs11::ModuleRegistry;
 use crate::secret::{self, MemoryPolicy};
 use crate::storage::{self, FileStorage, Storage};
 pub use listeners::ConnLimits;
-use listeners::{serve_admin, serve_public};
+use listeners::{serve_admin, serve_public, serve_telemetry};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +51,8 @@ pub enum ServerError {
 pub struct Listeners {
     pub public: TcpListener,
     pub admin: UnixListener,
+    /// `[telemetry] address`, when configured.
+    pub telemetry: Option<TcpListener>,
 }
 
 /// Binds the public TCP listener and the admin socket named in the config.
@@ -62,7 +64,24 @@ pub async fn bind(cfg: &Config) -> Result<Listeners, ServerError> {
             source,
         })?;
     let admin = admin::bind(&cfg.admin)?;
-    Ok(Listeners { public, admin })
+    let telemetry = match &cfg.telemetry {
+        Some(t) => {
+            Some(
+                TcpListener::bind(t.address)
+                    .await
+                    .map_err(|source| ServerError::Listen {
+                        addr: format!("{} ([telemetry] address)", t.address),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    Ok(Listeners {
+        public,
+        admin,
+        telemetry,
+    })
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -267,6 +286,7 @@ pub async fn run(
                 denials: Some(denials.clone()),
             },
             http::public::PublicOptions {
+                transit_prefix: format!("/v1/{}/", cfg.transit.mount.trim_matches('/')),
                 trusted_proxies,
                 throttle: Arc::new(crate::http::client::AuthThrottle::new(
                     cfg.listener.auth_failure_limit,
@@ -284,6 +304,9 @@ pub async fn run(
         limits,
         denials.clone(),
     ));
+    if let Some(l) = listeners.telemetry {
+        tasks.spawn(serve_telemetry(l, core.clone()));
+    }
     tasks.spawn(serve_admin(
         listeners.admin,
         cfg.admin.clone(),

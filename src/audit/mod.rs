@@ -296,6 +296,8 @@ struct Written {
     prev: String,
     head: Option<Anchor>,
     acks: Vec<Ack>,
+    /// Bytes written (for the metrics).
+    bytes: usize,
 }
 
 struct Shared {
@@ -353,11 +355,13 @@ impl Shared {
                     prev,
                     head,
                     acks,
+                    bytes: buf.len(),
                 });
                 true
             }
             Err(e) => {
                 drop(w);
+                crate::metrics::get().audit_sync(std::time::Duration::ZERO, acks.len(), 0, false);
                 tracing::error!(error = %e, "audit log write failed: refusing the requests of this batch");
                 for ack in acks {
                     let _ = ack.send(Err(e.clone()));
@@ -401,6 +405,7 @@ impl Shared {
         w.syncing = true;
         let batch = std::mem::take(&mut w.pending);
         drop(w);
+        let started = std::time::Instant::now();
         let mut synced: Vec<&std::sync::Arc<File>> = Vec::new();
         let mut result = Ok(());
         for b in &batch {
@@ -409,6 +414,12 @@ impl Shared {
                 result = result.and_then(|()| sync(&b.file));
             }
         }
+        crate::metrics::get().audit_sync(
+            started.elapsed(),
+            batch.iter().map(|b| b.acks.len()).sum(),
+            batch.iter().map(|b| b.bytes).sum(),
+            result.is_ok(),
+        );
         let mut w = self.state.lock_recover();
         w.syncing = false;
         match result {

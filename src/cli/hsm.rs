@@ -152,6 +152,7 @@ pub fn run(cmd: HsmCommand) -> Result<i32, String> {
         && let (Some(sel), Some(pin), Some(label)) = (&selector, &a.pin_file, &a.key_label)
     {
         let spec = MemberSpec {
+            seal: "hsm-probe".into(),
             name: "probe".into(),
             lib: lib.clone(),
             selector: sel.clone(),

@@ -86,8 +86,20 @@ pub struct Config {
     /// This node among the nodes that share a store.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// A separate listener for Prometheus scrapers that cannot hold a token.
+    pub telemetry: Option<TelemetryConfig>,
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `[telemetry]`: the metrics on a listener of their own (plain HTTP, no token): bind it to a
+/// management address only. The public listener's `/v1/sys/metrics` needs a token either way.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Where scrapers connect, e.g. "127.0.0.1:9102"; serves `GET /metrics` and
+    /// `GET /v1/sys/metrics?format=prometheus`.
+    pub address: SocketAddr,
 }
 
 /// `[cluster]`: this node among several that share an etcd store.

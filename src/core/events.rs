@@ -233,6 +233,23 @@ pub trait Subscriber: Send + Sync {
     fn on_event(&self, event: &CoreEvent);
 }
 
+/// The metrics as a subscriber: unseal attempts by outcome, seal and member.
+pub struct MetricsSubscriber;
+
+impl Subscriber for MetricsSubscriber {
+    fn on_event(&self, event: &CoreEvent) {
+        let m = crate::metrics::get();
+        match event {
+            CoreEvent::Unsealed { by, .. } => m.unseal_attempt(true, &by.seal, &by.member),
+            CoreEvent::UnsealedWithShares { member, .. } => {
+                m.unseal_attempt(true, "shares", member)
+            }
+            CoreEvent::UnsealFailed { .. } => m.unseal_attempt(false, "", ""),
+            _ => {}
+        }
+    }
+}
+
 /// The audit trail as a subscriber: one record per event, written without blocking the core.
 pub struct AuditSubscriber(pub Audit);
 

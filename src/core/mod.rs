@@ -220,6 +220,7 @@ impl Core {
             is_leader: false.into(),
         });
         core.subscribe(Arc::new(events::AuditSubscriber(audit)));
+        core.subscribe(Arc::new(events::MetricsSubscriber));
         if core.is_initialized() {
             // Errors are reported by the first unseal attempt, with the node sealed.
             let _ = core.root_state().await;

@@ -348,6 +348,51 @@ pub(crate) fn sys_routes() -> Routes<Arc<Core>> {
             get(seal_backend_status_handler),
         )
         .route("/v1/sys/init", get(init_status_handler))
+        .route("/v1/sys/metrics", get(public_metrics_handler))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct MetricsQuery {
+    pub(crate) format: Option<String>,
+}
+
+/// The exposition, or the 400 for a format other than Vault's `format=prometheus`.
+pub(crate) fn metrics_answer(core: &Core, q: &MetricsQuery) -> Response {
+    match q.format.as_deref() {
+        Some("prometheus") => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
+            crate::metrics::render(core),
+        )
+            .into_response(),
+        _ => error_response(
+            StatusCode::BAD_REQUEST,
+            "only format=prometheus is supported: GET /v1/sys/metrics?format=prometheus",
+        ),
+    }
+}
+
+/// `GET /v1/sys/metrics?format=prometheus` on the public listener: a token whose policy has the
+/// `metrics` capability (in a rule for key `*`), as Vault asks for a token with read on
+/// `sys/metrics`. Sealed, there are no tokens to check: 503.
+async fn public_metrics_handler(
+    State(core): State<Arc<Core>>,
+    axum::extract::Query(q): axum::extract::Query<MetricsQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let Some(t) = core.transit() else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "sealkeeper is sealed");
+    };
+    if let Err(e) = t.authorize(
+        transit::token_of(&headers),
+        "*",
+        crate::transit::policy::Capability::Metrics,
+    ) {
+        return transit::denial(e, None);
+    }
+    metrics_answer(&core, &q)
 }
 
 /// Every path the public listener serves, with the transit mount at `mount`.

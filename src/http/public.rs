@@ -30,6 +30,8 @@ use crate::audit::denials::DenialKind;
 
 /// What the public listener needs besides the core: client addresses, throttling and body limits.
 pub struct PublicOptions {
+    /// `/v1/<transit mount>/`: requests below it are counted as transit requests.
+    pub transit_prefix: String,
     pub trusted_proxies: Vec<Cidr>,
     pub throttle: Arc<AuthThrottle>,
     pub body: BodyLimits,
@@ -104,14 +106,31 @@ impl PublicService {
             Some(&self.conn.peer),
             forwarded.then_some(client),
         );
+        let started = std::time::Instant::now();
+        // A Uri clone shares its bytes: no copy of the path per request.
+        let uri = req.uri().clone();
         let (resp, note) = with_note(start.is_some(), self.route(req, client)).await;
-        if note.denied == Some(DenialKind::Authentication) {
-            shared.opts.throttle.failed(client);
+        let metrics = crate::metrics::get();
+        match note.denied {
+            Some(DenialKind::Authentication) => {
+                shared.opts.throttle.failed(client);
+                metrics.auth_failure("public", "token");
+            }
+            Some(DenialKind::Throttled) => metrics.auth_failure("public", "throttled"),
+            // Counted at the handshake, where it is refused.
+            Some(DenialKind::TlsClientCertificate) | None => {}
         }
-        match start {
+        let resp = match start {
             Some(s) => s.finish(&shared.audit, note, Some(client), resp).await,
             None => resp,
+        };
+        if let Some(rest) = uri.path().strip_prefix(shared.opts.transit_prefix.as_str()) {
+            let core = &shared.audit.core;
+            metrics.transit_request(rest, resp.status().as_u16(), started.elapsed(), |k| {
+                core.transit().is_some_and(|t| t.has_key(k))
+            });
         }
+        resp
     }
 
     async fn route(&self, req: axum::http::Request<Body>, client: IpAddr) -> Response {

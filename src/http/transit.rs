@@ -146,7 +146,7 @@ fn authorized(
         .map_err(|e| Box::new(denial(e, Some((key, cap)))))
 }
 
-fn denial(e: TransitError, target: Option<(&str, Capability)>) -> Response {
+pub(crate) fn denial(e: TransitError, target: Option<(&str, Capability)>) -> Response {
     match e {
         TransitError::PolicyDenied { accessor } => {
             let (key, cap) = target.unzip();

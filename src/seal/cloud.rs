@@ -194,6 +194,28 @@ impl Tracker {
             .insert(key.to_string(), value);
     }
 
+    /// Runs one KMS call as `operation` (wrap, unwrap, probe): its latency and outcome go to the
+    /// metrics and the outcome to the member's health.
+    pub fn timed<T>(
+        &self,
+        operation: &'static str,
+        call: impl FnOnce() -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        let started = Instant::now();
+        let r = call();
+        let reached = !matches!(&r, Err(e) if e.kind == FailureKind::LocalResource);
+        if reached {
+            let ok = match &r {
+                Ok(_) => true,
+                Err(e) => e.kind == FailureKind::Authentication,
+            };
+            let member = self.health.lock_recover().name.clone();
+            crate::metrics::get().seal_call(&self.seal, &member, operation, started.elapsed(), ok);
+        }
+        self.record(&r);
+        r
+    }
+
     /// Records an outcome; holds the member after an answer that needs an operator.
     pub fn record<T>(&self, r: &Result<T, KmsError>) {
         let mut h = self.health.lock_recover();
@@ -325,8 +347,7 @@ impl Tracker {
         if self.held(Attempt::Automatic).is_some() {
             return;
         }
-        let r = check();
-        self.record(&r);
+        let _ = self.timed("probe", check);
     }
 }
 

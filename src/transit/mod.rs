@@ -424,6 +424,10 @@ impl Transit {
         Ok(())
     }
 
+    pub fn has_key(&self, name: &str) -> bool {
+        self.keys.read_recover().contains_key(name)
+    }
+
     pub fn list_keys(&self) -> Vec<String> {
         self.keys.read_recover().keys().cloned().collect()
     }

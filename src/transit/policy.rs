@@ -13,6 +13,8 @@ pub enum Capability {
     Datakey,
     /// Key metadata (`GET <mount>/keys/<key>`).
     Read,
+    /// `GET /v1/sys/metrics` (not per key: only in a rule for key `*`).
+    Metrics,
 }
 
 impl Capability {
@@ -23,8 +25,9 @@ impl Capability {
             "rewrap" => Ok(Capability::Rewrap),
             "datakey" => Ok(Capability::Datakey),
             "read" => Ok(Capability::Read),
+            "metrics" => Ok(Capability::Metrics),
             other => Err(format!(
-                "unknown capability {other:?}: use encrypt, decrypt, rewrap, datakey, read"
+                "unknown capability {other:?}: use encrypt, decrypt, rewrap, datakey, read, metrics"
             )),
         }
     }
@@ -83,6 +86,12 @@ impl Policy {
             if r.capabilities.is_empty() {
                 return Err(format!("the rule for {:?} has no capabilities", r.key));
             }
+            if r.key != "*" && r.capabilities.contains(&Capability::Metrics) {
+                return Err(format!(
+                    "the metrics capability is not per key: give it in a rule for key \"*\", not {:?}",
+                    r.key
+                ));
+            }
         }
         Ok(())
     }
@@ -113,6 +122,14 @@ mod tests {
         assert!(prefix.allows("vault-staging", Capability::Decrypt));
         assert!(!prefix.allows("other", Capability::Decrypt));
         assert!(p("*", &[Capability::Read]).allows("anything", Capability::Read));
+    }
+
+    #[test]
+    fn metrics_is_granted_only_by_a_rule_for_every_key() {
+        assert!(p("*", &[Capability::Metrics]).validate().is_ok());
+        let e = p("vault-*", &[Capability::Metrics]).validate().unwrap_err();
+        assert!(e.contains("not per key"), "{e}");
+        assert!(!p("*", &[Capability::Encrypt]).allows("*", Capability::Metrics));
     }
 
     #[test]

@@ -647,6 +647,14 @@ pub fn member<'a>(status: &'a Value, name: &str) -> &'a Value {
         .unwrap()
 }
 
+/// This process's uid, as `admin.allowed_uids` names it.
+pub fn current_uid() -> String {
+    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

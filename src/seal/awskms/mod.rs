@@ -336,9 +336,9 @@ impl AwsKmsSeal {
         if let Some(e) = m.health.held(attempt) {
             return Err(e);
         }
-        let r = self.decrypt(m, &p.key_arn, &blob.aad, ct.to_vec());
-        m.health.record(&r);
-        r
+        m.health.timed("unwrap", || {
+            self.decrypt(m, &p.key_arn, &blob.aad, ct.to_vec())
+        })
     }
 
     /// Whether `arn` names the configured key (in any region, for a multi-Region key).
@@ -571,8 +571,7 @@ impl Seal for AwsKmsSeal {
         let aad = associated_data(ctx, SEAL_TYPE, &self.name);
         let mut errors = Vec::new();
         for m in &self.members {
-            let r = self.encrypt(m, &aad, plaintext);
-            m.health.record(&r);
+            let r = m.health.timed("wrap", || self.encrypt(m, &aad, plaintext));
             match r {
                 Ok((key_arn, ct)) => {
                     let params = AwsKmsParams {
@@ -688,8 +687,7 @@ impl Seal for AwsKmsSeal {
             if m.health.held(Attempt::Automatic).is_some() {
                 continue;
             }
-            let r = self.describe(m);
-            m.health.record(&r);
+            let _ = m.health.timed("probe", || self.describe(m));
         }
     }
 

@@ -277,8 +277,9 @@ impl AzureKeyVaultSeal {
         if let Some(e) = self.health.held(attempt) {
             return Err(e);
         }
-        let r = self.unwrap_kek(&p.key_id, wrapped.to_vec());
-        self.health.record(&r);
+        let r = self
+            .health
+            .timed("unwrap", || self.unwrap_kek(&p.key_id, wrapped.to_vec()));
         let kek = r?;
         crypto::open(&kek, aad.as_bytes(), sealed)
             .map(Zeroizing::new)
@@ -573,8 +574,7 @@ impl Seal for AzureKeyVaultSeal {
         let kek = Zeroizing::new(crypto::random_vec(crypto::KEY_LEN)?);
         let sealed = crypto::seal(&kek, aad.as_bytes(), plaintext)?;
         let (iv, ct) = sealed.split_at(crypto::GCM_NONCE_LEN);
-        let r = self.wrap_kek(&kek);
-        self.health.record(&r);
+        let r = self.health.timed("wrap", || self.wrap_kek(&kek));
         match r {
             Ok((key_id, wrapped)) => {
                 let params = AzureKeyVaultParams {

@@ -426,8 +426,7 @@ impl Seal for GcpCkmsSeal {
 
     fn wrap(&self, ctx: &BlobContext, plaintext: &[u8]) -> Result<WrappedBlob, SealError> {
         let aad = associated_data(ctx, SEAL_TYPE, &self.name);
-        let r = self.encrypt(&aad, plaintext);
-        self.health.record(&r);
+        let r = self.health.timed("wrap", || self.encrypt(&aad, plaintext));
         match r {
             Ok((key_version, ct)) => {
                 let params = GcpCkmsParams {
@@ -460,11 +459,7 @@ impl Seal for GcpCkmsSeal {
         let ct = self.decode(&p)?;
         let r = match self.health.held(attempt) {
             Some(e) => Err(e),
-            None => {
-                let r = self.decrypt(&blob.aad, ct);
-                self.health.record(&r);
-                r
-            }
+            None => self.health.timed("unwrap", || self.decrypt(&blob.aad, ct)),
         };
         match r {
             Ok(plaintext) => Ok(Unwrapped {

@@ -32,6 +32,8 @@ use crate::seal::{MemberHealth, MemberState};
 /// Everything a member needs to know, fixed at start.
 #[derive(Debug, Clone)]
 pub struct MemberSpec {
+    /// The seal this member belongs to (metrics name it).
+    pub seal: String,
     pub name: String,
     pub lib: PathBuf,
     pub selector: TokenSelector,
@@ -114,9 +116,26 @@ impl Member {
     /// outcome in the member's status.
     pub fn call<R: Send + 'static>(
         &self,
+        operation: &'static str,
         f: impl FnOnce(&mut Worker) -> Result<R, HsmError> + Send + 'static,
     ) -> Result<R, MemberError> {
+        let started = Instant::now();
         let result = self.call_inner(f);
+        // A call this host could not make (out of descriptors) did not reach the HSM.
+        if !matches!(&result, Err(e) if e.kind == ErrorKind::LocalResource) {
+            // The HSM answered about the data (a failed GCM tag): the call itself worked.
+            let ok = match &result {
+                Ok(_) => true,
+                Err(e) => e.kind == ErrorKind::Authentication,
+            };
+            crate::metrics::get().seal_call(
+                &self.spec.seal,
+                &self.spec.name,
+                operation,
+                started.elapsed(),
+                ok,
+            );
+        }
         self.record(&result);
         result.map_err(|error| MemberError {
             member: self.spec.name.clone(),
@@ -782,6 +801,7 @@ mod tests {
         );
         let m = Member::start(
             MemberSpec {
+                seal: "s".into(),
                 name: "m".into(),
                 lib: PathBuf::from("/nonexistent/libpkcs11.so"),
                 selector: TokenSelector::Slot(0),

@@ -98,6 +98,7 @@ impl Pkcs11Seal {
             .map(|h| {
                 Member::start(
                     MemberSpec {
+                        seal: name.to_string(),
                         name: h.name.clone(),
                         lib: h.lib(),
                         selector: h.selector(),
@@ -145,7 +146,7 @@ impl Pkcs11Seal {
         let key = self.recorded_key(p);
         let key2 = key.clone();
         match self.mechanism {
-            Mechanism::AesGcm => m.call(move |w| {
+            Mechanism::AesGcm => m.call("unwrap", move |w| {
                 w.override_latch = override_latch;
                 w.key_override = key;
                 let r = w.gcm_decrypt(&iv, &ct, &aad);
@@ -157,7 +158,7 @@ impl Pkcs11Seal {
                 let wrapped = B64
                     .decode(p.wrapped_key.as_deref().unwrap_or_default())
                     .unwrap_or_default();
-                let kek = m.call(move |w| {
+                let kek = m.call("unwrap", move |w| {
                     w.override_latch = override_latch;
                     w.key_override = key2;
                     let r = w.rsa_decrypt(&wrapped, hash);
@@ -253,7 +254,7 @@ impl Seal for Pkcs11Seal {
             let result = match self.mechanism {
                 Mechanism::AesGcm => {
                     let pt = Zeroizing::new(plaintext.to_vec());
-                    m.call(move |w| w.gcm_encrypt(&pt, &aad_bytes))
+                    m.call("wrap", move |w| w.gcm_encrypt(&pt, &aad_bytes))
                         .map(|(iv, ct)| (iv, ct, None))
                 }
                 Mechanism::RsaOaep(hash) => {
@@ -262,7 +263,7 @@ impl Seal for Pkcs11Seal {
                     let sealed = crypto::seal(&kek, &aad_bytes, plaintext)?;
                     let (iv, ct) = sealed.split_at(crypto::GCM_NONCE_LEN);
                     let (iv, ct) = (iv.to_vec(), ct.to_vec());
-                    m.call(move |w| w.rsa_encrypt(&kek, hash))
+                    m.call("wrap", move |w| w.rsa_encrypt(&kek, hash))
                         .map(|wk| (iv, ct, Some(wk)))
                 }
             };
@@ -327,7 +328,7 @@ impl Seal for Pkcs11Seal {
     fn random(&self, len: usize) -> Result<Vec<u8>, SealError> {
         let mut errors = Vec::new();
         for m in &self.members {
-            match m.call(move |w| w.random(len)) {
+            match m.call("random", move |w| w.random(len)) {
                 Ok(r) if r.len() == len => return Ok(r),
                 Ok(r) => errors.push(MemberError {
                     member: m.name().to_string(),
@@ -359,7 +360,7 @@ impl Seal for Pkcs11Seal {
 
     fn probe(&self) {
         for m in &self.members {
-            let _ = m.call(|w| w.probe());
+            let _ = m.call("probe", |w| w.probe());
         }
     }
 
@@ -426,7 +427,9 @@ impl Seal for Pkcs11Seal {
                 let mechanism = self.mechanism;
                 let started = std::time::Instant::now();
                 let result = m
-                    .call(move |w| w.round_trip(mechanism, b"sealkeeper/self-test"))
+                    .call("self_test", move |w| {
+                        w.round_trip(mechanism, b"sealkeeper/self-test")
+                    })
                     .map_err(|e| e.to_string());
                 super::MemberSelfTest {
                     member: m.name().to_string(),
@@ -454,7 +457,7 @@ pub fn check_member(spec: MemberSpec) -> Result<String, MemberError> {
     let mechanism = spec.mechanism;
     let registry = ModuleRegistry::new();
     let m = Member::start(spec, registry.clone());
-    let result = m.call(move |w| {
+    let result = m.call("probe", move |w| {
         w.override_latch = true;
         w.probe()?;
         w.round_trip(mechanism, b"sealkeeper/probe")
