@@ -173,3 +173,100 @@ fn a_cloud_seal_in_a_build_without_it_names_the_feature_to_build() {
         "{e}"
     );
 }
+
+/// The fixture's seal with each member named by one RFC 7512 URI instead of lib, token_label and
+/// pin_file, and the key by the URIs' object= and id=.
+fn uri_seal(f: &Fixture, extra: &str) -> String {
+    let mut s = format!(
+        "[[seal]]\ntype = \"pkcs11\"\nname = \"hsm-pair\"\nmechanism = \"0x1087\"\n{extra}\n"
+    );
+    for m in ["a", "b"] {
+        // A space in a path is percent-encoded, as p11tool prints it.
+        let pin = f.path(&format!("pin dir/hsm-{m}.pin"));
+        std::fs::create_dir_all(pin.parent().unwrap()).unwrap();
+        std::fs::copy(f.path(&format!("hsm-{m}.pin")), &pin).unwrap();
+        s.push_str(&format!(
+            "  [[seal.hsm]]\n  name = \"hsm-{m}\"\n  uri = \"pkcs11:token=sealkeeper-{m};object=sealkeeper-root;\
+             type=secret-key;id=%01?module-path={}&pin-source=file:{}\"\n\n",
+            module(),
+            pin.display().to_string().replace(' ', "%20")
+        ));
+    }
+    s
+}
+
+#[test]
+fn members_named_by_pkcs11_uris_init_and_unseal() {
+    let f = Fixture::new();
+    f.set_seals(&uri_seal(&f, ""));
+    let mut d = f.start();
+    d.init();
+    d.stop();
+    let d = f.start();
+    d.wait_health(200, std::time::Duration::from_secs(20));
+    let st = d.status_json();
+    assert_eq!(st["seal"]["key_label"], "sealkeeper-root");
+    assert_eq!(
+        member(&st, "hsm-a")["token"],
+        "token label \"sealkeeper-a\""
+    );
+    assert_eq!(st["seals"][0]["wrapped_by_key"], "sealkeeper-root:01");
+}
+
+#[test]
+fn pkcs11_uris_that_contradict_the_section_are_refused_at_their_line() {
+    let f = Fixture::new();
+    for (extra, edit, want) in [
+        // object= against the section's key_label.
+        (
+            "key_label = \"other\"",
+            None,
+            "object=\"sealkeeper-root\" is not the seal's key \"other\"",
+        ),
+        ("key_id = \"02\"", None, "id=01 is not the seal's key id 02"),
+        (
+            "",
+            Some(("type=secret-key", "type=private-key")),
+            "type=private-key does not fit CKM_AES_GCM",
+        ),
+        (
+            "",
+            Some(("pkcs11:token", "pkcs11:manufacturer=SoftHSM;token")),
+            "\"manufacturer\" is not supported",
+        ),
+        (
+            "",
+            Some(("&pin-source", "&pin-value=1234&pin-source")),
+            "use pin-source=file",
+        ),
+        (
+            "",
+            Some(("  uri =", "  token_label = \"x\"\n  uri =")),
+            "give exactly one of token_label",
+        ),
+        (
+            "",
+            Some(("  uri =", "  lib = \"/usr/lib/x.so\"\n  uri =")),
+            "the module is given twice",
+        ),
+    ] {
+        let mut seal = uri_seal(&f, extra);
+        if let Some((from, to)) = edit {
+            seal = seal.replacen(from, to, 1);
+        }
+        f.set_seals(&seal);
+        let e = start_fails(&f);
+        assert!(e.contains(want), "{want}: {e}");
+        assert!(e.contains("seal[0]"), "{e}");
+        assert!(!e.contains("1234"), "the refused PIN is not echoed: {e}");
+    }
+    // The location is the URI's own line.
+    let seal = uri_seal(&f, "").replacen("type=secret-key", "type=cert", 1);
+    f.set_seals(&seal);
+    let e = start_fails(&f);
+    let line = line_of(&f, "type=cert");
+    assert!(
+        e.contains(&format!("sealkeeper.toml:{line}:")) && e.contains("seal[0].hsm[0].uri"),
+        "{e}"
+    );
+}

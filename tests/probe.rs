@@ -300,3 +300,30 @@ fn seal_probe_checks_each_member_and_says_whether_a_restart_would_unseal() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_pkcs11_uri_names_module_token_key_and_pin() {
+    let f = Fixture::new();
+    let uri = format!(
+        "pkcs11:token=sealkeeper-b;object=sealkeeper-root;type=secret-key?module-path={}&pin-source=file:{}",
+        module(),
+        f.path("hsm-b.pin").display()
+    );
+    let out = probe(&f, &["--uri", &uri, "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["selected"]["token"]["label"], "sealkeeper-b", "{v}");
+    assert_eq!(v["key_check"]["ok"], true, "{v}");
+    // A key that is not on the token fails the round trip, and a URI that does not parse is named.
+    let wrong = uri.replace("object=sealkeeper-root", "object=missing");
+    let out = probe(&f, &["--uri", &wrong]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing"), "{}", stderr(&out));
+    let out = probe(&f, &["--uri", "pkcs11:token=a?pin-value=1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--uri: pin-value"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -19,8 +19,13 @@ pub enum HsmCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
+    /// An RFC 7512 PKCS#11 URI: the token (token=, serial= or slot-id=), the key (object=,
+    /// id=), the module (module-path=) and the PIN file (pin-source=file:...), as p11-kit,
+    /// OpenSSL and GnuTLS take them; the other options override its parts.
+    #[arg(long, value_name = "URI")]
+    uri: Option<String>,
     /// An HSM profile (hsm-profiles/) giving the module path.
-    #[arg(long, required_unless_present = "lib", conflicts_with = "lib")]
+    #[arg(long, required_unless_present_any = ["lib", "uri"], conflicts_with = "lib")]
     profile: Option<String>,
     /// The PKCS#11 module.
     #[arg(long, value_name = "PATH")]
@@ -103,8 +108,37 @@ fn matches(slot: &Value, sel: &TokenSelector) -> bool {
     }
 }
 
+/// The options with what `--uri` names filled in where an option was not given.
+fn with_uri(mut a: ProbeArgs) -> Result<ProbeArgs, String> {
+    let Some(text) = &a.uri else { return Ok(a) };
+    let u = crate::seal::pkcs11::uri::Pkcs11Uri::parse(text).map_err(|e| format!("--uri: {e}"))?;
+    if a.lib.is_none() {
+        a.lib = u.module_path;
+    }
+    if a.token_label.is_none() && a.slot.is_none() && a.serial.is_none() {
+        a.token_label = u.token;
+        a.slot = u.slot_id;
+        a.serial = u.serial;
+    }
+    a.pin_file = a.pin_file.or(u.pin_file);
+    a.key_label = a.key_label.or(u.object);
+    a.key_id = a.key_id.or(u.id.map(hex::encode));
+    if u.object_type.as_deref() == Some("private-key") && a.mechanism == "CKM_AES_GCM" {
+        a.mechanism = "CKM_RSA_PKCS_OAEP".into();
+    }
+    Ok(a)
+}
+
 pub fn run(cmd: HsmCommand) -> Result<i32, String> {
     let HsmCommand::Probe(a) = cmd;
+    let a = with_uri(a)?;
+    if a.pin_file.is_some() != a.key_label.is_some() {
+        return Err(if a.pin_file.is_some() {
+            "a PIN file without a key to check: give --key-label (or object= in --uri)".into()
+        } else {
+            "a key to check without a PIN: give --pin-file (or pin-source= in --uri)".into()
+        });
+    }
     let lib = match (&a.lib, &a.profile) {
         (Some(l), _) => l.clone(),
         (None, Some(p)) => crate::profiles::get(p).map(|p| p.lib).ok_or_else(|| {
@@ -113,7 +147,9 @@ pub fn run(cmd: HsmCommand) -> Result<i32, String> {
                 crate::profiles::names().join(", ")
             )
         })?,
-        (None, None) => return Err("give --profile or --lib".into()),
+        (None, None) => {
+            return Err("give --profile or --lib (or module-path= in --uri)".into());
+        }
     };
     let mechanism = parse_mechanism(Some(&a.mechanism), a.rsa_oaep_hash.as_deref())?;
     let slots = list(&lib)?;

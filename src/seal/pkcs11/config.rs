@@ -10,6 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use super::uri::Pkcs11Uri;
 use crate::located::{Problem, Seg, problem, valid_name};
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +72,10 @@ impl OaepHash {
 #[serde(deny_unknown_fields)]
 pub struct HsmConfig {
     pub name: String,
+    /// An RFC 7512 PKCS#11 URI naming the token (`token=`, `serial=` or `slot-id=`), optionally
+    /// the key (`object=`, `id=`, `type=`), the module (`module-path=`) and the PIN file
+    /// (`pin-source=file:`), instead of the separate keys.
+    pub uri: Option<String>,
     /// An HSM profile (hsm-profiles/) whose defaults fill `lib`, `rw_session` and `timeout`.
     pub profile: Option<String>,
     pub lib: Option<PathBuf>,
@@ -124,10 +129,16 @@ impl HsmConfig {
         self.profile.as_deref().and_then(crate::profiles::get)
     }
 
-    /// The module path: `lib`, else the profile's.
+    /// The member's URI, parsed (a URI that does not parse is reported by `validate`).
+    pub fn parsed_uri(&self) -> Option<Pkcs11Uri> {
+        self.uri.as_deref().and_then(|u| Pkcs11Uri::parse(u).ok())
+    }
+
+    /// The module path: `lib`, else the URI's `module-path`, else the profile's.
     pub fn lib(&self) -> PathBuf {
         self.lib
             .clone()
+            .or_else(|| self.parsed_uri().and_then(|u| u.module_path))
             .or_else(|| self.profile_defaults().map(|p| p.lib))
             .unwrap_or_default()
     }
@@ -145,17 +156,19 @@ impl HsmConfig {
     }
 
     pub fn selector(&self) -> TokenSelector {
-        if let Some(l) = &self.token_label {
+        let uri = self.parsed_uri().unwrap_or_default();
+        if let Some(l) = self.token_label.as_ref().or(uri.token.as_ref()) {
             TokenSelector::Label(l.clone())
-        } else if let Some(s) = self.slot {
+        } else if let Some(s) = self.slot.or(uri.slot_id) {
             TokenSelector::Slot(s)
         } else {
-            TokenSelector::Serial(self.serial.clone().unwrap_or_default())
+            TokenSelector::Serial(self.serial.clone().or(uri.serial).unwrap_or_default())
         }
     }
 
     pub fn pin_source(&self) -> PinSource {
-        if let Some(p) = &self.pin_file {
+        let uri_pin = self.parsed_uri().and_then(|u| u.pin_file);
+        if let Some(p) = self.pin_file.as_ref().or(uri_pin.as_ref()) {
             PinSource::File(p.clone())
         } else if let Some(v) = &self.pin_env {
             PinSource::Env(v.clone())
@@ -177,8 +190,72 @@ impl Pkcs11Config {
             .unwrap_or(Mechanism::AesGcm)
     }
 
+    /// `key_label`, else the `object=` of the members' URIs (validated to agree).
+    pub fn key_label(&self) -> Option<String> {
+        self.key_label.clone().or_else(|| {
+            self.hsm
+                .iter()
+                .find_map(|h| h.parsed_uri().and_then(|u| u.object))
+        })
+    }
+
+    /// `key_id`, else the `id=` of the members' URIs.
     pub fn key_id_bytes(&self) -> Option<Vec<u8>> {
-        self.key_id.as_deref().and_then(|k| hex::decode(k).ok())
+        match &self.key_id {
+            Some(k) => hex::decode(k).ok(),
+            None => self
+                .hsm
+                .iter()
+                .find_map(|h| h.parsed_uri().and_then(|u| u.id)),
+        }
+    }
+
+    /// What the members' URIs say about the key, against the section's own keys.
+    fn uri_key_problems(&self, out: &mut Vec<Problem>) {
+        use Seg::{Index, Key};
+        for (j, h) in self.hsm.iter().enumerate() {
+            let Some(u) = h.parsed_uri() else { continue };
+            let at = vec![Key("hsm"), Index(j), Key("uri")];
+            let label = self.key_label();
+            if let (Some(o), Some(l)) = (&u.object, &label)
+                && o != l
+            {
+                out.push(problem(
+                    at.clone(),
+                    format!(
+                        "object={o:?} is not the seal's key {l:?}: every member holds the same key                          (give it once, in key_label or in each URI)"
+                    ),
+                ));
+            }
+            let id = self.key_id_bytes();
+            if let (Some(i), Some(k)) = (&u.id, &id)
+                && i != k
+            {
+                out.push(problem(
+                    at.clone(),
+                    format!(
+                        "id={} is not the seal's key id {}",
+                        hex::encode(i),
+                        hex::encode(k)
+                    ),
+                ));
+            }
+            let wanted = match self.mechanism() {
+                Mechanism::AesGcm => "secret-key",
+                Mechanism::RsaOaep(_) => "private-key",
+            };
+            if let Some(t) = &u.object_type
+                && t != wanted
+            {
+                out.push(problem(
+                    at,
+                    format!(
+                        "type={t} does not fit {}: its key is a {wanted}",
+                        self.mechanism().name()
+                    ),
+                ));
+            }
+        }
     }
 
     /// Whether a member's PIN is written into the config file.
@@ -205,8 +282,11 @@ impl Pkcs11Config {
         use Seg::{Index, Key};
         let mut out = Vec::new();
         let at = |k: &'static str| vec![Key(k)];
-        match &self.key_label {
-            None => out.push(problem(vec![], "key_label is required for a pkcs11 seal")),
+        match &self.key_label() {
+            None => out.push(problem(
+                vec![],
+                "key_label is required for a pkcs11 seal (or object= in the members' URIs)",
+            )),
             Some(k) if k.is_empty() => out.push(problem(at("key_label"), "must not be empty")),
             _ => {}
         }
@@ -265,20 +345,36 @@ impl Pkcs11Config {
                     ),
                 ));
             }
+            let uri = match h.uri.as_deref().map(Pkcs11Uri::parse) {
+                Some(Err(e)) => {
+                    out.push(problem(at("uri"), e));
+                    Pkcs11Uri::default()
+                }
+                Some(Ok(u)) => u,
+                None => Pkcs11Uri::default(),
+            };
             match &h.lib {
                 Some(lib) if !lib.is_absolute() => out.push(problem(
                     at("lib"),
                     "must be an absolute path to the PKCS#11 module",
                 )),
-                None if h.profile.is_none() => {
-                    out.push(problem(table.clone(), "give lib (or a profile)"))
-                }
+                Some(_) if uri.module_path.is_some() => out.push(problem(
+                    at("lib"),
+                    "the module is given twice: in lib and in the URI's module-path",
+                )),
+                None if h.profile.is_none() && uri.module_path.is_none() => out.push(problem(
+                    table.clone(),
+                    "give lib (or a profile, or module-path in the URI)",
+                )),
                 _ => {}
             }
             let selectors = [
                 h.token_label.is_some(),
                 h.slot.is_some(),
                 h.serial.is_some(),
+                uri.token.is_some(),
+                uri.slot_id.is_some(),
+                uri.serial.is_some(),
             ]
             .iter()
             .filter(|b| **b)
@@ -286,10 +382,12 @@ impl Pkcs11Config {
             if selectors != 1 {
                 out.push(problem(
                     table.clone(),
-                    "give exactly one of token_label, slot, serial",
+                    "give exactly one of token_label, slot, serial (or one of token=, slot-id=, \
+                     serial= in the URI)",
                 ));
             }
             let pins = [
+                uri.pin_file.is_some(),
                 h.pin_file.is_some(),
                 h.pin_env.is_some(),
                 h.pin_credential.is_some(),
@@ -301,7 +399,8 @@ impl Pkcs11Config {
             if pins != 1 {
                 out.push(problem(
                     table.clone(),
-                    "give exactly one of pin_file, pin_env, pin_credential, pin",
+                    "give exactly one of pin_file, pin_env, pin_credential, pin (or pin-source= in \
+                     the URI)",
                 ));
             }
             if let Some(c) = &h.pin_credential
@@ -316,6 +415,7 @@ impl Pkcs11Config {
                 out.push(problem(at("timeout"), "must be at least 50ms"));
             }
         }
+        self.uri_key_problems(&mut out);
         out
     }
 }

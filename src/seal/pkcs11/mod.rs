@@ -4,6 +4,7 @@ pub mod config;
 mod error;
 mod member;
 mod module;
+pub mod uri;
 
 use std::sync::Arc;
 
@@ -89,7 +90,7 @@ impl Pkcs11Seal {
         registry: Arc<ModuleRegistry>,
         fips_mode: bool,
     ) -> Pkcs11Seal {
-        let key_label = cfg.key_label.clone().unwrap_or_default();
+        let key_label = cfg.key_label().unwrap_or_default();
         let key_id = cfg.key_id_bytes();
         let mechanism = cfg.mechanism();
         let members = cfg
