@@ -270,3 +270,145 @@ fn pkcs11_uris_that_contradict_the_section_are_refused_at_their_line() {
         "{e}"
     );
 }
+
+/// `sealkeeper config import-vault FILE` on `hcl`: (exit code, stdout, stderr).
+fn import_vault(hcl: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vault.hcl");
+    std::fs::write(&file, hcl).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["config", "import-vault"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    )
+}
+
+#[test]
+fn the_readmes_vault_stanzas_import_to_the_sealkeeper_sections_beside_them() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let blocks: Vec<&str> = readme.split("```").collect();
+    let mut checked = 0;
+    for pair in blocks.windows(3) {
+        let (Some(hcl), Some(toml)) = (
+            pair[0].strip_prefix("hcl\n# Vault\n"),
+            pair[2].strip_prefix("toml\n# Sealkeeper"),
+        ) else {
+            continue;
+        };
+        let (code, out, err) = import_vault(hcl);
+        assert_eq!(code, 0, "{err}");
+        for line in toml.lines().map(str::trim) {
+            if line.starts_with('#') || !line.contains(" = ") {
+                continue;
+            }
+            // The README's own comments after a value are not part of it.
+            let setting = line.split(" #").next().unwrap().trim();
+            let (key, value) = setting.split_once(" = ").unwrap();
+            let found = out.lines().any(|l| {
+                l.split_once(" = ")
+                    .is_some_and(|(k, v)| k.trim() == key && v.trim() == value)
+            });
+            assert!(
+                found,
+                "{setting} (README) not in the import of\n{hcl}\n---\n{out}\n{err}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 3,
+        "the README's awskms, azurekeyvault and gcpckms examples: {checked}"
+    );
+}
+
+#[test]
+fn a_whole_vault_config_imports_to_a_config_this_build_accepts() {
+    let hcl = r#"
+ui            = true
+cluster_addr  = "https://10.0.0.11:8201"
+api_addr      = "https://10.0.0.11:8200"
+disable_mlock = true
+cluster_name  = "prod-seal"
+
+storage "raft" {
+  path    = "/opt/vault/data"
+  node_id = "vault-1"
+}
+
+listener "tcp" {
+  address                          = "0.0.0.0:8200"
+  tls_cert_file                    = "/opt/vault/tls/tls.crt"
+  tls_key_file                     = "/opt/vault/tls/tls.key"
+  tls_min_version                  = "tls12"
+  x_forwarded_for_authorized_addrs = "10.0.0.5, 10.0.0.6"
+}
+
+seal "pkcs11" {
+  lib            = "/usr/safenet/lunaclient/lib/libCryptoki2_64.so"
+  slot           = "0"
+  pin            = "vault:s3cr3t-hsm-pin"
+  key_label      = "vault-hsm-key"
+  key_id         = "0x0102"
+  mechanism      = "0x1087"
+  hmac_key_label = "vault-hsm-hmac-key"
+}
+
+seal "transit" {
+  address    = "https://seal.example:8200"
+  token      = "s.SoMeToKeN"
+  key_name   = "vault-prod"
+  mount_path = "seal-transit/"
+}
+"#;
+    let (code, out, err) = import_vault(hcl);
+    assert_eq!(code, 0, "{err}");
+    for secret in ["s3cr3t-hsm-pin", "s.SoMeToKeN"] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked"
+        );
+    }
+    for line in [
+        "cluster_name = \"prod-seal\"",
+        "address = \"0.0.0.0:8200\"",
+        "tls_cert_file = \"/opt/vault/tls/tls.crt\"",
+        "x_forwarded_for_authorized_addrs = [\"10.0.0.5\", \"10.0.0.6\"]",
+        "mount = \"seal-transit\"",
+        "key_id = \"0102\"",
+        "mechanism = \"0x1087\"",
+        "  slot = 0",
+    ] {
+        assert!(out.contains(line), "{line} not in\n{out}");
+    }
+    for warning in [
+        "seal \"pkcs11\": pin is written inline",
+        "seal \"pkcs11\": hmac_key_label has no equivalent",
+        "seal \"transit\": token is written inline",
+        "sealkeeper operator key create vault-prod",
+        "listener \"tcp\": tls_min_version has no equivalent",
+        "storage \"raft\"",
+        "disable_mlock = true: not imported",
+        "ui: no equivalent",
+        "api_addr: no equivalent",
+    ] {
+        assert!(
+            err.contains(&format!("Warning: {warning}")) || err.contains(warning),
+            "{warning} not in\n{err}"
+        );
+    }
+    // The output is a configuration this build loads (the daemon's own parser and validation).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sealkeeper.toml");
+    std::fs::write(&path, &out).unwrap();
+    sealkeeper::config::Config::parse(&out, &path).unwrap_or_else(|e| panic!("{e}\n{out}"));
+
+    let (code, _, err) = import_vault("seal \"pkcs11\" {");
+    assert_eq!(code, 1);
+    assert!(err.contains("not a valid HCL file"), "{err}");
+}

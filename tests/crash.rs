@@ -82,6 +82,9 @@ fn init_killed_at_each_step_leaves_old_or_new_state() {
             );
         }
         let d = f.start();
+        // The listeners are bound before the store is opened; the first answer on the admin
+        // socket comes after it (and after the journal was replayed).
+        let st = d.status_json();
         if mid_txn {
             assert!(
                 !f.state_path().exists() && !f.path("data/TXN").exists(),
@@ -89,7 +92,7 @@ fn init_killed_at_each_step_leaves_old_or_new_state() {
             );
         }
         // Uninitialized is decided from storage at start; no background task can change it.
-        assert_eq!(d.status_json()["state"], "uninitialized");
+        assert_eq!(st["state"], "uninitialized");
         assert_eq!(
             d.health("").status,
             501,

@@ -38,6 +38,9 @@ pub enum Command {
     /// Check the configured seals (HSM pairs, cloud KMS) without a daemon, before a restart.
     #[command(subcommand)]
     Seal(seal::SealCommand),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script for this command line to standard output.
     #[command(
         after_help = "Examples:\n  sealkeeper completions bash > /etc/bash_completion.d/sealkeeper\n  \
@@ -71,6 +74,20 @@ pub enum AuditCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Read a Vault or OpenBao configuration (HCL) and print the equivalent Sealkeeper TOML: its
+    /// seal "pkcs11", "awskms", "azurekeyvault" and "gcpckms" stanzas become [[seal]] sections,
+    /// listener "tcp" the [listener] section, seal "transit" the [transit] mount. Warnings (on
+    /// standard error) name every setting without an equivalent and every secret found inline,
+    /// which is never copied.
+    ImportVault {
+        /// The Vault or OpenBao configuration file (HCL).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {
     /// Human-readable text.
@@ -97,6 +114,19 @@ pub struct SocketArgs {
     /// Read the admin socket path from this config file.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+}
+
+/// Prints the Sealkeeper equivalent of a Vault configuration, and the warnings on stderr.
+fn import_vault(file: &std::path::Path) -> Result<i32, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let r = crate::config::vault_import::import(&text)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    print!("{}", r.toml);
+    for w in &r.warnings {
+        eprintln!("Warning: {w}");
+    }
+    Ok(0)
 }
 
 /// Writes one man page per command and subcommand into `dir`.
@@ -127,6 +157,7 @@ pub fn run(cli: Cli) -> i32 {
             Ok(0)
         }
         Command::Man { dir } => write_man_pages(&dir),
+        Command::Config(ConfigCommand::ImportVault { file }) => import_vault(&file),
         Command::Audit(AuditCommand::Verify { files }) => {
             match crate::audit::verify::verify_with(&files, &Default::default()) {
                 Ok(r) => {

@@ -3,6 +3,7 @@
 
 pub mod cidr;
 pub mod seal;
+pub mod vault_import;
 
 use std::fmt;
 use std::net::SocketAddr;
