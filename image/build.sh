@@ -42,7 +42,8 @@ command -v extlinux >/dev/null || need+=(extlinux)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v sfdisk >/dev/null || need+=(fdisk)
 if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && apt-get install -y -qq "${need[@]}"
+  # --no-remove: apt stops rather than remove or replace what is installed (e.g. a newer qemu).
+  apt-get update -qq && apt-get install -y -qq --no-remove "${need[@]}"
 fi
 if [ -z "$BINARY" ]; then
   BINARY=target/release/sealkeeper

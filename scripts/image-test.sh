@@ -25,7 +25,16 @@ while [ $# -gt 0 ]; do
     *) echo "image-test.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-command -v qemu-system-x86_64 >/dev/null || { apt-get update -qq && apt-get install -y -qq qemu-system-x86; }
+# Only what is missing, and never at the cost of what is installed: --no-remove makes apt stop
+# rather than remove or replace a newer qemu package already on the machine.
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  apt-get update -qq
+  apt-get install -y -qq --no-remove qemu-system-x86 || {
+    echo "image-test.sh: installing qemu-system-x86 would remove or replace installed packages" \
+      "(a newer qemu?); install a qemu-system-x86_64 that matches them, then run this again" >&2
+    exit 1
+  }
+fi
 START=$(date +%s)
 if [ ! -f "$IMAGE/sealkeeper.qcow2" ]; then
   image/build.sh --test-variant --out "$IMAGE" ${ROOTFS:+--rootfs "$ROOTFS"}

@@ -33,7 +33,7 @@ if [ "$INSTALL" = 1 ] && { ! command -v softhsm2-util >/dev/null || ! command -v
   echo "installing softhsm2, opensc and openssl" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
-  apt-get install -y -qq softhsm2 opensc openssl >&2
+  apt-get install -y -qq --no-remove softhsm2 opensc openssl >&2
 fi
 for tool in softhsm2-util pkcs11-tool openssl; do
   command -v "$tool" >/dev/null || { echo "setup-softhsm.sh: $tool is missing (apt-get install softhsm2 opensc openssl)" >&2; exit 1; }

@@ -43,7 +43,7 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}"
+  apt-get install -y -qq --no-remove "${need[@]}"
 fi
 
 # hvac, the Python Vault client, for the compatibility test.

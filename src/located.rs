@@ -135,3 +135,63 @@ pub fn valid_name(n: &str) -> bool {
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
+
+/// The table that holds the byte `offset` of `text`, named as errors name it: `listener`,
+/// `seal[1].hsm[0]` ("" at the top level). Read from the table headers above the offset, which is
+/// what a parse error has when serde cannot say which table it was in.
+pub fn table_at(text: &str, offset: usize) -> String {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    // Per array-of-tables path: how many headers so far; a parent's header resets its children.
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    let mut current = String::new();
+    for line in before.lines() {
+        let t = line.trim();
+        let array = t.starts_with("[[");
+        let Some(name) = t
+            .strip_prefix("[[")
+            .and_then(|r| r.split("]]").next())
+            .or_else(|| t.strip_prefix('[').and_then(|r| r.split(']').next()))
+        else {
+            continue;
+        };
+        let name = name.trim().to_string();
+        if array {
+            counts.retain(|(n, _)| !n.starts_with(&format!("{name}.")));
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((name.clone(), 0)),
+            }
+        }
+        // seal.hsm -> seal[i].hsm[j]: each prefix that is an array of tables gets its index.
+        let mut shown = String::new();
+        let mut prefix = String::new();
+        for part in name.split('.') {
+            if !prefix.is_empty() {
+                prefix.push('.');
+                shown.push('.');
+            }
+            prefix.push_str(part);
+            shown.push_str(part);
+            if let Some((_, c)) = counts.iter().find(|(n, _)| *n == prefix) {
+                shown.push_str(&format!("[{c}]"));
+            }
+        }
+        current = shown;
+    }
+    current
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::table_at;
+
+    #[test]
+    fn tables_and_arrays_of_tables_are_named_with_their_index() {
+        let text = "a = 1\n[listener]\nx = 1\n[[seal]]\n[[seal.hsm]]\n[[seal.hsm]]\ny = 2\n[[seal]]\n[[seal.hsm]]\nz = 3\n";
+        let at = |needle: &str| table_at(text, text.find(needle).unwrap());
+        assert_eq!(at("a = 1"), "");
+        assert_eq!(at("x = 1"), "listener");
+        assert_eq!(at("y = 2"), "seal[0].hsm[1]");
+        assert_eq!(at("z = 3"), "seal[1].hsm[0]");
+    }
+}

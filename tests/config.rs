@@ -412,3 +412,51 @@ seal "transit" {
     assert_eq!(code, 1);
     assert!(err.contains("not a valid HCL file"), "{err}");
 }
+
+#[test]
+fn errors_name_the_table_and_the_line_of_what_is_wrong() {
+    let f = Fixture::new();
+    // An inline PIN on the second member of a group-readable config: its own line and index.
+    let pin = f.pin("b");
+    let path = f.path("hsm-b.pin");
+    f.edit_config(|c| {
+        c.replace(
+            &format!("pin_file = \"{}\"", path.display()),
+            &format!("pin = \"{pin}\""),
+        )
+    });
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(f.config_path(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let e = start_fails(&f);
+    let line = line_of(&f, "pin = ");
+    assert!(
+        e.contains(&format!(
+            "sealkeeper.toml:{line}:3: seal[0].hsm[1].pin: the config holds an inline PIN"
+        )),
+        "{e}"
+    );
+    assert!(!e.contains(&pin), "{e}");
+    std::fs::set_permissions(f.config_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // An unknown key names its table.
+    f.edit_config(|c| c.replacen("[listener]\n", "[listener]\nbogus = 1\n", 1));
+    let e = start_fails(&f);
+    let line = line_of(&f, "bogus");
+    assert!(
+        e.contains(&format!(
+            "sealkeeper.toml:{line}:1: listener: unknown field `bogus`"
+        )),
+        "{e}"
+    );
+    f.edit_config(|c| c.replacen("bogus = 1\n", "", 1));
+    // ... and in a member of a seal, the member's.
+    f.edit_config(|c| {
+        c.replacen(
+            "  name = \"hsm-b\"\n",
+            "  name = \"hsm-b\"\n  colour = \"x\"\n",
+            1,
+        )
+    });
+    let e = start_fails(&f);
+    assert!(e.contains("seal[0].hsm[1]: unknown field `colour`"), "{e}");
+}

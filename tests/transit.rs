@@ -636,6 +636,36 @@ fn key_administration() {
         "sign",
     ]);
     assert!(!out.status.success() && stderr(&out).contains("unknown capability"));
+
+    // A mistake in a policy file is reported at its line and column, TOML or JSON.
+    let p = file.to_str().unwrap();
+    for (text, want) in [
+        (
+            "[[rules]]\nkey = \"vault-*\"\ncapabilites = [\"encrypt\"]\n",
+            ":3:1: unknown field `capabilites`",
+        ),
+        (
+            "[[rules]]\nkey = \"vault-*\"\ncapabilities = [\"encrpyt\"]\n",
+            ":3:17: unknown variant `encrpyt`",
+        ),
+        (
+            "{\"rules\": [\n  {\"key\": \"k\", \"capabilites\": []}\n]}",
+            ":2:28: unknown field `capabilites`",
+        ),
+        (
+            "[[rules]]\nkey = \"k\"\ncapabilities = [\"metrics\"]\n",
+            "not per key",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = e.d.operator(&["policy", "write", "x", "--file", p]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            err.contains(&format!("{p}{want}")) || (want == "not per key" && err.contains(want)),
+            "{want}: {err}"
+        );
+    }
 }
 
 #[test]

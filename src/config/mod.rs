@@ -402,24 +402,33 @@ impl Config {
                 ),
             });
         }
-        if let Some(s) = cfg.seal.iter().find(|s| s.backend.has_inline_secret())
+        if let Some((i, s, at)) = cfg
+            .seal
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.backend.inline_secret().map(|at| (i, s, at)))
             && let Ok(meta) = std::fs::metadata(path)
             && meta.permissions().mode() & 0o077 != 0
         {
-            let (key, what, better) = if s.seal_type() == "pkcs11" {
-                ("seal.hsm.pin", "an inline PIN", "pin_file / pin_credential")
+            let (what, better) = if s.seal_type() == "pkcs11" {
+                ("an inline PIN", "pin_file / pin_credential")
             } else {
                 (
-                    "seal.secret_key",
                     "an inline cloud secret",
                     "an instance or workload role, or a credentials file",
                 )
             };
+            let mut full = vec![
+                crate::located::Seg::Key("seal"),
+                crate::located::Seg::Index(i),
+            ];
+            full.extend(at);
+            let (line, column) = crate::located::locate(&text, &full);
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
-                line: 1,
-                column: 1,
-                key: KeyName(key.into()),
+                line,
+                column,
+                key: KeyName(crate::located::dotted(&full)),
                 message: format!(
                     "the config holds {what} but is readable by group or others (mode {:o}); \
                              chmod 0600 it, or better use {better}",
@@ -442,17 +451,28 @@ impl Config {
                 message,
             }
         };
-        let toml_error =
-            |e: toml::de::Error| invalid(e.span(), String::new(), e.message().trim().to_string());
+        // serde names no table in its errors: the table is found from the error's position.
+        let toml_error = |e: toml::de::Error| {
+            let table = e
+                .span()
+                .map(|s| crate::located::table_at(text, s.start))
+                .unwrap_or_default();
+            invalid(e.span(), table, e.message().trim().to_string())
+        };
         let mut doc = DeTable::parse(text).map_err(toml_error)?;
         // The seal sections are parsed by their type (config::seal), the rest by serde.
         let seals = doc.get_mut().remove("seal");
         let mut cfg = Config::deserialize(toml::de::Deserializer::from(doc)).map_err(toml_error)?;
         cfg.seal = seal::parse_all(seals).map_err(|(i, e)| {
-            let key = if e.key.is_empty() {
-                format!("seal[{i}]")
-            } else {
+            let key = if !e.key.is_empty() {
                 format!("seal[{i}].{}", e.key)
+            } else {
+                // A member's unknown key: name the member's table, seal[i].hsm[j].
+                e.span
+                    .clone()
+                    .map(|s| crate::located::table_at(text, s.start))
+                    .filter(|t| t.starts_with(&format!("seal[{i}]")))
+                    .unwrap_or_else(|| format!("seal[{i}]"))
             };
             invalid(e.span, key, e.message)
         })?;

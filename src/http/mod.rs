@@ -227,7 +227,7 @@ pub fn seal_status_body(core: &Core) -> Value {
         "progress": p.progress,
         "nonce": p.nonce,
         "version": env!("CARGO_PKG_VERSION"),
-        "build_date": option_env!("SEALKEEPER_BUILD_DATE").unwrap_or(""),
+        "build_date": env!("SEALKEEPER_BUILD_DATE"),
         "migration": p.migration,
         "recovery_seal": !p.shamir,
         "storage_type": core.storage_kind(),

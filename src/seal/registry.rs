@@ -130,17 +130,18 @@ impl SealBackendConfig {
         }
     }
 
-    /// Whether the section holds a secret (then the file must not be readable by others).
-    pub fn has_inline_secret(&self) -> bool {
+    /// Where the section holds a secret, relative to the section (then the file must not be
+    /// readable by others).
+    pub fn inline_secret(&self) -> Option<Vec<crate::located::Seg>> {
         match self {
-            SealBackendConfig::Pkcs11(c) => c.has_inline_pin(),
-            SealBackendConfig::Shamir => false,
+            SealBackendConfig::Pkcs11(c) => c.inline_pin(),
+            SealBackendConfig::Shamir => None,
             #[cfg(feature = "awskms")]
-            SealBackendConfig::AwsKms(c) => c.has_inline_secret(),
+            SealBackendConfig::AwsKms(c) => c.inline_secret(),
             #[cfg(feature = "azurekeyvault")]
-            SealBackendConfig::AzureKeyVault(c) => c.has_inline_secret(),
+            SealBackendConfig::AzureKeyVault(c) => c.inline_secret(),
             #[cfg(feature = "gcpckms")]
-            SealBackendConfig::GcpCkms(c) => c.has_inline_secret(),
+            SealBackendConfig::GcpCkms(c) => c.inline_secret(),
         }
     }
 

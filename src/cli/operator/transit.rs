@@ -94,6 +94,40 @@ pub(super) async fn key_command(
     Ok(0)
 }
 
+/// A policy file's rules, checked here so that a mistake is reported at its own line and column
+/// (JSON when the file starts with `{`, else TOML).
+fn read_rules(path: &Path, text: &str) -> Result<Vec<crate::transit::policy::Rule>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PolicyFile {
+        #[serde(alias = "rule")]
+        rules: Vec<crate::transit::policy::Rule>,
+    }
+    let file: PolicyFile = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            // serde_json appends " at line L column C"; the location goes in front instead.
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            format!("{}:{}:{}: {msg}", path.display(), e.line(), e.column())
+        })?
+    } else {
+        toml::from_str(text).map_err(|e| {
+            let (line, col) = e
+                .span()
+                .map(|s| crate::located::line_col(text, s.start))
+                .unwrap_or((1, 1));
+            format!("{}:{line}:{col}: {}", path.display(), e.message().trim())
+        })?
+    };
+    if file.rules.is_empty() {
+        return Err(format!(
+            "{}: no rules ([[rules]] key = ... capabilities = [...])",
+            path.display()
+        ));
+    }
+    Ok(file.rules)
+}
+
 pub(super) async fn policy_command(socket: &Path, cmd: PolicyCommand) -> Result<i32, String> {
     match cmd {
         PolicyCommand::Write {
@@ -115,18 +149,8 @@ pub(super) async fn policy_command(socket: &Path, cmd: PolicyCommand) -> Result<
                 (None, Some(path)) => {
                     let text = std::fs::read_to_string(&path)
                         .map_err(|e| format!("{}: {e}", path.display()))?;
-                    let v: Value = match serde_json::from_str(&text) {
-                        Ok(v) => v,
-                        Err(_) => {
-                            let t: toml::Value = toml::from_str(&text)
-                                .map_err(|e| format!("{}: {e}", path.display()))?;
-                            serde_json::to_value(t).map_err(|e| e.to_string())?
-                        }
-                    };
-                    v.get("rules")
-                        .or_else(|| v.get("rule"))
-                        .cloned()
-                        .ok_or_else(|| format!("{}: no rules", path.display()))?
+                    let rules = read_rules(&path, &text)?;
+                    serde_json::to_value(rules).map_err(|e| e.to_string())?
                 }
                 (None, None) => return Err("give --key and --capabilities, or --file".into()),
             };

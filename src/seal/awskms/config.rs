@@ -177,8 +177,15 @@ impl AwsKmsConfig {
         }
     }
 
-    pub fn has_inline_secret(&self) -> bool {
-        self.secret_key.is_some() || self.session_token.is_some()
+    pub fn inline_secret(&self) -> Option<Vec<crate::located::Seg>> {
+        use crate::located::Seg::Key;
+        if self.secret_key.is_some() {
+            Some(vec![Key("secret_key")])
+        } else if self.session_token.is_some() {
+            Some(vec![Key("session_token")])
+        } else {
+            None
+        }
     }
 
     pub fn warnings(&self) -> Vec<String> {

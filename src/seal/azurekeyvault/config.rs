@@ -237,8 +237,10 @@ impl AzureKeyVaultConfig {
         }
     }
 
-    pub fn has_inline_secret(&self) -> bool {
-        self.client_secret.is_some()
+    pub fn inline_secret(&self) -> Option<Vec<crate::located::Seg>> {
+        self.client_secret
+            .is_some()
+            .then(|| vec![crate::located::Seg::Key("client_secret")])
     }
 
     pub fn warnings(&self) -> Vec<String> {

@@ -150,10 +150,11 @@ impl GcpCkmsConfig {
     }
 
     /// A service-account key written into the config file.
-    pub fn has_inline_secret(&self) -> bool {
+    pub fn inline_secret(&self) -> Option<Vec<crate::located::Seg>> {
         self.credentials
             .as_deref()
             .is_some_and(|c| c.trim_start().starts_with('{'))
+            .then(|| vec![crate::located::Seg::Key("credentials")])
     }
 
     pub fn warnings(&self) -> Vec<String> {

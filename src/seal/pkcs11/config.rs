@@ -258,9 +258,12 @@ impl Pkcs11Config {
         }
     }
 
-    /// Whether a member's PIN is written into the config file.
-    pub fn has_inline_pin(&self) -> bool {
-        self.hsm.iter().any(|h| h.pin.is_some())
+    /// Where a member's PIN is written into the config file.
+    pub fn inline_pin(&self) -> Option<Vec<Seg>> {
+        self.hsm
+            .iter()
+            .position(|h| h.pin.is_some())
+            .map(|j| vec![Seg::Key("hsm"), Seg::Index(j), Seg::Key("pin")])
     }
 
     pub fn warnings(&self) -> Vec<String> {
