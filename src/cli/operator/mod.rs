@@ -551,7 +551,7 @@ async fn run_command(socket: &Path, cmd: OperatorCommand) -> Result<i32, String>
             )
             .await?;
             match format {
-                Format::Json => println!("{v}"),
+                Format::Json => print_json(&v)?,
                 Format::Table => {
                     let anchor = match v["anchor_seq"].as_u64() {
                         Some(a) => format!(
