@@ -301,10 +301,11 @@ fn an_uninitialized_node_probes_its_members_and_names_the_tokens_it_can_see() {
         )
     });
     let d = f.start();
-    let st = d.wait_status("member A probed and down", Duration::from_secs(30), |s| {
+    let st = d.wait_status("member A down and B up", Duration::from_secs(30), |s| {
         member(s, "hsm-a")["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("sealkeeper-x"))
+            && member(s, "hsm-b")["healthy"] == true
     });
     let e = member(&st, "hsm-a")["last_error"].as_str().unwrap();
     assert!(
