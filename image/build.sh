@@ -94,6 +94,11 @@ ln -sf /lib/systemd/system/systemd-networkd.service "$ROOTFS/etc/systemd/system/
 # No remote shell; root has no password (console login disabled).
 chroot "$ROOTFS" passwd -l root >/dev/null
 scripts/install.sh --root "$ROOTFS" --binary "$BINARY" >/dev/null
+# The image carries the man pages and completions install.sh generates from the binary.
+for f in usr/share/man/man1/sealkeeper.1.gz usr/share/man/man1/sealkeeper-operator-preflight.1.gz \
+         usr/share/bash-completion/completions/sealkeeper; do
+  [ -s "$ROOTFS/$f" ] || { echo "image/build.sh: /$f is missing from the image" >&2; exit 1; }
+done
 chroot "$ROOTFS" systemd-sysusers >/dev/null
 chroot "$ROOTFS" systemd-tmpfiles --create /usr/lib/tmpfiles.d/sealkeeper.conf >/dev/null 2>&1 || true
 ln -sf /etc/systemd/system/sealkeeper.service "$ROOTFS/etc/systemd/system/multi-user.target.wants/sealkeeper.service"

@@ -152,6 +152,20 @@ fn every_series_parses_and_counts_what_happened() {
     let parked_b = f.remove_token("sealkeeper-b");
     d.operator_ok(&["seal"]);
     assert!(!d.operator(&["unseal"]).status.success());
+    // Sealed with the whole seal down: the state and the seal's since-when gauge say so.
+    let m = parse(&get(&scrape, None).2);
+    assert_eq!(need(&m, "sealkeeper_state", &[("state", "sealed")]), 1.0);
+    assert_eq!(
+        need(&m, "sealkeeper_seal_healthy", &[("seal", "hsm-pair")]),
+        0.0
+    );
+    let since = need(
+        &m,
+        "sealkeeper_seal_unhealthy_since_timestamp_seconds",
+        &[("seal", "hsm-pair")],
+    );
+    assert!(since > 1.7e9, "{since}");
+    assert_eq!(need(&m, "sealkeeper_restart_safe", &[]), 0.0);
     f.restore_token(&parked);
     f.restore_token(&parked_b);
     d.operator_ok(&["unseal"]);

@@ -14,6 +14,8 @@ const PUBLIC: &[&str] = &[
     "/v1/sys/seal-status",
     "/v1/sys/seal-backend-status",
     "/v1/sys/init",
+    // A token with the metrics capability (in a rule for key "*") is needed; see tests/metrics.rs.
+    "/v1/sys/metrics",
     "/v1/transit/encrypt/{key}",
     "/v1/transit/decrypt/{key}",
     "/v1/transit/rewrap/{key}",

@@ -16,6 +16,7 @@ use crate::core::Core;
 
 pub mod audit_layer;
 pub mod client;
+pub mod metrics;
 pub mod public;
 pub mod tls;
 pub mod transit;
@@ -364,7 +365,7 @@ pub(crate) fn metrics_answer(core: &Core, q: &MetricsQuery) -> Response {
                 axum::http::header::CONTENT_TYPE,
                 crate::metrics::CONTENT_TYPE,
             )],
-            crate::metrics::render(core),
+            metrics::render(core),
         )
             .into_response(),
         _ => error_response(
