@@ -26,14 +26,32 @@ while [ $# -gt 0 ]; do
   esac
 done
 # Only what is missing, and never at the cost of what is installed: --no-remove makes apt stop
-# rather than remove or replace a newer qemu package already on the machine.
+# rather than remove or replace a qemu package already on the machine. A qemu-utils from
+# backports (newer than the release's) gets the qemu-system-x86 of the same version, from the
+# same backports suite (enabled for this install only).
 if ! command -v qemu-system-x86_64 >/dev/null; then
-  apt-get update -qq
-  apt-get install -y -qq --no-remove qemu-system-x86 || {
-    echo "image-test.sh: installing qemu-system-x86 would remove or replace installed packages" \
-      "(a newer qemu?); install a qemu-system-x86_64 that matches them, then run this again" >&2
-    exit 1
-  }
+  QEMU_VERSION=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+  if [[ "$QEMU_VERSION" == *bpo* ]]; then
+    SUITE="$(. /etc/os-release && echo "$VERSION_CODENAME")-backports"
+    BPO_LIST=/etc/apt/sources.list.d/sealkeeper-image-test-backports.list
+    echo "deb http://deb.debian.org/debian $SUITE main" > "$BPO_LIST"
+    apt-get update -qq
+    apt-get install -y -qq --no-remove -t "$SUITE" "qemu-system-x86=$QEMU_VERSION" || {
+      rm -f "$BPO_LIST"
+      echo "image-test.sh: cannot install qemu-system-x86 $QEMU_VERSION (matching the installed" \
+        "qemu-utils) from $SUITE" >&2
+      exit 1
+    }
+    rm -f "$BPO_LIST"
+    apt-get update -qq
+  else
+    apt-get update -qq
+    apt-get install -y -qq --no-remove qemu-system-x86 || {
+      echo "image-test.sh: installing qemu-system-x86 would remove or replace installed packages;" \
+        "install a qemu-system-x86_64 that matches them, then run this again" >&2
+      exit 1
+    }
+  fi
 fi
 START=$(date +%s)
 if [ ! -f "$IMAGE/sealkeeper.qcow2" ]; then
