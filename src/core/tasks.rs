@@ -134,8 +134,7 @@ impl Core {
             }
             // The members are probed before init too, so that a missing token or a wrong PIN
             // shows in status at start rather than at `operator init`.
-            if self.is_initialized()
-                && !self.is_sealed()
+            if !self.is_sealed()
                 && self.root_behind.load(std::sync::atomic::Ordering::Relaxed)
                 && let Err(e) = self.follow_root_state().await
             {

@@ -203,27 +203,23 @@ impl Tracker {
     ) -> Result<T, KmsError> {
         let started = Instant::now();
         let r = call();
-        let reached = !matches!(&r, Err(e) if e.kind == FailureKind::LocalResource);
-        if reached {
-            let ok = match &r {
-                Ok(_) => true,
-                Err(e) => e.kind == FailureKind::Authentication,
-            };
+        // Counted as the member's health counts it: a call this host could not make is not one.
+        if let Some(ok) = self.record(&r) {
             let member = self.health.lock_recover().name.clone();
             crate::metrics::get().seal_call(&self.seal, &member, operation, started.elapsed(), ok);
         }
-        self.record(&r);
         r
     }
 
-    /// Records an outcome; holds the member after an answer that needs an operator.
-    pub fn record<T>(&self, r: &Result<T, KmsError>) {
+    /// Records an outcome; holds the member after an answer that needs an operator. Returns
+    /// whether the member answered healthily, or None when it was not asked at all.
+    pub fn record<T>(&self, r: &Result<T, KmsError>) -> Option<bool> {
         let mut h = self.health.lock_recover();
         if let Err(e) = r
             && e.kind == FailureKind::LocalResource
         {
             // This host ran out of something: the member was not asked, its health stands.
-            return;
+            return None;
         }
         h.last_checked_unix = Some(now_unix());
         let (state, healthy) = match r {
@@ -271,6 +267,7 @@ impl Tracker {
                 h.detail.remove("retry_after_unix");
             }
         }
+        Some(healthy)
     }
 
     /// The answer a held member gave, while automatic attempts must leave it alone; `None` when

@@ -213,10 +213,15 @@ impl Pkcs11Config {
     /// What the members' URIs say about the key, against the section's own keys.
     fn uri_key_problems(&self, out: &mut Vec<Problem>) {
         use Seg::{Index, Key};
+        let label = self.key_label();
+        let id = self.key_id_bytes();
+        let wanted = match self.mechanism() {
+            Mechanism::AesGcm => "secret-key",
+            Mechanism::RsaOaep(_) => "private-key",
+        };
         for (j, h) in self.hsm.iter().enumerate() {
             let Some(u) = h.parsed_uri() else { continue };
             let at = vec![Key("hsm"), Index(j), Key("uri")];
-            let label = self.key_label();
             if let (Some(o), Some(l)) = (&u.object, &label)
                 && o != l
             {
@@ -227,7 +232,6 @@ impl Pkcs11Config {
                     ),
                 ));
             }
-            let id = self.key_id_bytes();
             if let (Some(i), Some(k)) = (&u.id, &id)
                 && i != k
             {
@@ -240,10 +244,6 @@ impl Pkcs11Config {
                     ),
                 ));
             }
-            let wanted = match self.mechanism() {
-                Mechanism::AesGcm => "secret-key",
-                Mechanism::RsaOaep(_) => "private-key",
-            };
             if let Some(t) = &u.object_type
                 && t != wanted
             {

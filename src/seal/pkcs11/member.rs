@@ -121,13 +121,8 @@ impl Member {
     ) -> Result<R, MemberError> {
         let started = Instant::now();
         let result = self.call_inner(f);
-        // A call this host could not make (out of descriptors) did not reach the HSM.
-        if !matches!(&result, Err(e) if e.kind == ErrorKind::LocalResource) {
-            // The HSM answered about the data (a failed GCM tag): the call itself worked.
-            let ok = match &result {
-                Ok(_) => true,
-                Err(e) => e.kind == ErrorKind::Authentication,
-            };
+        // Counted as the member's health counts it: a call this host could not make is not one.
+        if let Some(ok) = self.record(&result) {
             crate::metrics::get().seal_call(
                 &self.spec.seal,
                 &self.spec.name,
@@ -136,7 +131,6 @@ impl Member {
                 ok,
             );
         }
-        self.record(&result);
         result.map_err(|error| MemberError {
             member: self.spec.name.clone(),
             error,
@@ -208,14 +202,16 @@ impl Member {
         }
     }
 
-    fn record<R>(&self, result: &Result<R, HsmError>) {
+    /// Records a call's outcome in the member's status; returns whether the member answered
+    /// healthily, or None when the HSM was not asked at all.
+    fn record<R>(&self, result: &Result<R, HsmError>) -> Option<bool> {
         let mut st = self.status.lock_recover();
         if let Err(e) = result
             && e.kind == ErrorKind::LocalResource
         {
             // Out of descriptors or memory here: the HSM was not asked, so its health stands.
             tracing::warn!(member = %st.name, error = %e, "HSM member not checked: this host is out of resources");
-            return;
+            return None;
         }
         st.last_checked_unix = Some(now_unix());
         let (state, healthy, err) = match result {
@@ -245,6 +241,7 @@ impl Member {
         st.state = state;
         st.healthy = healthy;
         st.last_error = err;
+        Some(healthy)
     }
 
     /// Asks the worker to close its session and stop, waiting at most the timeout.
