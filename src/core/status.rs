@@ -168,7 +168,7 @@ impl Core {
             within_seconds: within,
         };
         if !initialized {
-            return no("not initialized: a restart would come back uninitialized".into());
+            return no(NOT_INITIALIZED.into());
         }
         let Some(st) = stored else {
             return no(
@@ -273,11 +273,7 @@ impl Core {
         };
         let init = match &*self.state.read_recover() {
             State::Uninitialized => {
-                return answer(
-                    false,
-                    "not initialized: a restart would come back uninitialized".into(),
-                    vec![],
-                );
+                return answer(false, NOT_INITIALIZED.into(), vec![]);
             }
             State::Sealed { init, .. } => init.clone(),
             State::Unsealed { init, .. } => Some(init.clone()),
@@ -353,6 +349,9 @@ impl Core {
         self.rewrap.read_recover().clone()
     }
 }
+
+/// Why a restart of an uninitialized node would not unseal (both restart answers give it).
+const NOT_INITIALIZED: &str = "not initialized: a restart would come back uninitialized";
 
 /// A seal's health, and since when it is unhealthy (the latest member to go down): a Shamir seal
 /// is always available.
