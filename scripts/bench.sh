@@ -4,16 +4,19 @@
 #   scripts/bench.sh startup [RUNS]          (AUDIT_RECORDS=N: with an audit log of N records)
 #   scripts/bench.sh transit [SECONDS]
 #   scripts/bench.sh heap
+#   scripts/bench.sh cpu [SECONDS]
 #   scripts/bench.sh hardening [idle|batch|flood|core|bao ...]
 #   scripts/bench.sh compare BEFORE_BINARY [startup|transit ...]
 #   scripts/bench.sh cluster [SECONDS] [ROUNDS]
 #
 # startup: median time from exec of `sealkeeper server` to its first 200 from /v1/sys/health (an
-# initialized node auto-unsealing from SoftHSM over TLS), over RUNS restarts (default 25), beside a
+# initialized node auto-unsealing from SoftHSM over TLS; polled every 0.5 ms on one kept-alive
+# connection), over RUNS restarts (default 25), beside a
 # floor measured in the same run: examples/pkcs11_floor, a process that only loads the PKCS#11
 # module, logs in and decrypts the stored blob; and the same floor plus the one-time seeding of
 # AWS-LC's generator, which the daemon's TLS stack needs before its first handshake. Also the idle
-# RSS of the unsealed daemon and the release binary's size.
+# RSS of the unsealed daemon (and where it is: the binary, the PKCS#11 module and the libraries it
+# loads, libc, anonymous memory) and the release binary's size.
 #
 # transit: encrypt and decrypt of 32-byte plaintexts over HTTPS keep-alive (wrk, SECONDS per point,
 # default 5) at 1, 16 and 64 connections: requests/s, p50 and p99 latency, beside a floor measured
@@ -33,6 +36,9 @@
 #
 # heap: heap calls (malloc, free, realloc, calloc: uprobes on libc, `perf probe`) per request of an
 # unaudited encrypt at 16 connections, beside the floor's per request.
+#
+# cpu: server CPU (perf's task-clock: user and system) per request of an unaudited encrypt at 16 and
+# 64 connections, beside the floor's, for SECONDS (default 4) each.
 #
 # compare: startup and transit (or the ones named) for BEFORE_BINARY (an earlier release build of
 # sealkeeper) and for this tree's, one after the other in the same run, each beside its own floor;
@@ -65,6 +71,7 @@ case "$what" in
     exit 0 ;;
   startup) RUNS=${2:-25} ;;
   heap) ;;
+  cpu) SECS=${2:-4} ;;
   transit) SECS=${2:-5} ;;
   hardening)
     cargo build --release --quiet --bin sealkeeper
@@ -90,10 +97,10 @@ case "$what" in
   *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2 ;;
 esac
 
-if [ "$what" = transit ] || [ "$what" = heap ]; then
+if [ "$what" = transit ] || [ "$what" = heap ] || [ "$what" = cpu ]; then
   # One initialized daemon with a key, a policy and a token (unaudited for heap), and the floor.
   command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove wrk; }
-  if [ "$what" = heap ]; then
+  if [ "$what" = heap ] || [ "$what" = cpu ]; then
     command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove linux-perf; }
     cargo build --release --quiet --bin sealkeeper --example https_floor
   else
@@ -107,7 +114,7 @@ if [ "$what" = transit ] || [ "$what" = heap ]; then
   FLOOR_PORT=$(free_port)
   DIR=$(scripts/setup-softhsm.sh --dir "$WORK/demo" --port "$PORT")
   export SOFTHSM2_CONF=$DIR/softhsm2.conf SEALKEEPER_SOCKET=$DIR/admin.sock
-  [ "$what" = heap ] && sed -i '/^\[audit\]$/,/^path = /d' "$DIR/sealkeeper.toml"
+  { [ "$what" = heap ] || [ "$what" = cpu ]; } && sed -i '/^\[audit\]$/,/^path = /d' "$DIR/sealkeeper.toml"
   "$BIN" server --config "$DIR/sealkeeper.toml" 2>/dev/null &
   DAEMON=$!
   for _ in $(seq 1 200); do [ -S "$SEALKEEPER_SOCKET" ] && break; sleep 0.05; done
@@ -141,6 +148,26 @@ if [ "$what" = heap ]; then
   d=$(count $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench")
   f=$(count $FLOOR "https://localhost:$FLOOR_PORT/")
   echo "heap calls per request (unaudited encrypt, 16 connections): sealkeeper $d, floor $f, ratio $(python3 -c "print(f'{$d/$f:.2f}')")"
+  exit 0
+fi
+
+if [ "$what" = cpu ]; then
+  # Server CPU per request (user + system, perf's task-clock of the server process over the wrk run
+  # divided by its requests): less sensitive than requests/s to a host whose cores are shared.
+  BODY="{\"plaintext\":\"$PLAINTEXT\"}"
+  cpu() { # pid url conns -> CPU microseconds per request
+    perf stat -x, -o "$WORK/stat" -e task-clock -p "$1" -- sleep "$((SECS + 1))" &
+    local st=$!; sleep 0.3
+    local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c"$3" -d"${SECS}s" -s "$WORK/put.lua" "$2" | awk '/requests in/ {print $1}')
+    wait $st
+    awk -F, -v n="$n" '/task-clock/ {printf "%.1f", $1 * 1000 / n}' "$WORK/stat"
+  }
+  echo "server CPU us/request, unaudited encrypt of 32 bytes"
+  for c in 16 64; do
+    f=$(cpu $FLOOR "https://localhost:$FLOOR_PORT/" "$c")
+    d=$(cpu $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench" "$c")
+    echo "$c connections: sealkeeper $d, floor $f, ratio $(python3 -c "print(f'{$d/$f:.2f}')")"
+  done
   exit 0
 fi
 
@@ -318,28 +345,63 @@ for line in open(f"{d}/sealkeeper.toml"):
         module = line.split('"')[1]
         break
 
-def health():
-    c = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=2)
-    try:
-        c.request("GET", "/v1/sys/health")
-        return c.getresponse().status
-    except OSError:
-        return 0
-    finally:
-        c.close()
+class Health:
+    """Polls /v1/sys/health on one kept-alive connection: a TLS handshake per poll would take the
+    CPU the starting daemon needs (two cores here), and quantize the result by its own length."""
+
+    def __init__(self):
+        self.c = None
+
+    def status(self):
+        try:
+            if self.c is None:
+                self.c = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=2)
+                self.c.connect()
+            self.c.request("GET", "/v1/sys/health")
+            r = self.c.getresponse()
+            r.read()
+            return r.status
+        except (OSError, http.client.HTTPException):
+            self.close()
+            return 0
+
+    def close(self):
+        if self.c is not None:
+            self.c.close()
+        self.c = None
 
 daemon, base, base_rng, rss = [], [], [], None
 for i in range(runs):
     t0 = time.perf_counter()
     p = subprocess.Popen([binary, "server", "--config", f"{d}/sealkeeper.toml"], stderr=subprocess.DEVNULL)
-    while health() != 200:
+    h = Health()
+    while h.status() != 200:
         if p.poll() is not None:
             sys.exit("daemon exited")
-        time.sleep(0.003)
+        time.sleep(0.0005)
     daemon.append(time.perf_counter() - t0)
+    h.close()
     if i == runs - 1:
         time.sleep(2)
         rss = next(int(l.split()[1]) for l in open(f"/proc/{p.pid}/status") if l.startswith("VmRSS:"))
+        # Where the resident pages are: the daemon's own binary, the PKCS#11 module with the
+        # libraries it brought (the floor loads the same), the rest (libc, ld.so), anonymous memory.
+        parts, name = {"binary": 0, "PKCS#11 module and its libraries": 0, "libc, libm and ld.so": 0, "anonymous": 0}, ""
+        own = {"libc.so.6", "libm.so.6", "libgcc_s.so.1", "ld-linux-x86-64.so.2"}
+        for l in open(f"/proc/{p.pid}/smaps"):
+            f = l.split()
+            if f and "-" in f[0] and len(f) >= 5:
+                name = f[5] if len(f) >= 6 else ""
+            elif f and f[0] == "Rss:":
+                kb = int(f[1])
+                if name == os.path.realpath(binary):
+                    parts["binary"] += kb
+                elif name.startswith("/") and os.path.basename(name) in own:
+                    parts["libc, libm and ld.so"] += kb
+                elif name.startswith("/"):
+                    parts["PKCS#11 module and its libraries"] += kb
+                else:
+                    parts["anonymous"] += kb
     p.send_signal(signal.SIGTERM)
     p.wait()
     t0 = time.perf_counter()
@@ -359,5 +421,6 @@ print(f"floor + AWS-LC RNG seeding   median {mr*1000:.1f} ms (min {min(base_rng)
 print(f"ratio daemon / floor         {md/mb:.2f}x")
 print(f"ratio daemon / floor+RNG     {md/mr:.2f}x")
 print(f"idle RSS (unsealed, 2 s)     {rss/1024:.1f} MiB")
+print("  of which                   " + ", ".join(f"{k} {v/1024:.1f}" for k, v in parts.items()) + " MiB")
 print(f"release binary               {size/1024/1024:.1f} MiB")
 PY

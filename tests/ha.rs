@@ -162,22 +162,7 @@ fn hung_member_is_abandoned_and_the_other_serves() {
     });
     // Token A's storage stops answering: another process holds POSIX locks on its files, so
     // SoftHSM blocks inside the next call that reads them, as a network HSM that stops answering.
-    let mut holder = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import fcntl,glob,sys,time\nfs=[]\nfor p in glob.glob(sys.argv[1]+'/*'):\n    f=open(p,'r+'); fcntl.lockf(f, fcntl.LOCK_EX); fs.append(f)\nprint('locked', flush=True)\ntime.sleep(60)",
-        )
-        .arg(f.token_dir("sealkeeper-a"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "locked");
+    let mut holder = lock_token_files(&f.token_dir("sealkeeper-a"));
 
     let st = d.wait_status("hsm-a hung", Duration::from_secs(10), |s| {
         member(s, "hsm-a")["state"] == "hung"
@@ -201,6 +186,75 @@ fn hung_member_is_abandoned_and_the_other_serves() {
     d.wait_status("hsm-a healthy again", Duration::from_secs(10), |s| {
         member(s, "hsm-a")["healthy"] == true
     });
+}
+
+/// Holds exclusive POSIX locks on every file of `token_dir` from another process, so that SoftHSM
+/// blocks inside the next call that reads them (as a network HSM that stops answering), until the
+/// returned child is killed.
+fn lock_token_files(token_dir: &std::path::Path) -> std::process::Child {
+    let mut holder = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import fcntl,glob,sys,time\nfs=[]\nfor p in glob.glob(sys.argv[1]+'/*'):\n    f=open(p,'r+'); fcntl.lockf(f, fcntl.LOCK_EX); fs.append(f)\nprint('locked', flush=True)\ntime.sleep(60)",
+        )
+        .arg(token_dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    holder
+}
+
+#[test]
+fn a_module_stuck_while_loading_at_start_leaves_the_node_sealed_until_it_answers() {
+    // The members load their module as soon as they exist, before the first unwrap asks. A module
+    // whose C_Initialize does not return must still get the members marked hung by the unwrap
+    // that times out, and the node unseals once the module answers. SoftHSM reads its
+    // configuration in C_Initialize: made a FIFO with no writer, that read blocks until one comes.
+    let f = Fixture::new();
+    f.edit_config(|c| c.replace("pin_file", "timeout = \"500ms\"\n  pin_file"));
+    let mut d = f.start();
+    d.init();
+    d.stop();
+    let conf = f.softhsm_conf();
+    let text = std::fs::read(&conf).unwrap();
+    let fifo = f.path("softhsm2.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let plain = f.path("softhsm2.conf.plain");
+    std::fs::write(&plain, &text).unwrap();
+    std::fs::remove_file(&conf).unwrap();
+    std::fs::hard_link(&fifo, &conf).unwrap();
+
+    let d = f.start();
+    // Hung, and abandoned: after the first timeout, later unwraps are refused at once rather than
+    // each waiting out its own timeout behind the stuck load.
+    let abandoned = |s: &serde_json::Value, m: &str| {
+        member(s, m)["state"] == "hung"
+            && member(s, m)["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("stuck in the PKCS#11 module"))
+    };
+    let st = d.wait_status("both members hung", Duration::from_secs(20), |s| {
+        abandoned(s, "hsm-a") && abandoned(s, "hsm-b")
+    });
+    assert_eq!(st["sealed"], true, "{st}");
+    assert_eq!(d.health("").status, 503, "sealed, and answering");
+
+    // The module answers: the configuration path is a plain file again (for any later
+    // C_Initialize), and the blocked read gets the text through the FIFO.
+    std::fs::rename(&plain, &conf).unwrap();
+    std::fs::write(&fifo, &text).unwrap();
+    d.wait_health(200, Duration::from_secs(20));
 }
 
 #[test]

@@ -95,30 +95,18 @@ pub async fn run(
     for w in cfg.warnings() {
         tracing::warn!("{w}");
     }
-    let store = open_storage(&cfg.storage).await?;
-    let tls = if cfg.listener.tls_disable {
-        None
-    } else {
-        match (&cfg.listener.tls_cert_file, &cfg.listener.tls_key_file) {
-            (Some(c), Some(k)) => Some(TlsAcceptor::from(tls::server_config(
-                c,
-                k,
-                cfg.listener.tls_client_ca_file.as_deref(),
-                cfg.listener.tls_require_and_verify_client_cert,
-                cfg.fips_mode,
-            )?)),
-            _ => {
-                return Err(ServerError::Startup(
-                    "listener: TLS certificate and key are required".into(),
-                ));
+    // The seals first: a PKCS#11 member loads its module on its own thread as soon as it exists
+    // (the longest step of a start), while storage, TLS and the audit trail are opened here.
+    let (seals, autos) = build_seals(&cfg);
+    let opened = open_stores(&cfg).await;
+    let (store, tls, audit) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            for seal in &autos {
+                seal.shutdown();
             }
+            return Err(e);
         }
-    };
-
-    let audit = match &cfg.audit {
-        Some(a) => Audit::open(&a.path, a.rotate_at())
-            .map_err(|e| ServerError::Startup(format!("cannot open the audit log: {e}")))?,
-        None => Audit::disabled(),
     };
     let log_health = cfg.audit.as_ref().is_some_and(|a| a.log_health);
     // Known-answer tests run on a blocking thread while storage, listeners and the unseal get
@@ -172,7 +160,6 @@ pub async fn run(
             let _ = self_test_tx.send(Some(results));
         });
     }
-    let (seals, autos) = build_seals(&cfg);
     if seals.is_empty() {
         return Err(ServerError::Startup("no [[seal]] configured".into()));
     }
@@ -404,6 +391,38 @@ pub async fn open_storage(
 
 /// The configured seals as the core sees them, by the registry of seal types, and the auto seals
 /// among them (to probe and shut down).
+/// Storage, the TLS configuration and the audit trail, opened in that order.
+async fn open_stores(
+    cfg: &Config,
+) -> Result<(Arc<dyn Storage>, Option<TlsAcceptor>, Audit), ServerError> {
+    let store = open_storage(&cfg.storage).await?;
+    let tls = if cfg.listener.tls_disable {
+        None
+    } else {
+        match (&cfg.listener.tls_cert_file, &cfg.listener.tls_key_file) {
+            (Some(c), Some(k)) => Some(TlsAcceptor::from(tls::server_config(
+                c,
+                k,
+                cfg.listener.tls_client_ca_file.as_deref(),
+                cfg.listener.tls_require_and_verify_client_cert,
+                cfg.fips_mode,
+            )?)),
+            _ => {
+                return Err(ServerError::Startup(
+                    "listener: TLS certificate and key are required".into(),
+                ));
+            }
+        }
+    };
+
+    let audit = match &cfg.audit {
+        Some(a) => Audit::open(&a.path, a.rotate_at())
+            .map_err(|e| ServerError::Startup(format!("cannot open the audit log: {e}")))?,
+        None => Audit::disabled(),
+    };
+    Ok((store, tls, audit))
+}
+
 pub fn build_seals(cfg: &Config) -> (Vec<SealEntry>, Vec<Arc<dyn Seal>>) {
     let build = crate::seal::registry::BuildContext {
         pkcs11_modules: ModuleRegistry::new(),

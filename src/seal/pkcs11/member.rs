@@ -65,10 +65,27 @@ impl Member {
         let spec = Arc::new(spec);
         let (tx, rx) = mpsc::channel::<Job>();
         let worker_spec = spec.clone();
+        let stuck = Arc::new(AtomicBool::new(false));
+        let running_since = Arc::new(Mutex::new(None));
+        let (preload_stuck, preload_since) = (stuck.clone(), running_since.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("hsm-{}", spec.name))
             .spawn(move || {
                 let module = registry.get(&worker_spec.lib);
+                // Loading the module (dlopen, C_Initialize) is the longest step of a start, and
+                // needs no PIN: it is done now, while the daemon opens its storage, TLS and audit
+                // trail, rather than inside the first unwrap. A failure here is left for that
+                // first call to meet and report (the context is retried while it is absent). It
+                // counts as a running call, so that a module stuck in C_Initialize gets the
+                // member marked hung by the first caller that times out, as a stuck call would.
+                {
+                    *preload_since.lock_recover() = Some(Instant::now());
+                    let guard = module.enter();
+                    let _ = module.context(&guard);
+                    drop(guard);
+                    *preload_since.lock_recover() = None;
+                    preload_stuck.store(false, Ordering::SeqCst);
+                }
                 let mut w = Worker::new(worker_spec, module);
                 while let Ok(job) = rx.recv() {
                     job(&mut w);
@@ -98,8 +115,8 @@ impl Member {
         Member {
             spec,
             tx: Mutex::new(tx),
-            stuck: Arc::new(AtomicBool::new(false)),
-            running_since: Arc::new(Mutex::new(None)),
+            stuck,
+            running_since,
             status: Mutex::new(status),
         }
     }
