@@ -98,7 +98,7 @@ case "$what" in
 esac
 
 if [ "$what" = transit ] || [ "$what" = heap ] || [ "$what" = cpu ]; then
-  # One initialized daemon with a key, a policy and a token (unaudited for heap), and the floor.
+  # One initialized daemon with a key, a policy and a token (unaudited for heap and cpu), and the floor.
   command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove wrk; }
   if [ "$what" = heap ] || [ "$what" = cpu ]; then
     command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove linux-perf; }
@@ -134,19 +134,25 @@ LUA
   sleep 0.3
 fi
 
+if [ "$what" = heap ] || [ "$what" = cpu ]; then
+  BODY="{\"plaintext\":\"$PLAINTEXT\"}"
+  # perf's counts of EVENTS (comma-separated) in the server PID over one wrk run of SECS seconds at
+  # CONNS connections, summed, times SCALE, per request answered.
+  per_request() { # events scale pid url conns
+    perf stat -x, -o "$WORK/stat" -e "$1" -p "$3" -- sleep "$((SECS + 1))" &
+    local st=$!; sleep 0.3
+    local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c"$5" -d"${SECS}s" -s "$WORK/put.lua" "$4" | awk '/requests in/ {print $1}')
+    wait $st
+    awk -F, -v n="$n" -v scale="$2" '$1 ~ /^[0-9.]+$/ {s += $1} END {printf "%.1f", s * scale / n}' "$WORK/stat"
+  }
+fi
+
 if [ "$what" = heap ]; then
   LIBC=$(ldconfig -p | awk '/libc.so.6 .*x86-64/ {print $NF; exit}')
   for f in malloc free realloc calloc; do perf probe -q -x "$LIBC" --add "$f" 2>/dev/null || true; done
-  BODY="{\"plaintext\":\"$PLAINTEXT\"}"
-  count() { # pid url -> heap calls per request
-    perf stat -x, -o "$WORK/stat" -e probe_libc:malloc,probe_libc:free,probe_libc:realloc,probe_libc:calloc -p "$1" -- sleep 3.6 &
-    local st=$!; sleep 0.3
-    local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c16 -d3s -s "$WORK/put.lua" "$2" | awk '/requests in/ {print $1}')
-    wait $st
-    awk -F, -v n="$n" '/probe_libc/ {s += $1} END {printf "%.1f", s / n}' "$WORK/stat"
-  }
-  d=$(count $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench")
-  f=$(count $FLOOR "https://localhost:$FLOOR_PORT/")
+  SECS=3
+  d=$(per_request probe_libc:malloc,probe_libc:free,probe_libc:realloc,probe_libc:calloc 1 $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench" 16)
+  f=$(per_request probe_libc:malloc,probe_libc:free,probe_libc:realloc,probe_libc:calloc 1 $FLOOR "https://localhost:$FLOOR_PORT/" 16)
   echo "heap calls per request (unaudited encrypt, 16 connections): sealkeeper $d, floor $f, ratio $(python3 -c "print(f'{$d/$f:.2f}')")"
   exit 0
 fi
@@ -154,18 +160,11 @@ fi
 if [ "$what" = cpu ]; then
   # Server CPU per request (user + system, perf's task-clock of the server process over the wrk run
   # divided by its requests): less sensitive than requests/s to a host whose cores are shared.
-  BODY="{\"plaintext\":\"$PLAINTEXT\"}"
-  cpu() { # pid url conns -> CPU microseconds per request
-    perf stat -x, -o "$WORK/stat" -e task-clock -p "$1" -- sleep "$((SECS + 1))" &
-    local st=$!; sleep 0.3
-    local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c"$3" -d"${SECS}s" -s "$WORK/put.lua" "$2" | awk '/requests in/ {print $1}')
-    wait $st
-    awk -F, -v n="$n" '/task-clock/ {printf "%.1f", $1 * 1000 / n}' "$WORK/stat"
-  }
   echo "server CPU us/request, unaudited encrypt of 32 bytes"
   for c in 16 64; do
-    f=$(cpu $FLOOR "https://localhost:$FLOOR_PORT/" "$c")
-    d=$(cpu $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench" "$c")
+    # task-clock is in milliseconds.
+    f=$(per_request task-clock 1000 $FLOOR "https://localhost:$FLOOR_PORT/" "$c")
+    d=$(per_request task-clock 1000 $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench" "$c")
     echo "$c connections: sealkeeper $d, floor $f, ratio $(python3 -c "print(f'{$d/$f:.2f}')")"
   done
   exit 0

@@ -190,14 +190,15 @@ fn hung_member_is_abandoned_and_the_other_serves() {
 
 /// Holds exclusive POSIX locks on every file of `token_dir` from another process, so that SoftHSM
 /// blocks inside the next call that reads them (as a network HSM that stops answering), until the
-/// returned child is killed.
+/// returned child is killed or dropped (its standard input closes).
 fn lock_token_files(token_dir: &std::path::Path) -> std::process::Child {
     let mut holder = std::process::Command::new("python3")
         .arg("-c")
         .arg(
-            "import fcntl,glob,sys,time\nfs=[]\nfor p in glob.glob(sys.argv[1]+'/*'):\n    f=open(p,'r+'); fcntl.lockf(f, fcntl.LOCK_EX); fs.append(f)\nprint('locked', flush=True)\ntime.sleep(60)",
+            "import fcntl,glob,sys\nfs=[]\nfor p in glob.glob(sys.argv[1]+'/*'):\n    f=open(p,'r+'); fcntl.lockf(f, fcntl.LOCK_EX); fs.append(f)\nprint('locked', flush=True)\nsys.stdin.read()",
         )
         .arg(token_dir)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

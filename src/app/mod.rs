@@ -389,8 +389,6 @@ pub async fn open_storage(
     }
 }
 
-/// The configured seals as the core sees them, by the registry of seal types, and the auto seals
-/// among them (to probe and shut down).
 /// Storage, the TLS configuration and the audit trail, opened in that order.
 async fn open_stores(
     cfg: &Config,
@@ -423,6 +421,8 @@ async fn open_stores(
     Ok((store, tls, audit))
 }
 
+/// The configured seals as the core sees them, by the registry of seal types, and the auto seals
+/// among them (to probe and shut down).
 pub fn build_seals(cfg: &Config) -> (Vec<SealEntry>, Vec<Arc<dyn Seal>>) {
     let build = crate::seal::registry::BuildContext {
         pkcs11_modules: ModuleRegistry::new(),

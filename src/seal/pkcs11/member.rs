@@ -78,14 +78,10 @@ impl Member {
                 // first call to meet and report (the context is retried while it is absent). It
                 // counts as a running call, so that a module stuck in C_Initialize gets the
                 // member marked hung by the first caller that times out, as a stuck call would.
-                {
-                    *preload_since.lock_recover() = Some(Instant::now());
+                running(&preload_since, &preload_stuck, || {
                     let guard = module.enter();
                     let _ = module.context(&guard);
-                    drop(guard);
-                    *preload_since.lock_recover() = None;
-                    preload_stuck.store(false, Ordering::SeqCst);
-                }
+                });
                 let mut w = Worker::new(worker_spec, module);
                 while let Ok(job) = rx.recv() {
                     job(&mut w);
@@ -180,10 +176,7 @@ impl Member {
                 if abandoned.load(Ordering::SeqCst) {
                     return;
                 }
-                *running_since.lock_recover() = Some(Instant::now());
-                let r = f(w);
-                *running_since.lock_recover() = None;
-                stuck.store(false, Ordering::SeqCst);
+                let r = running(&running_since, &stuck, || f(w));
                 let _ = rtx.send(r);
             })
         };
@@ -316,6 +309,16 @@ pub struct Worker {
     /// The key (label, id) of the current call when it is not the configured one: a blob wrapped
     /// by a key the configuration no longer names is unwrapped with the key it records.
     pub key_override: Option<(String, Option<Vec<u8>>)>,
+}
+
+/// Runs `f` on the worker thread as a call in progress: `since` says when it started (a caller
+/// that times out meanwhile marks the member stuck), and its return clears `stuck`.
+fn running<T>(since: &Mutex<Option<Instant>>, stuck: &AtomicBool, f: impl FnOnce() -> T) -> T {
+    *since.lock_recover() = Some(Instant::now());
+    let r = f();
+    *since.lock_recover() = None;
+    stuck.store(false, Ordering::SeqCst);
+    r
 }
 
 impl Worker {
