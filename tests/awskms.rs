@@ -52,11 +52,7 @@ impl Moto {
         };
         wait_for(
             Duration::from_secs(30),
-            || {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .is_ok()
-                    .then_some(())
-            },
+            || listening(port).then_some(()),
             || "moto_server did not start listening".into(),
         );
         m

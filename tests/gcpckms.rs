@@ -20,37 +20,48 @@ use serde_json::Value;
 struct Drongo {
     port: u16,
     child: Child,
+    dir: tempfile::TempDir,
 }
 
 impl Drongo {
     fn start() -> Drongo {
+        let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new("drongo")
             .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("drongo.log")).unwrap())
             .spawn()
             .expect("drongo (pip install drongo google-crc32c; scripts/test.sh installs it)");
+        let mut d = Drongo { port, child, dir };
+        // Ready is an HTTP answer from drongo itself (its 404 for an unknown route), not only a
+        // port that accepts: a port nobody has bound yet can be another process's for a moment.
         wait_for(
             Duration::from_secs(30),
             || {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .is_ok()
-                    .then_some(())
+                if let Ok(Some(status)) = d.child.try_wait() {
+                    panic!("drongo exited ({status}) before answering:\n{}", d.log());
+                }
+                (listening(port) && d.try_call("GET", "drongo-ready", "").is_ok()).then_some(())
             },
-            || "drongo did not start listening".into(),
+            || "drongo did not answer HTTP".into(),
         );
-        Drongo { port, child }
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("drongo.log")).unwrap_or_default()
     }
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+    /// One HTTP call with curl: (status, JSON body), or curl's own error when no answer came.
+    fn try_call(&self, method: &str, path: &str, body: &str) -> Result<(u16, Value), String> {
         let out = Command::new("curl")
             .args([
-                "-s",
+                "-sS",
                 "-w",
                 "\n%{http_code}",
                 "-X",
@@ -63,22 +74,34 @@ impl Drongo {
             .arg(format!("{}/v1/{path}", self.url()))
             .output()
             .unwrap();
+        if !out.status.success() {
+            return Err(format!(
+                "curl {method} {path}: {} ({})",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                out.status
+            ));
+        }
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap();
-        (
+        Ok((
             code.parse().unwrap(),
             serde_json::from_str(body).unwrap_or(Value::Null),
-        )
+        ))
+    }
+
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("{e}; drongo's log:\n{}", self.log()))
     }
 
     /// A key ring `r` and an ENCRYPT_DECRYPT crypto key `k` in projects/p/locations/global.
     fn create_key(&self) {
-        let (c, _) = self.call(
+        let (c, v) = self.call(
             "POST",
             "projects/p/locations/global/keyRings?keyRingId=r",
             "{}",
         );
-        assert_eq!(c, 200);
+        assert_eq!(c, 200, "{v}");
         let (c, v) = self.call(
             "POST",
             "projects/p/locations/global/keyRings/r/cryptoKeys?cryptoKeyId=k",

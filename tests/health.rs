@@ -215,7 +215,7 @@ fn tls_listener_serves_health_over_tls_1_2_and_1_3_only() {
         .unwrap();
     wait_for(
         std::time::Duration::from_secs(10),
-        || std::net::TcpStream::connect(("127.0.0.1", control_port)).ok(),
+        || listening(control_port).then_some(()),
         || "gnutls-serv did not start".into(),
     );
     let gnutls = |port: u16, priority: &str| {

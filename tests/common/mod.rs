@@ -35,6 +35,15 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Whether something listens on 127.0.0.1:`port`. The ports tests use come from the ephemeral
+/// range, so a connect to a port nobody listens on yet can pick that same port as its own source
+/// and connect to itself (TCP simultaneous open): such a connection is not a listener.
+pub fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port))
+        .and_then(|s| Ok(s.local_addr()? != s.peer_addr()?))
+        .unwrap_or(false)
+}
+
 /// Polls `check` until it gives a value, for at most `within`; then fails with `explain()`. The
 /// one place tests wait on observable state (a file, a log line, a port, a process).
 pub fn wait_for<T>(
@@ -377,7 +386,7 @@ impl Daemon {
         wait_for(
             Duration::from_secs(20),
             || {
-                (TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                (listening(self.port)
                     && std::os::unix::net::UnixStream::connect(&self.socket).is_ok())
                 .then_some(())
             },
