@@ -55,6 +55,90 @@ fn the_conformance_suite_passes_on_a_real_etcd_cluster() {
     });
 }
 
+/// A compare-and-swap whose answer is lost (a relay in front of the member drops what etcd
+/// sends) is sent again on the next endpoint; by then another writer has built on it (the
+/// record's history shows this write's value, then the other's): it is applied, not a conflict.
+/// When the other writer deleted it instead, the history cannot tell: the outcome is unknown,
+/// never a conflict. Before either, a write that lost its race is still a conflict.
+#[test]
+fn a_write_whose_answer_was_lost_is_applied_when_built_on_and_unknown_when_deleted() {
+    let c = EtcdCluster::start(1);
+    let relay = Relay::start(c.members[0].client_port);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut o = options(&c, "lost/");
+        // The relay first, the member itself second: the retry goes straight to it.
+        o.endpoints = vec![
+            format!("http://127.0.0.1:{}", relay.port),
+            c.endpoints()[0].clone(),
+        ];
+        let b = EtcdStorage::open(&options(&c, "lost/")).await.unwrap();
+        // a's write commits, its answer is lost, b writes over it (or deletes it), a's retry
+        // finds b's. A new client each time: a client keeps to the endpoint that answered last.
+        for (key, other_deletes) in [("built-on", false), ("deleted", true)] {
+            let a = EtcdStorage::open(&o).await.unwrap();
+            let r1 = a.put(key, b"one", Expect::Absent).await.unwrap();
+            relay.mute_answers(true);
+            let write = a.put(key, b"two from a", Expect::Revision(r1));
+            let other = async {
+                let r2 = wait_async("a's write to commit", || async {
+                    b.get(key)
+                        .await
+                        .ok()
+                        .flatten()
+                        .filter(|r| r.value == b"two from a")
+                        .map(|r| r.revision)
+                })
+                .await;
+                if other_deletes {
+                    assert!(b.delete(key, Expect::Revision(r2)).await.unwrap());
+                } else {
+                    b.put(key, b"three from b", Expect::Revision(r2))
+                        .await
+                        .unwrap();
+                }
+                r2
+            };
+            let (written, r2) = tokio::join!(write, other);
+            relay.mute_answers(false);
+            if other_deletes {
+                assert!(
+                    matches!(written, Err(StorageError::OutcomeUnknown { .. })),
+                    "{written:?}"
+                );
+            } else {
+                assert_eq!(written.unwrap(), r2);
+            }
+        }
+        // A write that lost its race, answered at once: a conflict.
+        let a = EtcdStorage::open(&o).await.unwrap();
+        let r = b.put("race", b"b", Expect::Absent).await.unwrap();
+        assert!(
+            matches!(
+                a.put("race", b"a", Expect::Absent).await,
+                Err(StorageError::Conflict { .. })
+            ),
+            "revision {r}"
+        );
+    });
+}
+
+/// Polls `check` every 5 ms for at most 5 s.
+async fn wait_async<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited 5 s for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[test]
 fn etcd_over_tls_with_client_certificates_works_and_a_wrong_ca_or_missing_certificate_is_refused() {
     let c = EtcdCluster::start_tls();
@@ -457,20 +541,28 @@ fn concurrent_writes_of_the_same_key_from_two_nodes_are_never_lost() {
     );
     let want = 1 + acknowledged as u64;
     for n in &t.nodes {
+        let latest = || {
+            serde_json::from_str::<Value>(&n.operator_ok(&[
+                "key",
+                "show",
+                "vault-prod",
+                "--format",
+                "json",
+            ]))
+            .ok()
+            .and_then(|v| v["latest_version"].as_u64())
+        };
         wait_for(
             Duration::from_secs(20),
+            || (latest() == Some(want)).then_some(()),
             || {
-                let v: Value = serde_json::from_str(&n.operator_ok(&[
-                    "key",
-                    "show",
-                    "vault-prod",
-                    "--format",
-                    "json",
-                ]))
-                .ok()?;
-                (v["latest_version"].as_u64() == Some(want)).then_some(())
+                format!(
+                    "latest version on every node should be {want} ({a} + {b} rotations \
+                     acknowledged), this node has {:?}; log:\n{}",
+                    latest(),
+                    n.log()
+                )
             },
-            || format!("latest version on every node should be {want}"),
         );
     }
 }

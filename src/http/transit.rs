@@ -51,6 +51,12 @@ impl From<TransitError> for ApiError {
                     "storage unavailable: writes are refused until it answers again; encrypt and decrypt still work",
                 ),
             ),
+            TransitError::Storage(crate::storage::StorageError::OutcomeUnknown { .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(
+                    "storage: the answer to this write was lost and whether it was applied is unknown; read the key back before retrying",
+                ),
+            ),
             TransitError::Storage(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Some("internal error: storage I/O failed (details in the server log)"),

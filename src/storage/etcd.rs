@@ -13,7 +13,11 @@
 //! **Ambiguous writes.** A write whose answer was lost may have committed. When a retried
 //! compare-and-swap then finds the record changed, and changed to exactly what this write stored
 //! (records are encrypted with random nonces, so another writer's bytes never match), the write
-//! is taken as committed at the revision found.
+//! is taken as committed at the revision found. When it finds the record changed to something
+//! else, the record's history is read back to the revision the write expected: the write
+//! committed if one of the values in between is its own (another writer then built on it), and
+//! did not if none is; a history that cannot tell (a delete in between, or compacted) is
+//! `OutcomeUnknown`, never a conflict that would claim the write was not applied.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -203,12 +207,6 @@ impl EtcdStorage {
     /// One etcd transaction of `ops`; their puts under `lease` when given (`put_leased`).
     async fn txn_leased(&self, ops: Vec<Op>, lease: Option<i64>) -> Result<Revision, StorageError> {
         validate_ops(&ops)?;
-        struct Prepared {
-            key: String,
-            full: Vec<u8>,
-            value: Option<Vec<u8>>,
-            expect: Expect,
-        }
         let prepared: Arc<Vec<Prepared>> = Arc::new(
             ops.into_iter()
                 .map(|op| {
@@ -279,6 +277,20 @@ impl EtcdStorage {
                     for (o, f) in p.iter().zip(&found) {
                         let rev = f.as_ref().map(|(_, r)| *r).unwrap_or(0);
                         if !o.expect.met_by(rev) {
+                            if attempt > 0 {
+                                // An earlier attempt may have committed and been built on since.
+                                let now = header_revision(r.header());
+                                match earlier_commit(&mut c, &p, now).await {
+                                    History::Committed(at) => return Ok(at),
+                                    History::NotCommitted => {}
+                                    History::Unknown => {
+                                        return Err(Failure::Final(StorageError::OutcomeUnknown {
+                                            backend: name.clone(),
+                                            key: o.key.clone(),
+                                        }));
+                                    }
+                                }
+                            }
                             return Err(Failure::Final(o.expect.conflict(&o.key, rev)));
                         }
                     }
@@ -293,6 +305,72 @@ impl EtcdStorage {
             })
             .await
     }
+}
+
+/// What a key's history says about an earlier attempt of a transaction.
+#[derive(Debug, PartialEq)]
+enum History {
+    Committed(Revision),
+    NotCommitted,
+    Unknown,
+}
+
+/// One operation of a transaction: its key (without and with the prefix), the value of a put.
+struct Prepared {
+    key: String,
+    full: Vec<u8>,
+    value: Option<Vec<u8>>,
+    expect: Expect,
+}
+
+/// Whether an earlier attempt of the transaction `ops` committed, read from the history of one of
+/// its puts (a transaction commits whole, so one key tells), from the store's revision `now` back
+/// through each earlier value of the key: one that is this put's own value committed it (records
+/// are encrypted with random nonces, so another writer's bytes never match); reaching the revision
+/// the put expected (or the key's absence, for a put that expected none, at the start of its
+/// history) without it means it did not. A delete in between, a compacted revision or a failed
+/// read cannot tell.
+async fn earlier_commit(c: &mut Client, ops: &[Prepared], now: Revision) -> History {
+    // A put with an expectation: its key's history has a floor.
+    let Some((op, value)) = ops
+        .iter()
+        .filter(|o| o.expect != Expect::Any)
+        .find_map(|o| o.value.as_deref().map(|v| (o, v)))
+    else {
+        return History::Unknown;
+    };
+    let floor = match op.expect {
+        Expect::Revision(r) => r,
+        _ => 0,
+    };
+    let mut at = now;
+    // Each step goes back at least one revision; a long chain of other writers is cut short.
+    for _ in 0..64 {
+        if at <= floor {
+            return History::NotCommitted;
+        }
+        let opts = GetOptions::new().with_revision(i64::try_from(at).unwrap_or(i64::MAX));
+        let Ok(r) = c.get(op.full.clone(), Some(opts)).await else {
+            return History::Unknown;
+        };
+        let Some(kv) = r.kvs().first() else {
+            return History::Unknown;
+        };
+        let mod_rev = kv.mod_revision().max(0) as u64;
+        if kv.value() == value {
+            return History::Committed(mod_rev);
+        }
+        if mod_rev <= floor {
+            return History::NotCommitted;
+        }
+        if op.expect == Expect::Absent && kv.version() == 1 {
+            // The first value since the key was last absent, not this put's: before it the key
+            // was absent, and what came before that absence is not visible from here.
+            return History::Unknown;
+        }
+        at = mod_rev - 1;
+    }
+    History::Unknown
 }
 
 /// A gRPC answer that another member might answer differently.

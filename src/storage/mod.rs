@@ -49,6 +49,14 @@ pub enum StorageError {
         expected: Revision,
         found: Revision,
     },
+    /// A write's answer was lost, it was sent again, and the record had changed by then in a way
+    /// that does not tell whether the first one was applied (its history was deleted or
+    /// compacted).
+    #[error(
+        "storage ({backend}): the answer to a write of {key} was lost and the record has changed \
+         since; whether the write was applied is unknown: read the record back before retrying"
+    )]
+    OutcomeUnknown { backend: String, key: String },
     #[error("record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("{0} is in use by another sealkeeper process")]

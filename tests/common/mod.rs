@@ -1050,6 +1050,9 @@ pub struct Relay {
     pub port: u16,
     target: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// While set, what the target sends is read and dropped: requests still arrive and are acted
+    /// on, their answers are lost.
+    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -1064,10 +1067,16 @@ impl Relay {
             port: free_port(),
             target,
             stop: Default::default(),
+            mute: Default::default(),
             thread: None,
         };
         r.up();
         r
+    }
+
+    /// From now on the target's answers are dropped (`true`) or relayed again (`false`).
+    pub fn mute_answers(&self, mute: bool) {
+        self.mute.store(mute, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Accepts again on the relay's port.
@@ -1078,6 +1087,7 @@ impl Relay {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.stop = stop.clone();
         let target = self.target;
+        let mute = self.mute.clone();
         self.thread = Some(std::thread::spawn(move || {
             let mut open: Vec<TcpStream> = Vec::new();
             // `down` sets the flag, then connects once to wake this accept.
@@ -1091,12 +1101,25 @@ impl Relay {
                 };
                 open.push(client.try_clone().unwrap());
                 open.push(server.try_clone().unwrap());
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                for (mut from, mut to, answers) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        false,
+                    ),
+                    (server, client, true),
                 ] {
+                    let mute = mute.clone();
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf) {
+                            if answers && mute.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                     });
                 }
