@@ -5,6 +5,7 @@
 #   scripts/bench.sh transit [SECONDS]
 #   scripts/bench.sh heap
 #   scripts/bench.sh cpu [SECONDS]
+#   scripts/bench.sh profile [SECONDS]
 #   scripts/bench.sh hardening [idle|batch|flood|core|bao ...]
 #   scripts/bench.sh compare BEFORE_BINARY [startup|transit ...]
 #   scripts/bench.sh cluster [SECONDS] [ROUNDS]
@@ -38,7 +39,13 @@
 # unaudited encrypt at 16 connections, beside the floor's per request.
 #
 # cpu: server CPU (perf's task-clock: user and system) per request of an unaudited encrypt at 16 and
-# 64 connections, beside the floor's, for SECONDS (default 4) each.
+# 64 connections, beside the floor's, for SECONDS (default 4) each; with SWITCHES=1 also context
+# switches, futex and epoll_wait calls per request.
+#
+# profile: where the server's CPU goes on an unaudited encrypt at 16 connections, and the floor's:
+# perf record (cpu-clock samples, no call stacks) over SECONDS (default 5) each, CPU per request
+# from the samples, the shares by library and the top symbols (TOP, default 40; the release binary
+# keeps its symbol table).
 #
 # compare: startup and transit (or the ones named) for BEFORE_BINARY (an earlier release build of
 # sealkeeper) and for this tree's, one after the other in the same run, each beside its own floor;
@@ -72,6 +79,7 @@ case "$what" in
   startup) RUNS=${2:-25} ;;
   heap) ;;
   cpu) SECS=${2:-4} ;;
+  profile) SECS=${2:-5} ;;
   transit) SECS=${2:-5} ;;
   hardening)
     cargo build --release --quiet --bin sealkeeper
@@ -97,10 +105,10 @@ case "$what" in
   *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2 ;;
 esac
 
-if [ "$what" = transit ] || [ "$what" = heap ] || [ "$what" = cpu ]; then
+if [ "$what" = transit ] || [ "$what" = heap ] || [ "$what" = cpu ] || [ "$what" = profile ]; then
   # One initialized daemon with a key, a policy and a token (unaudited for heap and cpu), and the floor.
   command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove wrk; }
-  if [ "$what" = heap ] || [ "$what" = cpu ]; then
+  if [ "$what" = heap ] || [ "$what" = cpu ] || [ "$what" = profile ]; then
     command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove linux-perf; }
     cargo build --release --quiet --bin sealkeeper --example https_floor
   else
@@ -114,7 +122,7 @@ if [ "$what" = transit ] || [ "$what" = heap ] || [ "$what" = cpu ]; then
   FLOOR_PORT=$(free_port)
   DIR=$(scripts/setup-softhsm.sh --dir "$WORK/demo" --port "$PORT")
   export SOFTHSM2_CONF=$DIR/softhsm2.conf SEALKEEPER_SOCKET=$DIR/admin.sock
-  { [ "$what" = heap ] || [ "$what" = cpu ]; } && sed -i '/^\[audit\]$/,/^path = /d' "$DIR/sealkeeper.toml"
+  { [ "$what" = heap ] || [ "$what" = cpu ] || [ "$what" = profile ]; } && sed -i '/^\[audit\]$/,/^path = /d' "$DIR/sealkeeper.toml"
   "$BIN" server --config "$DIR/sealkeeper.toml" 2>/dev/null &
   DAEMON=$!
   for _ in $(seq 1 200); do [ -S "$SEALKEEPER_SOCKET" ] && break; sleep 0.05; done
@@ -134,7 +142,7 @@ LUA
   sleep 0.3
 fi
 
-if [ "$what" = heap ] || [ "$what" = cpu ]; then
+if [ "$what" = heap ] || [ "$what" = cpu ] || [ "$what" = profile ]; then
   BODY="{\"plaintext\":\"$PLAINTEXT\"}"
   # perf's counts of EVENTS (comma-separated) in the server PID over one wrk run of SECS seconds at
   # CONNS connections, summed, times SCALE, per request answered.
@@ -166,7 +174,34 @@ if [ "$what" = cpu ]; then
     f=$(per_request task-clock 1000 $FLOOR "https://localhost:$FLOOR_PORT/" "$c")
     d=$(per_request task-clock 1000 $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench" "$c")
     echo "$c connections: sealkeeper $d, floor $f, ratio $(python3 -c "print(f'{$d/$f:.2f}')")"
+    if [ -n "${SWITCHES:-}" ]; then
+      # Context switches and futex calls per request (thread hand-offs), each over its own run.
+      for e in context-switches syscalls:sys_enter_futex syscalls:sys_enter_epoll_wait; do
+        f=$(per_request $e 1 $FLOOR "https://localhost:$FLOOR_PORT/" "$c")
+        d=$(per_request $e 1 $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench" "$c")
+        echo "  $e per request: sealkeeper $d, floor $f"
+      done
+    fi
   done
+  exit 0
+fi
+
+if [ "$what" = profile ]; then
+  # name pid url: requests/s, the shares by library, the top symbols.
+  profile() {
+    perf record -q -e cpu-clock -F 4999 -o "$WORK/perf.$1" -p "$2" -- sleep "$((SECS + 1))" 2>/dev/null &
+    local rec=$!; sleep 0.3
+    local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c16 -d"${SECS}s" -s "$WORK/put.lua" "$3" | awk '/requests in/ {print $1}')
+    wait $rec
+    local samples; samples=$(perf report -q -i "$WORK/perf.$1" --stdio --sort dso -F sample 2>/dev/null | awk '{s += $1} END {print s}')
+    # cpu-clock at 4999 Hz: one sample is about 200 us of CPU.
+    echo "== $1: $n requests, $(python3 -c "print(f'{$samples * 200.04 / $n:.1f}')") us of server CPU per request (sampled)"
+    # (head closes the pipe early: not a failure)
+    perf report -q -i "$WORK/perf.$1" --sort dso --stdio 2>/dev/null | awk 'NF {print}' | head -8 || true
+    perf report -q -i "$WORK/perf.$1" --sort dso,sym --stdio 2>/dev/null | awk 'NF {print}' | head -"${TOP:-40}" || true
+  }
+  profile floor $FLOOR "https://localhost:$FLOOR_PORT/"
+  profile sealkeeper $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench"
   exit 0
 fi
 
