@@ -92,19 +92,25 @@ pub fn seal(key: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoE
     let key = gcm_key(key)?;
     let mut nonce = [0u8; GCM_NONCE_LEN];
     fill_random(&mut nonce)?;
+    // Encrypted in place in the one output buffer: the plaintext is never copied elsewhere, and
+    // a failure wipes what was copied in.
     let mut out = Vec::with_capacity(GCM_NONCE_LEN + plaintext.len() + GCM_TAG_LEN);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
-    let mut body = out.split_off(GCM_NONCE_LEN);
-    key.seal_in_place_append_tag(
+    match key.seal_in_place_separate_tag(
         Nonce::assume_unique_for_key(nonce),
         Aad::from(aad),
-        &mut body,
-    )
-    .map_err(|_| CryptoError::Authentication)?;
-    out.extend_from_slice(&body);
-    body.zeroize();
-    Ok(out)
+        &mut out[GCM_NONCE_LEN..],
+    ) {
+        Ok(tag) => {
+            out.extend_from_slice(tag.as_ref());
+            Ok(out)
+        }
+        Err(_) => {
+            out.zeroize();
+            Err(CryptoError::Authentication)
+        }
+    }
 }
 
 /// Opens the output of [`seal`]. The returned plaintext should be zeroized by the caller when it is
