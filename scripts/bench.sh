@@ -40,7 +40,7 @@
 #
 # cpu: server CPU (perf's task-clock: user and system) per request of an unaudited encrypt at 16 and
 # 64 connections, beside the floor's, for SECONDS (default 4) each; with SWITCHES=1 also context
-# switches, futex and epoll_wait calls per request.
+# switches, futex, epoll_wait, recvfrom and writev calls per request.
 #
 # profile: where the server's CPU goes on an unaudited encrypt at 16 connections, and the floor's:
 # perf record (cpu-clock samples, no call stacks) over SECONDS (default 5) each, CPU per request
@@ -176,7 +176,7 @@ if [ "$what" = cpu ]; then
     echo "$c connections: sealkeeper $d, floor $f, ratio $(python3 -c "print(f'{$d/$f:.2f}')")"
     if [ -n "${SWITCHES:-}" ]; then
       # Context switches and futex calls per request (thread hand-offs), each over its own run.
-      for e in context-switches syscalls:sys_enter_futex syscalls:sys_enter_epoll_wait; do
+      for e in context-switches syscalls:sys_enter_futex syscalls:sys_enter_epoll_wait syscalls:sys_enter_recvfrom syscalls:sys_enter_writev; do
         f=$(per_request $e 1 $FLOOR "https://localhost:$FLOOR_PORT/" "$c")
         d=$(per_request $e 1 $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench" "$c")
         echo "  $e per request: sealkeeper $d, floor $f"
