@@ -59,9 +59,10 @@ fn the_conformance_suite_passes_on_a_real_etcd_cluster() {
 /// sends) is sent again on the next endpoint; by then another writer has built on it (the
 /// record's history shows this write's value, then the other's): it is applied, not a conflict.
 /// When the other writer deleted it instead, the history cannot tell: the outcome is unknown,
-/// never a conflict. Before either, a write that lost its race is still a conflict.
+/// never a conflict; so too for a delete whose record was created again before its retry. A write
+/// that lost its race and was answered is still a conflict.
 #[test]
-fn a_write_whose_answer_was_lost_is_applied_when_built_on_and_unknown_when_deleted() {
+fn a_write_whose_answer_was_lost_is_applied_when_built_on_and_unknown_when_it_cannot_be_told() {
     let c = EtcdCluster::start(1);
     let relay = Relay::start(c.members[0].client_port);
     let rt = runtime();
@@ -110,6 +111,28 @@ fn a_write_whose_answer_was_lost_is_applied_when_built_on_and_unknown_when_delet
                 assert_eq!(written.unwrap(), r2);
             }
         }
+        // A delete whose answer is lost, and the record created again before its retry: whose
+        // delete came between cannot be told, so not a conflict either.
+        let a = EtcdStorage::open(&o).await.unwrap();
+        let r1 = a.put("recreated", b"one", Expect::Absent).await.unwrap();
+        relay.mute_answers(true);
+        let delete = a.delete("recreated", Expect::Revision(r1));
+        let other = async {
+            wait_async("a's delete to commit", || async {
+                matches!(b.get("recreated").await, Ok(None)).then_some(())
+            })
+            .await;
+            b.put("recreated", b"again from b", Expect::Absent)
+                .await
+                .unwrap();
+        };
+        let (deleted, ()) = tokio::join!(delete, other);
+        relay.mute_answers(false);
+        assert!(
+            matches!(deleted, Err(StorageError::OutcomeUnknown { .. })),
+            "{deleted:?}"
+        );
+
         // A write that lost its race, answered at once: a conflict.
         let a = EtcdStorage::open(&o).await.unwrap();
         let r = b.put("race", b"b", Expect::Absent).await.unwrap();

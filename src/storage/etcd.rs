@@ -551,9 +551,29 @@ impl Storage for EtcdStorage {
                         return Ok(deleted);
                     }
                     let current = found(&r).first().cloned().flatten();
+                    // The record found was created after the revision this delete expected: the
+                    // one it expected was deleted in between, by this delete's first attempt or
+                    // by another writer's.
+                    let recreated = match expect {
+                        Expect::Revision(at) if attempt > 0 => r
+                            .op_responses()
+                            .into_iter()
+                            .filter_map(|o| match o {
+                                TxnOpResponse::Get(g) => {
+                                    g.kvs().first().map(|kv| kv.create_revision())
+                                }
+                                _ => None,
+                            })
+                            .any(|created| created.max(0) as u64 > at),
+                        _ => false,
+                    };
                     match current {
                         // A retried delete whose first attempt committed finds the record gone.
                         None if attempt > 0 && matches!(expect, Expect::Revision(_)) => Ok(true),
+                        Some(_) if recreated => Err(Failure::Final(StorageError::OutcomeUnknown {
+                            backend: name.clone(),
+                            key: key_s.clone(),
+                        })),
                         other => Err(Failure::Final(
                             expect.conflict(&key_s, other.map(|(_, r)| r).unwrap_or(0)),
                         )),
