@@ -22,7 +22,7 @@ use serde_json::Value;
 struct Moto {
     port: u16,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Moto {
@@ -45,15 +45,24 @@ impl Moto {
         let child = c
             .spawn()
             .expect("moto_server (pip install 'moto[server]'; scripts/test.sh installs it)");
-        let m = Moto {
+        let mut m = Moto {
             port,
             child,
-            _dir: dir,
+            dir,
         };
+        // Ready is an HTTP answer from moto itself, not only a port that accepts.
         wait_for(
             Duration::from_secs(30),
-            || listening(port).then_some(()),
-            || "moto_server did not start listening".into(),
+            || {
+                if let Ok(Some(status)) = m.child.try_wait() {
+                    let log = std::fs::read_to_string(m.dir.path().join("moto.log"));
+                    panic!("moto_server exited ({status}) before answering: {log:?}");
+                }
+                (listening(port)
+                    && http_with(port, "GET", "/moto-api/", None, b"").is_ok_and(|r| r.status > 0))
+                .then_some(())
+            },
+            || "moto_server did not answer HTTP".into(),
         );
         m
     }
