@@ -45,11 +45,7 @@ impl Moto {
         let child = c
             .spawn()
             .expect("moto_server (pip install 'moto[server]'; scripts/test.sh installs it)");
-        let mut m = Moto {
-            port,
-            child,
-            dir,
-        };
+        let mut m = Moto { port, child, dir };
         // Ready is an HTTP answer from moto itself, not only a port that accepts.
         wait_for(
             Duration::from_secs(30),
