@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use etcd_cluster::EtcdCluster;
 use sealkeeper::storage::etcd::{EtcdOptions, EtcdStorage};
-use sealkeeper::storage::{Expect, Storage, StorageError};
+use sealkeeper::storage::{Change, Expect, Storage, StorageError, Watch, WatchEvent};
 use serde_json::{Value, json};
 
 fn options(c: &EtcdCluster, prefix: &str) -> EtcdOptions {
@@ -79,18 +79,15 @@ fn a_write_whose_answer_was_lost_is_applied_when_built_on_and_unknown_when_it_ca
         for (key, other_deletes) in [("built-on", false), ("deleted", true)] {
             let a = EtcdStorage::open(&o).await.unwrap();
             let r1 = a.put(key, b"one", Expect::Absent).await.unwrap();
+            let mut feed = b.watch(key);
             relay.mute_answers(true);
             let write = a.put(key, b"two from a", Expect::Revision(r1));
             let other = async {
-                let r2 = wait_async("a's write to commit", || async {
-                    b.get(key)
-                        .await
-                        .ok()
-                        .flatten()
-                        .filter(|r| r.value == b"two from a")
-                        .map(|r| r.revision)
+                let r2 = change_on(&mut feed, "a's write to commit", |c| {
+                    c.key == key && c.value.as_deref() == Some(b"two from a")
                 })
-                .await;
+                .await
+                .revision;
                 if other_deletes {
                     assert!(b.delete(key, Expect::Revision(r2)).await.unwrap());
                 } else {
@@ -115,11 +112,12 @@ fn a_write_whose_answer_was_lost_is_applied_when_built_on_and_unknown_when_it_ca
         // delete came between cannot be told, so not a conflict either.
         let a = EtcdStorage::open(&o).await.unwrap();
         let r1 = a.put("recreated", b"one", Expect::Absent).await.unwrap();
+        let mut feed = b.watch("recreated");
         relay.mute_answers(true);
         let delete = a.delete("recreated", Expect::Revision(r1));
         let other = async {
-            wait_async("a's delete to commit", || async {
-                matches!(b.get("recreated").await, Ok(None)).then_some(())
+            change_on(&mut feed, "a's delete to commit", |c| {
+                c.key == "recreated" && c.value.is_none()
             })
             .await;
             b.put("recreated", b"again from b", Expect::Absent)
@@ -146,20 +144,21 @@ fn a_write_whose_answer_was_lost_is_applied_when_built_on_and_unknown_when_it_ca
     });
 }
 
-/// Polls `check` every 5 ms for at most 5 s.
-async fn wait_async<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(v) = check().await {
-            return v;
+/// The first change on `feed` that `pick` accepts, within 5 s: the store's own change feed, so
+/// nothing is polled.
+async fn change_on(feed: &mut Watch, what: &str, pick: impl Fn(&Change) -> bool) -> Change {
+    let next = async {
+        loop {
+            match feed.next().await {
+                WatchEvent::Change(c) if pick(&c) => return c,
+                WatchEvent::Change(_) => {}
+                other => panic!("the change feed gave {other:?} while waiting for {what}"),
+            }
         }
-        assert!(Instant::now() < deadline, "waited 5 s for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .unwrap_or_else(|_| panic!("waited 5 s for {what}"))
 }
 
 #[test]
