@@ -144,13 +144,20 @@ fi
 
 if [ "$what" = heap ] || [ "$what" = cpu ] || [ "$what" = profile ]; then
   BODY="{\"plaintext\":\"$PLAINTEXT\"}"
-  # perf's counts of EVENTS (comma-separated) in the server PID over one wrk run of SECS seconds at
-  # CONNS connections, summed, times SCALE, per request answered.
+  # `perf PERF_ARGS... -p PID` around one wrk run of SECS seconds at CONNS connections to URL;
+  # prints the requests answered.
+  under_load() { # pid url conns perf-args...
+    local pid=$1 url=$2 conns=$3; shift 3
+    perf "$@" -p "$pid" -- sleep "$((SECS + 1))" &
+    local p=$!; sleep 0.3
+    local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c"$conns" -d"${SECS}s" -s "$WORK/put.lua" "$url" | awk '/requests in/ {print $1}')
+    wait $p
+    echo "$n"
+  }
+  # perf's counts of EVENTS (comma-separated) in the server PID over one wrk run, summed, times
+  # SCALE, per request answered.
   per_request() { # events scale pid url conns
-    perf stat -x, -o "$WORK/stat" -e "$1" -p "$3" -- sleep "$((SECS + 1))" &
-    local st=$!; sleep 0.3
-    local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c"$5" -d"${SECS}s" -s "$WORK/put.lua" "$4" | awk '/requests in/ {print $1}')
-    wait $st
+    local n; n=$(under_load "$3" "$4" "$5" stat -x, -o "$WORK/stat" -e "$1")
     awk -F, -v n="$n" -v scale="$2" '$1 ~ /^[0-9.]+$/ {s += $1} END {printf "%.1f", s * scale / n}' "$WORK/stat"
   }
 fi
@@ -175,7 +182,8 @@ if [ "$what" = cpu ]; then
     d=$(per_request task-clock 1000 $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench" "$c")
     echo "$c connections: sealkeeper $d, floor $f, ratio $(python3 -c "print(f'{$d/$f:.2f}')")"
     if [ -n "${SWITCHES:-}" ]; then
-      # Context switches and futex calls per request (thread hand-offs), each over its own run.
+      # Context switches, futex and epoll_wait calls (thread hand-offs) and the socket calls per
+      # request, each over its own run.
       for e in context-switches syscalls:sys_enter_futex syscalls:sys_enter_epoll_wait syscalls:sys_enter_recvfrom syscalls:sys_enter_writev; do
         f=$(per_request $e 1 $FLOOR "https://localhost:$FLOOR_PORT/" "$c")
         d=$(per_request $e 1 $DAEMON "https://localhost:$PORT/v1/transit/encrypt/bench" "$c")
@@ -187,15 +195,13 @@ if [ "$what" = cpu ]; then
 fi
 
 if [ "$what" = profile ]; then
-  # name pid url: requests/s, the shares by library, the top symbols.
+  HZ=4999
+  # name pid url: the requests answered, CPU per request, the shares by library, the top symbols.
   profile() {
-    perf record -q -e cpu-clock -F 4999 -o "$WORK/perf.$1" -p "$2" -- sleep "$((SECS + 1))" 2>/dev/null &
-    local rec=$!; sleep 0.3
-    local n; n=$(BODY=$BODY TOKEN=$TOKEN wrk -t2 -c16 -d"${SECS}s" -s "$WORK/put.lua" "$3" | awk '/requests in/ {print $1}')
-    wait $rec
+    local n; n=$(under_load "$2" "$3" 16 record -q -e cpu-clock -F $HZ -o "$WORK/perf.$1" 2>/dev/null)
     local samples; samples=$(perf report -q -i "$WORK/perf.$1" --stdio --sort dso -F sample 2>/dev/null | awk '{s += $1} END {print s}')
-    # cpu-clock at 4999 Hz: one sample is about 200 us of CPU.
-    echo "== $1: $n requests, $(python3 -c "print(f'{$samples * 200.04 / $n:.1f}')") us of server CPU per request (sampled)"
+    # One cpu-clock sample stands for 1/HZ s of CPU.
+    echo "== $1: $n requests, $(python3 -c "print(f'{$samples * 1e6 / $HZ / $n:.1f}')") us of server CPU per request (sampled)"
     # (head closes the pipe early: not a failure)
     perf report -q -i "$WORK/perf.$1" --sort dso --stdio 2>/dev/null | awk 'NF {print}' | head -8 || true
     perf report -q -i "$WORK/perf.$1" --sort dso,sym --stdio 2>/dev/null | awk 'NF {print}' | head -"${TOP:-40}" || true
