@@ -254,6 +254,107 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// One mapping of /proc/self/smaps, as far as [`release_file_pages`] needs it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Mapping {
+    start: usize,
+    end: usize,
+    perms: String,
+    inode: u64,
+    rss_kb: u64,
+    /// Private (copied-on-write), swapped and locked pages: any of them makes the mapping differ
+    /// from its file, or unfit for the advice.
+    anonymous_kb: u64,
+    swap_kb: u64,
+    locked_kb: u64,
+}
+
+impl Mapping {
+    /// A private, read-only mapping of a file whose every resident page is still the file's own:
+    /// dropping its pages loses nothing, the next access maps the same bytes from the page cache.
+    fn is_clean_file_text(&self) -> bool {
+        let p = self.perms.as_bytes();
+        self.inode != 0
+            && p.len() == 4
+            && p[0] == b'r'
+            && p[1] != b'w'
+            && p[3] == b'p'
+            && self.rss_kb > 0
+            && self.anonymous_kb == 0
+            && self.swap_kb == 0
+            && self.locked_kb == 0
+    }
+}
+
+fn parse_smaps(text: &str) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_ascii_whitespace();
+        let Some(first) = f.next() else { continue };
+        let range = first
+            .split_once('-')
+            .map(|(a, b)| (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)));
+        if let Some((Ok(start), Ok(end))) = range {
+            let perms = f.next().unwrap_or_default().to_string();
+            let inode = f.nth(2).and_then(|i| i.parse().ok()).unwrap_or(0);
+            out.push(Mapping {
+                start,
+                end,
+                perms,
+                inode,
+                ..Mapping::default()
+            });
+            continue;
+        }
+        let Some(m) = out.last_mut() else { continue };
+        let kb = || {
+            f.clone()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        };
+        match first {
+            "Rss:" => m.rss_kb = kb(),
+            "Anonymous:" => m.anonymous_kb = kb(),
+            "Swap:" => m.swap_kb = kb(),
+            "Locked:" => m.locked_kb = kb(),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Drops this process's resident pages of read-only file mappings (the code and constants of the
+/// binary, the PKCS#11 module and the libraries) once start-up is over, and returns how many KiB
+/// were resident in them. Start-up runs code the daemon never runs again until the next rotation
+/// or restart (the self-tests, the config parser, the module's initialisation), and the kernel
+/// maps file pages in 64 KiB windows around each fault; after this only what serving touches comes
+/// back, from the page cache, as minor faults. Only mappings whose pages are all still the file's
+/// are advised (no copied-on-write, swapped or locked page: relocated data, a debugger's or a
+/// uprobe's breakpoint, are left alone). Best effort: a mapping the kernel refuses is skipped.
+pub fn release_file_pages() -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut released = 0;
+    for m in parse_smaps(&text).iter().filter(|m| m.is_clean_file_text()) {
+        // SAFETY: the range is one whole mapping of this process, read from smaps just now, that
+        // is private, not writable and holds no page that differs from its file (no anonymous,
+        // swapped or locked page). MADV_DONTNEED on such a mapping only unmaps its pages: the next
+        // access faults the same bytes back from the file, as after the kernel's own reclaim. No
+        // Rust object lives in it (they live on the heap, the stacks and writable mappings).
+        let rc = unsafe {
+            libc::madvise(
+                m.start as *mut libc::c_void,
+                m.end - m.start,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc == 0 {
+            released += m.rss_kb;
+        }
+    }
+    Ok(released)
+}
+
 /// Whether the process is currently dumpable (PR_GET_DUMPABLE).
 pub fn is_dumpable() -> bool {
     // SAFETY: PR_GET_DUMPABLE takes no pointer arguments.
@@ -348,5 +449,83 @@ mod tests {
         assert_eq!(b.as_slice(), &[7u8; 32]);
         assert_eq!(b.len(), 32);
         assert!(!format!("{b:?}").contains('7'));
+    }
+
+    const SMAPS: &str = "\
+55d0c0a00000-55d0c0b00000 r--p 00000000 fe:01 1234 /usr/bin/sealkeeper
+Size:               1024 kB
+Rss:                 512 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+Locked:                0 kB
+VmFlags: rd mr mw me
+55d0c0b00000-55d0c1b00000 r-xp 00100000 fe:01 1234 /usr/bin/sealkeeper
+Rss:                8192 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+Locked:                0 kB
+55d0c1b00000-55d0c1b10000 r--p 01100000 fe:01 1234 /usr/bin/sealkeeper
+Rss:                  64 kB
+Anonymous:            64 kB
+Swap:                  0 kB
+Locked:                0 kB
+55d0c1b10000-55d0c1b20000 rw-p 01110000 fe:01 1234 /usr/bin/sealkeeper
+Rss:                  16 kB
+Anonymous:            16 kB
+7f0000000000-7f0000100000 r-xp 00000000 fe:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                 900 kB
+Anonymous:             0 kB
+Swap:                  4 kB
+Locked:                0 kB
+7f0000200000-7f0000201000 r-xp 00000000 fe:01 77 /usr/lib/softhsm/libsofthsm2.so
+Rss:                   4 kB
+Anonymous:             0 kB
+Swap:                  0 kB
+Locked:                4 kB
+7f0000300000-7f0000301000 r--s 00000000 fe:01 55 /dev/shm/x
+Rss:                   4 kB
+Anonymous:             0 kB
+7f0000400000-7f0000401000 r-xp 00000000 00:00 0 [vdso]
+Rss:                   4 kB
+Anonymous:             0 kB
+7f0000500000-7f0000501000 r-xp 00000000 fe:01 1234 /usr/bin/sealkeeper
+Rss:                   0 kB
+Anonymous:             0 kB
+";
+
+    #[test]
+    fn only_whole_private_read_only_file_mappings_unchanged_from_their_file_are_released() {
+        let maps = parse_smaps(SMAPS);
+        assert_eq!(maps.len(), 9);
+        assert_eq!(maps[1].start, 0x55d0c0b00000);
+        assert_eq!(maps[1].end, 0x55d0c1b00000);
+        assert_eq!((maps[1].inode, maps[1].rss_kb), (1234, 8192));
+        let picked: Vec<(usize, u64)> = maps
+            .iter()
+            .filter(|m| m.is_clean_file_text())
+            .map(|m| (m.start, m.rss_kb))
+            .collect();
+        // The constants and the code; not the relocated (anonymous) or writable part, not a
+        // mapping with a swapped or a locked page, not a shared one, not the vDSO, not an empty one.
+        assert_eq!(picked, vec![(0x55d0c0a00000, 512), (0x55d0c0b00000, 8192)]);
+        // A field that does not parse counts as present: the mapping is left alone.
+        let odd = SMAPS.replace("Anonymous:             0 kB\nSwap:                  0 kB\nLocked:                0 kB\nVmFlags", "Anonymous:             ? kB\nSwap:                  0 kB\nLocked:                0 kB\nVmFlags");
+        assert!(!parse_smaps(&odd)[0].is_clean_file_text());
+    }
+
+    #[test]
+    fn releasing_this_process_s_file_pages_drops_some_and_its_code_still_runs() {
+        fn digest(data: &[u8]) -> Vec<u8> {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+                .as_ref()
+                .to_vec()
+        }
+        let before = digest(b"sealkeeper");
+        let released = release_file_pages().unwrap();
+        assert!(released > 0, "this test binary's code was resident");
+        // The code and constants fault back from the file: the same answers as before.
+        assert_eq!(digest(b"sealkeeper"), before);
+        let maps = parse_smaps(&std::fs::read_to_string("/proc/self/smaps").unwrap());
+        assert!(maps.iter().any(|m| m.perms == "r-xp" && m.inode != 0));
     }
 }

@@ -130,6 +130,78 @@ fn operator_seal_gives_503_and_unseal_gives_200() {
     assert_eq!(d.health("").status, 200);
 }
 
+/// The sizes (KiB) of every "released the resident pages" line in the daemon's log.
+fn released_kib(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("released the resident pages"))
+        .filter_map(|l| l.split("released_kib=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn start_ups_pages_are_released_after_each_unseal_and_what_serving_needs_comes_back() {
+    let f = Fixture::new();
+    let mut d = f.start();
+    d.init();
+    d.operator_ok(&["key", "create", "k"]);
+    let token = d.policy_and_token("p", "k", "encrypt,decrypt");
+    let r = d.put(
+        "/v1/transit/encrypt/k",
+        &token,
+        &serde_json::json!({ "plaintext": "YQ==" }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ct = r.json()["data"]["ciphertext"].as_str().unwrap().to_string();
+    d.stop();
+
+    // Restarted: once it has unsealed, the pages of the code start-up ran are dropped (the binary's
+    // and the PKCS#11 module's text is resident then: some must be released).
+    let d = f.start();
+    d.wait_health(200, Duration::from_secs(10));
+    let first = wait_for(
+        Duration::from_secs(10),
+        || released_kib(&d.log()).first().copied(),
+        || format!("no release after the unseal: {}", d.log()),
+    );
+    assert!(first > 0, "nothing was resident to release: {}", d.log());
+
+    // Everything serving, rotation and the HSM need still runs from the pages that fault back.
+    let r = d.put(
+        "/v1/transit/decrypt/k",
+        &token,
+        &serde_json::json!({ "ciphertext": ct }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["data"]["plaintext"], "YQ==");
+    d.operator_ok(&["key", "rotate", "k"]);
+    let r = d.put(
+        "/v1/transit/encrypt/k",
+        &token,
+        &serde_json::json!({ "plaintext": "Yg==" }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["data"]["key_version"], 2);
+
+    // An operator seal and unseal (the HSM's unwrap again) releases once more.
+    d.operator_ok(&["seal"]);
+    assert_eq!(d.health("").status, 503);
+    d.operator_ok(&["unseal"]);
+    assert_eq!(d.health("").status, 200);
+    wait_for(
+        Duration::from_secs(10),
+        || (released_kib(&d.log()).len() >= 2).then_some(()),
+        || format!("no release after the second unseal: {}", d.log()),
+    );
+    let r = d.put(
+        "/v1/transit/decrypt/k",
+        &token,
+        &serde_json::json!({ "ciphertext": ct }),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(d.status_json()["state"], "unsealed");
+}
+
 #[test]
 fn sigterm_exits_zero_and_removes_the_socket() {
     let f = Fixture::new();

@@ -243,6 +243,7 @@ pub async fn run(
         .filter_map(|a| crate::http::client::Cidr::parse(a).ok())
         .collect();
 
+    core.subscribe(Arc::new(ReleaseStartupPages));
     let mut tasks = JoinSet::new();
     tasks.spawn(core.clone().run_auto_unseal());
     tasks.spawn(core.clone().run_probe());
@@ -347,6 +348,30 @@ pub async fn run(
 }
 
 /// SIGHUP reopens the audit log (after an external rotation such as logrotate's).
+/// After the init and each unseal, drops the resident pages of the code and constants that start-up,
+/// the init and the unseal ran and serving does not (`secret::release_file_pages`), on a blocking thread so that no
+/// request waits for it. What serving runs faults back in from the page cache.
+struct ReleaseStartupPages;
+
+impl crate::core::Subscriber for ReleaseStartupPages {
+    fn on_event(&self, event: &crate::core::CoreEvent) {
+        use crate::core::CoreEvent;
+        if !matches!(
+            event,
+            CoreEvent::Unsealed { .. } | CoreEvent::UnsealedWithShares { .. }
+        ) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn_blocking(|| match secret::release_file_pages() {
+            Ok(kib) => tracing::debug!(released_kib = kib, "released the resident pages of start-up's code"),
+            Err(e) => tracing::debug!(error = %e, "cannot read /proc/self/smaps; start-up's pages stay resident"),
+        });
+    }
+}
+
 async fn reopen_on_sighup(audit: Audit) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("cannot install the SIGHUP handler; the audit log cannot be reopened");
