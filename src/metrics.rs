@@ -361,6 +361,18 @@ fn outcome_index(status: u16) -> usize {
 }
 
 impl Metrics {
+    /// Transit requests counted so far, over every key, operation and outcome. It walks the
+    /// counters, so it is for rare readers (the daemon's quiet-time memory release), not requests.
+    pub fn transit_requests_total(&self) -> u64 {
+        self.transit_cache
+            .read_recover()
+            .values()
+            .flat_map(|slots| slots.iter())
+            .filter_map(|c| c.get())
+            .map(|c| c.get())
+            .sum()
+    }
+
     /// The event series in OpenMetrics text, without the final `# EOF` (the state series follow).
     pub fn encode_events(&self, out: &mut String) -> std::fmt::Result {
         prometheus_client::encoding::text::encode_registry(out, &self.registry)

@@ -140,7 +140,7 @@ fn released_kib(log: &str) -> Vec<u64> {
 }
 
 #[test]
-fn start_ups_pages_are_released_after_each_unseal_and_what_serving_needs_comes_back() {
+fn start_ups_pages_are_released_when_quiet_after_each_unseal_and_what_serving_needs_comes_back() {
     let f = Fixture::new();
     let mut d = f.start();
     d.init();
@@ -155,12 +155,13 @@ fn start_ups_pages_are_released_after_each_unseal_and_what_serving_needs_comes_b
     let ct = r.json()["data"]["ciphertext"].as_str().unwrap().to_string();
     d.stop();
 
-    // Restarted: once it has unsealed, the pages of the code start-up ran are dropped (the binary's
+    // Restarted: once it has unsealed and has been quiet for a while (5-10 s without a transit
+    // request, an init or an unseal), the pages of the code start-up ran are dropped (the binary's
     // and the PKCS#11 module's text is resident then: some must be released).
     let d = f.start();
     d.wait_health(200, Duration::from_secs(10));
     let first = wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || released_kib(&d.log()).first().copied(),
         || format!("no release after the unseal: {}", d.log()),
     );
@@ -183,13 +184,14 @@ fn start_ups_pages_are_released_after_each_unseal_and_what_serving_needs_comes_b
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["data"]["key_version"], 2);
 
-    // An operator seal and unseal (the HSM's unwrap again) releases once more.
+    // An operator seal and unseal (the HSM's unwrap again) is activity: quiet after it, a release
+    // once more.
     d.operator_ok(&["seal"]);
     assert_eq!(d.health("").status, 503);
     d.operator_ok(&["unseal"]);
     assert_eq!(d.health("").status, 200);
     wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || (released_kib(&d.log()).len() >= 2).then_some(()),
         || format!("no release after the second unseal: {}", d.log()),
     );
@@ -200,6 +202,20 @@ fn start_ups_pages_are_released_after_each_unseal_and_what_serving_needs_comes_b
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(d.status_json()["state"], "unsealed");
+
+    // That request was transit traffic after the release: quiet after it, one more.
+    wait_for(
+        Duration::from_secs(30),
+        || (released_kib(&d.log()).len() >= 3).then_some(()),
+        || format!("no release after transit traffic: {}", d.log()),
+    );
+    // And none without activity: health checks and probes are not traffic. 60 probe rounds at
+    // this fixture's 200 ms span more than two of the daemon's 5 s looks for quiet.
+    for _ in 0..3 {
+        assert_eq!(d.health("").status, 200);
+    }
+    d.wait_probe_rounds(60);
+    assert_eq!(released_kib(&d.log()).len(), 3, "{}", d.log());
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod listeners;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -243,7 +243,7 @@ pub async fn run(
         .filter_map(|a| crate::http::client::Cidr::parse(a).ok())
         .collect();
 
-    core.subscribe(Arc::new(ReleaseStartupPages));
+    core.subscribe(Arc::new(CountCeremonies));
     let mut tasks = JoinSet::new();
     tasks.spawn(core.clone().run_auto_unseal());
     tasks.spawn(core.clone().run_probe());
@@ -317,6 +317,7 @@ pub async fn run(
         cfg.listener.http_read_header_timeout,
     ));
     tasks.spawn(reopen_on_sighup(audit.clone()));
+    tasks.spawn(release_when_quiet());
     tasks.spawn(crate::systemd::run(core.clone()));
     core.wake();
     crate::systemd::ready(&core);
@@ -348,27 +349,71 @@ pub async fn run(
 }
 
 /// SIGHUP reopens the audit log (after an external rotation such as logrotate's).
-/// After the init and each unseal, drops the resident pages of the code and constants that start-up,
-/// the init and the unseal ran and serving does not (`secret::release_file_pages`), on a blocking thread so that no
-/// request waits for it. What serving runs faults back in from the page cache.
-struct ReleaseStartupPages;
+/// Drops the resident pages of the code and constants that serving does not run
+/// (`secret::release_file_pages`) and returns the heap's free memory (`secret::trim_heap`). What
+/// serving runs faults back in from the page cache.
+fn release_memory() {
+    match secret::release_file_pages() {
+        Ok(kib) => {
+            let heap_trimmed = secret::trim_heap();
+            tracing::debug!(
+                released_kib = kib,
+                heap_trimmed,
+                "released the resident pages of code not running"
+            )
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read /proc/self/smaps; pages stay resident")
+        }
+    }
+}
 
-impl crate::core::Subscriber for ReleaseStartupPages {
+/// Inits and unseals so far. Each runs code that serving does not (the init's ceremony, the
+/// unwrap; before the first one, the self-tests, the config parser, the module's initialisation
+/// and login), released when things are quiet after it.
+static CEREMONIES: AtomicU64 = AtomicU64::new(0);
+
+struct CountCeremonies;
+
+impl crate::core::Subscriber for CountCeremonies {
     fn on_event(&self, event: &crate::core::CoreEvent) {
         use crate::core::CoreEvent;
-        if !matches!(
+        if matches!(
             event,
-            CoreEvent::Unsealed { .. } | CoreEvent::UnsealedWithShares { .. }
+            CoreEvent::Initialized { .. }
+                | CoreEvent::Unsealed { .. }
+                | CoreEvent::UnsealedWithShares { .. }
         ) {
-            return;
+            CEREMONIES.fetch_add(1, Ordering::Relaxed);
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn_blocking(|| match secret::release_file_pages() {
-            Ok(kib) => tracing::debug!(released_kib = kib, "released the resident pages of start-up's code"),
-            Err(e) => tracing::debug!(error = %e, "cannot read /proc/self/smaps; start-up's pages stay resident"),
-        });
+    }
+}
+
+/// How often the daemon looks for quiet; quiet is one whole period without a transit request, an
+/// init or an unseal.
+const QUIET_CHECK: Duration = Duration::from_secs(5);
+
+/// Releases memory once the daemon is quiet (see [`QUIET_CHECK`]) after start-up, or after an
+/// init, an unseal or transit traffic: an appliance serves in bursts (a Vault cluster's restarts)
+/// and is idle between them. What start-up or a burst brought in (code pages, the heap its
+/// connections grew) is returned then, once per burst. Health checks and probes do not count as
+/// activity: they run little code, and would otherwise bring it back after every release.
+async fn release_when_quiet() {
+    let metrics = crate::metrics::get();
+    let activity = || metrics.transit_requests_total() + CEREMONIES.load(Ordering::Relaxed);
+    let mut released_at = None;
+    let mut last = activity();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + QUIET_CHECK, QUIET_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = activity();
+        if now == last && released_at != Some(now) {
+            released_at = Some(now);
+            // On a blocking thread: no request waits for it.
+            let _ = tokio::task::spawn_blocking(release_memory).await;
+        }
+        last = now;
     }
 }
 
