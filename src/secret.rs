@@ -255,7 +255,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 }
 
 /// One mapping of /proc/self/smaps, as far as [`release_file_pages`] needs it.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 struct Mapping {
     start: usize,
     end: usize,
@@ -302,7 +302,11 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
                 end,
                 perms,
                 inode,
-                ..Mapping::default()
+                rss_kb: 0,
+                // Unknown until their lines are read: a mapping without them is left alone.
+                anonymous_kb: u64::MAX,
+                swap_kb: u64::MAX,
+                locked_kb: u64::MAX,
             });
             continue;
         }
@@ -349,7 +353,7 @@ pub fn release_file_pages() -> io::Result<u64> {
             )
         };
         if rc == 0 {
-            released += m.rss_kb;
+            released = m.rss_kb.saturating_add(released);
         }
     }
     Ok(released)
@@ -526,6 +530,8 @@ Anonymous:             0 kB
         // A field that does not parse counts as present: the mapping is left alone.
         let odd = SMAPS.replace("Anonymous:             0 kB\nSwap:                  0 kB\nLocked:                0 kB\nVmFlags", "Anonymous:             ? kB\nSwap:                  0 kB\nLocked:                0 kB\nVmFlags");
         assert!(!parse_smaps(&odd)[0].is_clean_file_text());
+        let missing = SMAPS.replace("Anonymous:             0 kB\nSwap:                  0 kB\nLocked:                0 kB\nVmFlags", "Swap:                  0 kB\nLocked:                0 kB\nVmFlags");
+        assert!(!parse_smaps(&missing)[0].is_clean_file_text());
     }
 
     #[test]
