@@ -1,7 +1,8 @@
 //! Locked, non-dumpable, zeroizing memory for key material, and process hardening.
 //!
 //! This is the only module of the crate that uses `unsafe`: it calls `mmap`, `mlock`, `madvise`,
-//! `munlock`, `munmap`, `prctl` and `setrlimit` through `libc`. Every block states why it is sound.
+//! `munlock`, `munmap`, `prctl`, `setrlimit` and `malloc_trim` through `libc`. Every block states
+//! why it is sound.
 #![allow(unsafe_code)]
 
 use std::fmt;
@@ -329,11 +330,12 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
 }
 
 /// Drops this process's resident pages of read-only file mappings (the code and constants of the
-/// binary, the PKCS#11 module and the libraries) once start-up is over, and returns how many KiB
-/// were resident in them. Start-up runs code the daemon never runs again until the next rotation
-/// or restart (the self-tests, the config parser, the module's initialisation), and the kernel
-/// maps file pages in 64 KiB windows around each fault; after this only what serving touches comes
-/// back, from the page cache, as minor faults. Only mappings whose pages are all still the file's
+/// binary, the PKCS#11 module and the libraries), and returns how many KiB were resident in them.
+/// The daemon calls it when it is quiet after start-up or a burst (`app::release_when_quiet`):
+/// start-up runs code the daemon does not run again until the next unseal or restart (the
+/// self-tests, the config parser, the module's initialisation), and the kernel maps file pages in
+/// 64 KiB windows around each fault; after this only what serving touches comes back, from the
+/// page cache, as minor faults. Only mappings whose pages are all still the file's
 /// are advised (no copied-on-write, swapped or locked page: relocated data, a debugger's or a
 /// uprobe's breakpoint, are left alone). Best effort: a mapping the kernel refuses is skipped.
 pub fn release_file_pages() -> io::Result<u64> {
