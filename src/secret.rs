@@ -273,7 +273,7 @@ struct Mapping {
 impl Mapping {
     /// A private, read-only mapping of a file whose every resident page is still the file's own:
     /// dropping its pages loses nothing, the next access maps the same bytes from the page cache.
-    fn is_clean_file_text(&self) -> bool {
+    fn is_unchanged_file_mapping(&self) -> bool {
         let p = self.perms.as_bytes();
         self.inode != 0
             && p.len() == 4
@@ -341,7 +341,10 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
 pub fn release_file_pages() -> io::Result<u64> {
     let text = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
-    for m in parse_smaps(&text).iter().filter(|m| m.is_clean_file_text()) {
+    for m in parse_smaps(&text)
+        .iter()
+        .filter(|m| m.is_unchanged_file_mapping())
+    {
         // SAFETY: the range is one whole mapping of this process, read from smaps just now, that
         // is private, not writable and holds no page that differs from its file (no anonymous,
         // swapped or locked page). MADV_DONTNEED on such a mapping only unmaps its pages: the next
@@ -523,7 +526,7 @@ Anonymous:             0 kB
         assert_eq!((maps[1].inode, maps[1].rss_kb), (1234, 8192));
         let picked: Vec<(usize, u64)> = maps
             .iter()
-            .filter(|m| m.is_clean_file_text())
+            .filter(|m| m.is_unchanged_file_mapping())
             .map(|m| (m.start, m.rss_kb))
             .collect();
         // The constants and the code; not the relocated (anonymous) or writable part, not a
@@ -531,9 +534,9 @@ Anonymous:             0 kB
         assert_eq!(picked, vec![(0x55d0c0a00000, 512), (0x55d0c0b00000, 8192)]);
         // A field that does not parse counts as present: the mapping is left alone.
         let odd = SMAPS.replace("Anonymous:             0 kB\nSwap:                  0 kB\nLocked:                0 kB\nVmFlags", "Anonymous:             ? kB\nSwap:                  0 kB\nLocked:                0 kB\nVmFlags");
-        assert!(!parse_smaps(&odd)[0].is_clean_file_text());
+        assert!(!parse_smaps(&odd)[0].is_unchanged_file_mapping());
         let missing = SMAPS.replace("Anonymous:             0 kB\nSwap:                  0 kB\nLocked:                0 kB\nVmFlags", "Swap:                  0 kB\nLocked:                0 kB\nVmFlags");
-        assert!(!parse_smaps(&missing)[0].is_clean_file_text());
+        assert!(!parse_smaps(&missing)[0].is_unchanged_file_mapping());
     }
 
     #[test]

@@ -348,7 +348,6 @@ pub async fn run(
     }
 }
 
-/// SIGHUP reopens the audit log (after an external rotation such as logrotate's).
 /// Drops the resident pages of the code and constants that serving does not run
 /// (`secret::release_file_pages`) and returns the heap's free memory (`secret::trim_heap`). What
 /// serving runs faults back in from the page cache.
@@ -417,6 +416,7 @@ async fn release_when_quiet() {
     }
 }
 
+/// SIGHUP reopens the audit log (after an external rotation such as logrotate's).
 async fn reopen_on_sighup(audit: Audit) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("cannot install the SIGHUP handler; the audit log cannot be reopened");
