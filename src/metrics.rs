@@ -15,7 +15,7 @@
 //! (requests for any other name count under `key=""`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -102,7 +102,7 @@ pub struct Metrics {
     transit_requests: Family<TransitLabels, Counter>,
     transit_duration: HistogramFamily<OperationLabels>,
     /// Counters already made, by key: no label set is built per request.
-    transit_cache: RwLock<HashMap<String, Arc<Vec<OnceLock<Counter>>>>>,
+    transit_cache: RwLock<HashMap<String, Box<[OnceLock<Counter>]>>>,
     transit_duration_cache: [OnceLock<Histogram>; 7],
     auth_failures: Family<ReasonLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
@@ -273,31 +273,36 @@ impl Metrics {
         };
         let outcome = outcome_index(status);
         let idx = op * OUTCOMES.len() + outcome;
-        let cached = self.transit_cache.read_recover().get(key).cloned();
-        let slots = match cached {
-            Some(s) => s,
-            None => self
-                .transit_cache
+        let count = |slots: &[OnceLock<Counter>]| {
+            slots[idx]
+                .get_or_init(|| {
+                    self.transit_requests.get_or_create_owned(&TransitLabels {
+                        key: key.to_string(),
+                        operation: TRANSIT_OPERATIONS[op].to_string(),
+                        outcome: OUTCOMES[outcome].to_string(),
+                    })
+                })
+                .inc();
+        };
+        // Counted under the read guard: the slots are not shared out of the map.
+        if let Some(slots) = self.transit_cache.read_recover().get(key) {
+            count(slots);
+            return self.observe_transit(op, took);
+        }
+        count(
+            self.transit_cache
                 .write_recover()
                 .entry(key.to_string())
                 .or_insert_with(|| {
-                    Arc::new(
-                        (0..TRANSIT_OPERATIONS.len() * OUTCOMES.len())
-                            .map(|_| OnceLock::new())
-                            .collect(),
-                    )
-                })
-                .clone(),
-        };
-        slots[idx]
-            .get_or_init(|| {
-                self.transit_requests.get_or_create_owned(&TransitLabels {
-                    key: key.to_string(),
-                    operation: TRANSIT_OPERATIONS[op].to_string(),
-                    outcome: OUTCOMES[outcome].to_string(),
-                })
-            })
-            .inc();
+                    (0..TRANSIT_OPERATIONS.len() * OUTCOMES.len())
+                        .map(|_| OnceLock::new())
+                        .collect()
+                }),
+        );
+        self.observe_transit(op, took);
+    }
+
+    fn observe_transit(&self, op: usize, took: Duration) {
         self.transit_duration_cache[op]
             .get_or_init(|| {
                 self.transit_duration.get_or_create_owned(&OperationLabels {

@@ -15,6 +15,7 @@ use crate::locks::MutexExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -68,6 +69,9 @@ pub struct AuthThrottle {
     limit: u32,
     window: Duration,
     table: Mutex<HashMap<IpAddr, Window>>,
+    /// Whether `table` has an entry, set under its lock: while no address has failed an
+    /// authentication, a request's check takes neither the lock nor the clock.
+    any: AtomicBool,
 }
 
 impl AuthThrottle {
@@ -76,13 +80,17 @@ impl AuthThrottle {
             limit,
             window,
             table: Mutex::new(HashMap::new()),
+            any: AtomicBool::new(false),
         }
     }
 
     /// `Err(retry_after)` when `ip` has used up its failures in the current window.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
+        if !self.any.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let table = self.table.lock_recover();
+        let now = Instant::now();
         let key = bucket(ip);
         let w = table
             .get(&key)
@@ -117,6 +125,7 @@ impl AuthThrottle {
             w.failures = 0;
         }
         w.failures = w.failures.saturating_add(1);
+        self.any.store(true, Ordering::Release);
     }
 
     #[cfg(test)]
