@@ -284,25 +284,22 @@ impl Metrics {
                 })
                 .inc();
         };
-        // Counted under the read guard: the slots are not shared out of the map.
+        // Counted under the read guard: the slots are not shared out of the map. (The guard is
+        // dropped before `else`, edition 2024, so the write lock below cannot deadlock on it.)
         if let Some(slots) = self.transit_cache.read_recover().get(key) {
             count(slots);
-            return self.observe_transit(op, took);
+        } else {
+            count(
+                self.transit_cache
+                    .write_recover()
+                    .entry(key.to_string())
+                    .or_insert_with(|| {
+                        (0..TRANSIT_OPERATIONS.len() * OUTCOMES.len())
+                            .map(|_| OnceLock::new())
+                            .collect()
+                    }),
+            );
         }
-        count(
-            self.transit_cache
-                .write_recover()
-                .entry(key.to_string())
-                .or_insert_with(|| {
-                    (0..TRANSIT_OPERATIONS.len() * OUTCOMES.len())
-                        .map(|_| OnceLock::new())
-                        .collect()
-                }),
-        );
-        self.observe_transit(op, took);
-    }
-
-    fn observe_transit(&self, op: usize, took: Duration) {
         self.transit_duration_cache[op]
             .get_or_init(|| {
                 self.transit_duration.get_or_create_owned(&OperationLabels {

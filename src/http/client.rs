@@ -69,8 +69,8 @@ pub struct AuthThrottle {
     limit: u32,
     window: Duration,
     table: Mutex<HashMap<IpAddr, Window>>,
-    /// Whether `table` has an entry, set under its lock: while no address has failed an
-    /// authentication, a request's check takes neither the lock nor the clock.
+    /// Whether any authentication has failed since start (set under `table`'s lock, never
+    /// cleared): until one has, a request's check takes neither the lock nor the clock.
     any: AtomicBool,
 }
 
